@@ -1,0 +1,131 @@
+"""The model config: architecture + metadata, saved as config.json beside the weights.
+
+One dataclass describes a model fully, so a folder (or a Hub repo, or a training checkpoint) carries
+everything needed to rebuild and to describe its generator.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+FORMAT_VERSION = 1
+RESOLUTIONS = (32, 64, 128, 256)
+
+
+@dataclass
+class GeneratorConfig:
+    """DCGAN generator: latent -> ConvT 4x4 -> (ConvT stride 2 + BN + ReLU)* -> ConvT -> Tanh."""
+
+    latent_dim: int = 100
+    resolution: int = 64
+    channels: int = 1
+    base_width: int = 64
+    # Channels of each up-sampling block, from the 4x4 block upward; empty means derived from base_width
+    # the classic way (base_width * 8, 4, 2, 1 at 64²), capped at max_width.
+    widths: list[int] = field(default_factory=list)
+    max_width: int = 512
+
+    def __post_init__(self) -> None:
+        if self.resolution not in RESOLUTIONS:
+            raise ConfigError(f"resolution must be one of {RESOLUTIONS}, got {self.resolution!r}")
+        for name in ("latent_dim", "channels", "base_width", "max_width"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"generator.{name} must be a positive integer, got {value!r}")
+        self.widths = list(self.widths) or self.default_widths()
+        if len(self.widths) != self.num_blocks or any(not isinstance(w, int) or w < 1 for w in self.widths):
+            raise ConfigError(
+                f"generator.widths must list {self.num_blocks} positive integers for resolution "
+                f"{self.resolution}, got {self.widths!r}")
+
+    @property
+    def num_blocks(self) -> int:
+        """Blocks before the output layer: 4x4 then one per doubling up to resolution/2."""
+        return int(math.log2(self.resolution)) - 2
+
+    def default_widths(self) -> list[int]:
+        n = self.num_blocks
+        return [min(self.base_width * 2 ** (n - 1 - i), self.max_width) for i in range(n)]
+
+
+@dataclass
+class ModelConfig:
+    """Everything config.json holds. Unknown keys are kept in `extra` so newer files still load."""
+
+    id: str
+    title: str = ""
+    modality: str = ""          # DICOM modality code where one applies: MR, CT, CR, MG, …
+    organ: str = ""             # organ / body region
+    plane: str = ""             # axial, coronal, sagittal, mixed
+    description: str = ""
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    # Data the model was trained on: name, source, license, subjects, slices, url.
+    training_data: dict[str, Any] = field(default_factory=dict)
+    license: str = "mit"
+    intended_use: str = ("Research, education, data augmentation and benchmarking. "
+                         "Not for diagnosis or any clinical decision.")
+    # Measured metrics (FID, KID, precision, recall, …), written by training.evaluate.
+    metrics: dict[str, Any] = field(default_factory=dict)
+    # How it was trained: recipe, command, steps, wall time, hardware.
+    training: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def resolution(self) -> int:
+        return self.generator.resolution
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        extra = data.pop("extra")
+        return {**data, **extra}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        if not isinstance(data, dict):
+            raise ConfigError(f"config must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        extra = {k: v for k, v in data.items() if k not in known}
+        if "id" not in kwargs:
+            raise ConfigError("config has no 'id'")
+        gen = kwargs.get("generator", {})
+        if not isinstance(gen, dict):
+            raise ConfigError("config 'generator' must be an object")
+        gen_fields = {f.name for f in dataclasses.fields(GeneratorConfig)}
+        unknown = set(gen) - gen_fields
+        if unknown:
+            raise ConfigError(f"config 'generator' has unknown keys {sorted(unknown)}")
+        try:
+            kwargs["generator"] = GeneratorConfig(**gen)
+        except TypeError as exc:
+            raise ConfigError(f"config 'generator' is invalid: {exc}") from None
+        return cls(**kwargs, extra=extra)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+
+    def save(self, folder: str | Path) -> Path:
+        path = Path(folder) / "config.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(self.to_json())
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "ModelConfig":
+        path = Path(folder) / "config.json"
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError("config.json is missing") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"config.json is unreadable: {type(exc).__name__}: {exc}") from None
+        return cls.from_dict(data)

@@ -1,0 +1,65 @@
+"""Argument checks shared by the Python API, the CLIs and the app, so every boundary says the same."""
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import re
+
+from .errors import InvalidArgumentError
+
+MAX_SEED = 2**63 - 1
+# Largest batch one generate() call accepts; the app has its own, smaller limit (MEDGAN_MAX_COUNT).
+MAX_COUNT_PER_CALL = int(os.environ.get("MEDGAN_MAX_COUNT_PER_CALL", "4096"))
+MODEL_ID_PATTERN = re.compile(r"^(?:[a-z]+:)?[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def as_int(name: str, value: object) -> int:
+    """An integer from an int, numpy integer, integral float or decimal string; anything else is refused."""
+    if isinstance(value, bool) or value is None:
+        raise InvalidArgumentError(f"{name} must be an integer, got {value!r}")
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if re.fullmatch(r"[+-]?\d{1,30}", text):
+            return int(text)
+        raise InvalidArgumentError(f"{name} must be an integer, got {value[:40]!r}")
+    if isinstance(value, numbers.Real):
+        if not math.isfinite(value):
+            raise InvalidArgumentError(f"{name} must be a finite integer, got {value!r}")
+        if float(value) != int(value):
+            raise InvalidArgumentError(f"{name} must be a whole number, got {value!r}")
+        return int(value)
+    raise InvalidArgumentError(f"{name} must be an integer, got {type(value).__name__}")
+
+
+def check_seed(seed: object) -> int:
+    value = as_int("seed", seed)
+    if not 0 <= value <= MAX_SEED:
+        raise InvalidArgumentError(f"seed must be between 0 and 2**63-1, got {value}")
+    return value
+
+
+def check_count(count: object, limit: int = MAX_COUNT_PER_CALL) -> int:
+    value = as_int("count", count)
+    if not 1 <= value <= limit:
+        raise InvalidArgumentError(f"count must be between 1 and {limit}, got {value}")
+    return value
+
+
+def check_model_id(model_id: object) -> str:
+    """Shape check only; the registry decides whether the id exists. Ids never become paths."""
+    if not isinstance(model_id, str) or not model_id.strip():
+        raise InvalidArgumentError("model id must be a non-empty string")
+    return model_id.strip()
+
+
+def check_flag(name: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if value in (0, 1) and not isinstance(value, float):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in {"true", "false"}:
+        return value.strip().lower() == "true"
+    raise InvalidArgumentError(f"{name} must be true or false, got {value!r}"[:120])
