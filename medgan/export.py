@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from PIL import Image, PngImagePlugin
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from .errors import InvalidArgumentError
 
@@ -69,9 +69,33 @@ def png_bytes(image: Image.Image | np.ndarray, text: dict[str, str] | None = Non
     return buffer.getvalue()
 
 
-def _png_files(arrays: np.ndarray, prov: Provenance, start: int, **_: Any) -> list[tuple[str, bytes]]:
+def label_image(array: np.ndarray, text: str = "SYNTHETIC") -> np.ndarray:
+    """Burn a visible corner label into a uint8 image (bottom-left, white on black)."""
+    image = Image.fromarray(array)
+    draw = ImageDraw.Draw(image)
+    size = max(8, image.width // 10)
+    try:
+        font = ImageFont.load_default(size=size)
+    except TypeError:  # very old Pillow
+        font = ImageFont.load_default()
+    box = draw.textbbox((0, 0), text, font=font)
+    w, h = box[2] - box[0], box[3] - box[1]
+    y = image.height - h - 3
+    draw.rectangle((0, y - 1, w + 3, image.height), fill=0 if image.mode == "L" else (0, 0, 0))
+    draw.text((2 - box[0], y - box[1]), text, fill=255 if image.mode == "L" else (255, 255, 255), font=font)
+    return np.asarray(image)
+
+
+def labelled(arrays: np.ndarray, label: bool) -> np.ndarray:
+    if not label:
+        return arrays
+    return np.stack([label_image(a) for a in arrays])
+
+
+def _png_files(arrays: np.ndarray, prov: Provenance, start: int, label: bool = False,
+               **_: Any) -> list[tuple[str, bytes]]:
     return [(file_stem(prov.model_id, prov.seed, start + i) + ".png", png_bytes(a, prov.for_index(start + i)))
-            for i, a in enumerate(arrays)]
+            for i, a in enumerate(labelled(arrays, label))]
 
 
 # fmt -> writer(arrays, provenance, start, **options) -> [(name, bytes)]. Other formats register here.

@@ -1,0 +1,125 @@
+"""MedGAN Studio: a Gradio UI over the `medgan` package. UI only: widgets, wiring, error messages.
+
+Run `python app.py` (honours GRADIO_SERVER_NAME / GRADIO_SERVER_PORT). API names for gradio_client:
+/generate(model, seed, count), /download(model, seed, count, fmt, label), /models().
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phone-home at start-up
+
+import random
+
+import gradio as gr
+
+import medgan
+from medgan import service
+from medgan.errors import MedganError
+from medgan.export import WRITERS
+
+TITLE = "MedGAN Studio"
+UI_MAX_SEED = 2**32 - 1  # the slider's range; the Python API accepts up to 2**63-1
+
+
+def _api(fn):
+    """Turn medgan's typed errors into gr.Error (shown to the user); never leak a traceback or a path."""
+    def wrapper(*args):
+        try:
+            return fn(*args)
+        except MedganError as exc:
+            raise gr.Error(str(exc)) from None
+        except Exception as exc:  # unexpected: log server-side, say little client-side
+            print(f"[medgan] unexpected {type(exc).__name__} in {fn.__name__}: {exc}", flush=True)
+            raise gr.Error(f"Internal error ({type(exc).__name__}); the request was not completed.") from None
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+@_api
+def generate(model: str, seed: float, count: float):
+    """Generate `count` synthetic images of `model` from `seed`; returns a gallery of (image, caption)."""
+    return service.generate(model, seed, count)
+
+
+@_api
+def download(model: str, seed: float, count: float, fmt: str = "png", label: bool = False) -> str:
+    """Generate a batch and return the path of a zip (images + metadata.json + README.txt)."""
+    return str(service.export(model, seed, count, fmt, label))
+
+
+@_api
+def models() -> list[dict]:
+    """Metadata of every model: id, title, modality, organ, resolution, source, license, metrics, …"""
+    return service.models_json()
+
+
+@_api
+def model_info(model: str) -> str:
+    return service.model_markdown(model)
+
+
+def models_rows() -> list[list]:
+    def metric(m, key):
+        value = m["metrics"].get(key)
+        return round(value, 3) if isinstance(value, (int, float)) else ""
+    return [[m["id"], m["title"], m["modality"], m["organ"], m["plane"], m["resolution"], m["source"], m["kind"],
+             metric(m, "fid"), metric(m, "kid"), metric(m, "precision"), metric(m, "recall"), m["license"]]
+            for m in service.models_json()]
+
+
+MODEL_COLUMNS = ["id", "title", "modality", "organ", "plane", "resolution", "source", "kind", "FID", "KID",
+                 "precision", "recall", "licence"]
+
+
+def build_demo() -> gr.Blocks:
+    choices = service.model_choices()
+    default = choices[0][1] if choices else None
+    with gr.Blocks(title=TITLE) as demo:
+        gr.Markdown(f"# {TITLE}\nSynthetic medical images from GANs trained on real, openly licensed scans.")
+        gr.Markdown(f"⚠️ {service.NOTICE}", elem_id="synthetic-notice")
+        if not choices:
+            gr.Markdown("**No models are available.** Add model folders to `weights/` or set MEDGAN_WEIGHTS_DIRS.")
+        with gr.Tab("Generate"):
+            with gr.Row():
+                with gr.Column(scale=1):
+                    model = gr.Dropdown(choices=choices, value=default, label="Model", allow_custom_value=True,
+                                        elem_id="model")
+                    seed = gr.Slider(0, UI_MAX_SEED, value=42, step=1, label="Seed", elem_id="seed")
+                    random_seed = gr.Button("Random seed", size="sm")
+                    count = gr.Slider(1, service.MAX_COUNT, value=8, step=1, label="Count", elem_id="count")
+                    go = gr.Button("Generate", variant="primary", elem_id="generate")
+                    info = gr.Markdown(service.model_markdown(default) if default else "", elem_id="model-info")
+                with gr.Column(scale=2):
+                    gallery = gr.Gallery(label="Synthetic images", format="png", columns=4, height="auto",
+                                         buttons=["download", "fullscreen"], elem_id="gallery")
+        with gr.Tab("Download"):
+            gr.Markdown("Download the batch set on the Generate tab (model, seed, count) as a zip with "
+                        "`metadata.json` and a README. Every file is marked synthetic.")
+            fmt = gr.Radio(list(WRITERS), value="png", label="Format", elem_id="format")
+            label = gr.Checkbox(False, label="Burn a visible “SYNTHETIC” label into each image "
+                                "(off by default, for training use)", elem_id="label")
+            build = gr.Button("Prepare download", variant="primary", elem_id="prepare-download")
+            archive = gr.File(label="Zip", elem_id="archive")
+        with gr.Tab("Models"):
+            table = gr.Dataframe(value=models_rows(), headers=MODEL_COLUMNS, interactive=False, wrap=True,
+                                 elem_id="models-table")
+            listing = gr.JSON(visible=False)
+
+        random_seed.click(lambda: random.randint(0, UI_MAX_SEED), outputs=seed, api_visibility="private")
+        model.change(model_info, inputs=model, outputs=info, api_visibility="private")
+        go.click(generate, inputs=[model, seed, count], outputs=gallery, api_name="generate",
+                 concurrency_limit=int(os.environ.get("MEDGAN_CONCURRENCY", "2")))
+        build.click(download, inputs=[model, seed, count, fmt, label], outputs=archive, api_name="download",
+                    concurrency_limit=int(os.environ.get("MEDGAN_CONCURRENCY", "2")))
+        demo.load(models, outputs=listing, api_name="models")
+        demo.load(models_rows, outputs=table, api_visibility="private")
+    return demo
+
+
+demo = build_demo()
+
+if __name__ == "__main__":
+    demo.queue(max_size=int(os.environ.get("MEDGAN_QUEUE_SIZE", "64")))
+    demo.launch(theme=gr.themes.Soft())

@@ -1,0 +1,73 @@
+"""A real browser (Debian chromium via Playwright) drives the app: pick a model, generate, download the zip."""
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import sync_playwright
+
+from helpers import SHIPPED, make_model_folder, running_app
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+SCREENSHOT_DIR = Path(__file__).resolve().parent / "artifacts"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+def wait_for_gallery(page, count: int) -> None:
+    page.wait_for_function(
+        """n => { const imgs = [...document.querySelectorAll('#gallery .thumbnail-item img')];
+                  return imgs.length === n && imgs.every(i => i.complete && i.naturalWidth > 0); }""",
+        arg=count, timeout=30_000)
+
+
+def set_slider(page, elem_id: str, value: int) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def test_generate_and_download_in_a_real_browser(browser, tmp_path):
+    extra = tmp_path / "weights"
+    make_model_folder(extra, "tiny-test")
+    model_id = SHIPPED[0] if SHIPPED else "tiny-test"
+    with running_app({"MEDGAN_WEIGHTS_DIRS": str(extra)}) as app:
+        page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+        page.goto(app.url)
+        page.wait_for_selector("#generate")
+        assert "not for diagnosis" in page.locator("#synthetic-notice").inner_text()
+        page.locator("#model input").click()
+        page.get_by_role("option").filter(has_text=model_id).first.click()
+        set_slider(page, "count", 6)
+        set_slider(page, "seed", 7)
+        page.locator("#generate").click()
+        wait_for_gallery(page, 6)
+        assert model_id in page.locator("#model-info").inner_text()
+        SCREENSHOT_DIR.mkdir(exist_ok=True)
+        page.screenshot(path=str(SCREENSHOT_DIR / "generate.png"), full_page=True)
+
+        page.get_by_role("tab", name="Download").click()
+        page.locator("#prepare-download").click()
+        link = page.locator("#archive a").first
+        link.wait_for(timeout=30_000)
+        with page.expect_download() as dl:
+            link.click()
+        path = tmp_path / "batch.zip"
+        dl.value.save_as(path)
+        with zipfile.ZipFile(path) as zf:
+            meta = json.loads(zf.read("metadata.json"))
+            assert meta["synthetic"] is True and meta["model"] == model_id and meta["seed"] == 7
+            assert len([n for n in zf.namelist() if n.endswith(".png")]) == 6
+
+        page.get_by_role("tab", name="Models").click()
+        page.wait_for_selector("#models-table")
+        assert model_id in page.locator("#models-table").inner_text()
+        page.close()
