@@ -1,0 +1,405 @@
+"""Data ingestion: medical images and volumes -> a dataset of square uint8 slices (.npz).
+
+    python -m training.data INPUT... --size 64 --out DATASET.npz [--axes 2] [--heldout 0.2] [--seed 0]
+    python -m training.data --dataset brain-t1 --size 64 --out brain.npz [--preview grid.png]
+
+Inputs: folders (recursive; dotfiles ignored) or files. PNG/JPG/TIFF/BMP (8- and 16-bit, multi-page),
+DICOM (single/multi-frame; modality LUT / RescaleSlope+Intercept, WindowCenter/Width when present,
+MONOCHROME1 inverted; compressed syntaxes decoded when pydicom has a decoder, else the file is skipped
+naming the syntax), NIfTI/MGZ (reoriented to canonical RAS+, sliced along --axes: 0 sagittal,
+1 coronal, 2 axial) and InVesalius .inv3 projects. Unusable files are skipped and reported.
+
+Preprocessing per file: intensities -> [0,1] by a window (--window C W; for DICOM/inv3 the file's own
+window) or else the 0.5..99.5 percentiles of the whole file/volume; slices with less than
+`min_foreground` of pixels above `foreground_level` are dropped as near-empty; slices are shown in
+radiological orientation (axial: anterior up, patient's right on the image left), resampled to square
+pixels, padded with the border's background (or centre-cropped), resized to N (antialiased), uint8.
+
+Split rule (no leakage): slices are grouped by subject = DICOM PatientID, else a BIDS `sub-XX` in the
+path, else the file id (built-ins name their subjects). With >= 2 subjects, whole subjects go to
+"heldout" (subjects shuffled by --seed, added greedily while that brings the held-out share closer to
+--heldout; at least one subject on each side), so no subject is in both halves. With ONE subject the
+slices along each axis are cut into two contiguous slabs (by world position): the held-out slab at
+one end (which end: from --seed) and `slab_gap` slices between the slabs are dropped. Meta says
+"split": "slab" and the summary warns: slabs of one subject are NOT an independent test set.
+
+Output .npz: images uint8 [n,1,N,N]; source, subject, split (str [n]); axis int8 [n] (-1 for native
+2-D images/DICOM frames); index int32 [n]; meta (JSON string). Built-ins are cached under
+$MEDGAN_CACHE_DIR/datasets (default ~/.cache/medgan/datasets).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+from PIL import Image
+
+from medgan.errors import MedganError
+from training import readers as R
+
+PIPELINE_VERSION = 1  # bump when preprocessing changes: cached built-ins are keyed by it
+ARRAYS = ("images", "source", "subject", "axis", "index", "split")
+
+
+class DatasetError(MedganError, ValueError):
+    """No usable data, bad options, or a built-in dataset that is not installed."""
+
+
+# ----------------------------------------------------------------------------- dataset
+@dataclass
+class SliceDataset:
+    images: np.ndarray   # uint8 [n, 1, N, N]
+    source: np.ndarray   # str [n]: file/volume id
+    subject: np.ndarray  # str [n]: split group
+    axis: np.ndarray     # int8 [n]: slicing axis (RAS+), -1 for native 2-D images
+    index: np.ndarray    # int32 [n]: slice index within its volume
+    split: np.ndarray    # str [n]: "train" | "heldout"
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def size(self) -> int:
+        return int(self.images.shape[-1])
+
+    @property
+    def skipped(self) -> list[dict]:
+        return list(self.meta.get("skipped", []))
+
+    def subset(self, mask: np.ndarray) -> "SliceDataset":
+        return SliceDataset(*(getattr(self, a)[mask] for a in ARRAYS), meta=dict(self.meta))
+
+    def train(self) -> "SliceDataset":
+        return self.subset(self.split == "train")
+
+    def heldout(self) -> "SliceDataset":
+        return self.subset(self.split == "heldout")
+
+    def save(self, path: str | Path) -> Path:
+        """Write atomically (a temp file then rename), so a reader never sees half a file."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(fh, **{a: getattr(self, a) for a in ARRAYS},
+                                    meta=np.array(json.dumps(self.meta)))
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SliceDataset":
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                missing = [k for k in (*ARRAYS, "meta") if k not in z.files]
+                if missing:
+                    raise DatasetError(f"{Path(path).name} is not a MedGAN dataset (missing {', '.join(missing)})")
+                arrays = {a: z[a] for a in ARRAYS}
+                meta = json.loads(str(z["meta"]))
+        except DatasetError:
+            raise
+        except Exception as exc:
+            raise DatasetError(f"cannot read dataset {Path(path).name}: {type(exc).__name__}: {exc}") from None
+        ds = cls(**arrays, meta=meta)
+        if ds.images.dtype != np.uint8 or ds.images.ndim != 4 or ds.images.shape[1] != 1:
+            raise DatasetError(f"{Path(path).name}: images must be uint8 [n,1,N,N], got "
+                               f"{ds.images.dtype} {ds.images.shape}")
+        return ds
+
+    def summary(self) -> str:
+        m, c = self.meta, self.meta.get("counts", {})
+        per_axis = ", ".join(f"axis {k}: {v}" for k, v in c.get("per_axis", {}).items())
+        lines = [f"Dataset {m.get('dataset', '?')!r}: {c.get('files_read', '?')} files read, "
+                 f"{len(self)} slices kept at {self.size}x{self.size} ({per_axis}); "
+                 f"{c.get('dropped_empty', 0)} near-empty slices dropped."]
+        lines.append(f"Split '{m.get('split')}' (seed {m.get('seed')}): train {c.get('train')} slices / "
+                     f"{c.get('train_subjects')} subjects, held-out {c.get('heldout')} slices / "
+                     f"{c.get('heldout_subjects')} subjects.")
+        lines += [f"!!! WARNING: {w}" for w in m.get("warnings", [])]
+        skipped = m.get("skipped", [])
+        lines.append(f"Skipped {len(skipped)} file(s)" + (":" if skipped else "."))
+        lines += [f"  {s['file']}: {s['reason']}" for s in skipped]
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- ingest
+def ingest(inputs: Sequence[str | Path] | str | Path, size: int, *, axes: Iterable[int] = (2,),
+           heldout: float = 0.2, seed: int = 0, window: tuple[float, float] | None = None,
+           square: str = "pad", percentiles: tuple[float, float] = (0.5, 99.5),
+           min_foreground: float = 0.08, foreground_level: float = 0.1, slab_gap: int = 4,
+           subjects: Mapping[str, str] | None = None, licences: Mapping[str, str] | None = None,
+           name: str = "custom", progress: bool = True) -> SliceDataset:
+    """Read files/folders into a split SliceDataset; skipped files are in `.skipped` / meta["skipped"].
+
+    `subjects` / `licences` map a file id (see meta["sources"]) or the path as given to a subject id /
+    licence text. Raises DatasetError when nothing usable is found.
+    """
+    from tqdm.auto import tqdm
+
+    size, axes = _check_size(size), _check_axes(axes)
+    if not 0.0 <= float(heldout) < 1.0:
+        raise DatasetError(f"heldout must be in [0, 1), got {heldout}")
+    if square not in ("pad", "crop"):
+        raise DatasetError(f"square must be 'pad' or 'crop', got {square!r}")
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
+    subjects, licences = dict(subjects or {}), dict(licences or {})
+    files, skipped = R.collect_files(inputs)
+    rows: dict[str, list] = {k: [] for k in ("images", "source", "subject", "axis", "index", "pos", "thick")}
+    sources, dropped_empty = [], 0
+    for path, fid, given in tqdm(files, desc="reading", unit="file", disable=not progress):
+        try:
+            item = R.read_file(path)
+            kept, total = R.file_slices(item, size, axes, window, square, percentiles, min_foreground, foreground_level)
+        except R.SkipFile as exc:
+            skipped.append({"file": fid, "reason": str(exc)})
+            continue
+        except Exception as exc:  # a reader bug or odd file must not end the whole run
+            skipped.append({"file": fid, "reason": f"unexpected error ({type(exc).__name__}: {str(exc)[:160]})"})
+            continue
+        dropped_empty += total - len(kept)
+        if not kept:
+            skipped.append({"file": fid, "reason": f"all {total} slices near-empty (< {min_foreground:.0%} of "
+                                                   f"pixels above {foreground_level:g} after normalisation)"})
+            continue
+        subject = (subjects.get(fid) or subjects.get(given) or item.subject
+                   or R.subject_from_path(fid) or fid)
+        for img, ax, k, pos, thick in kept:
+            for key, val in zip(("images", "axis", "index", "pos", "thick"), (img, ax, k, pos, thick)):
+                rows[key].append(val)
+            rows["source"].append(fid)
+            rows["subject"].append(subject)
+        sources.append({"id": fid, "subject": subject, "kind": item.kind, "slices": len(kept),
+                        "licence": licences.get(fid) or licences.get(given) or "unknown (user-supplied data)",
+                        **({"notes": item.notes} if item.notes else {})})
+        del item
+    if not rows["images"]:
+        shown = "; ".join(f"{s['file']}: {s['reason']}" for s in skipped[:5]) or "no files found"
+        raise DatasetError(f"no usable slices in {', '.join(map(str, inputs))} "
+                           f"({len(files)} files read, {len(skipped)} skipped: {shown})")
+    subject = np.array(rows["subject"])
+    axis = np.array(rows["axis"], np.int8)
+    split, keep, mode, warnings = R.assign_split(subject, axis, np.array(rows["pos"], np.float64),
+                                         np.array(rows["thick"], np.float64), float(heldout), int(seed), slab_gap)
+    ds = SliceDataset(np.stack(rows["images"])[:, None], np.array(rows["source"]), subject, axis,
+                      np.array(rows["index"], np.int32), split).subset(keep)
+    per_axis = {str(a): int((ds.axis == a).sum()) for a in sorted(set(ds.axis.tolist()))}
+    ds.meta = {
+        "dataset": name, "name": name, "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "pipeline_version": PIPELINE_VERSION, "size": size, "axes": list(axes), "square": square,
+        "window": list(window) if window else None, "percentiles": list(percentiles),
+        "min_foreground": min_foreground, "foreground_level": foreground_level,
+        "split": mode, "heldout_fraction": float(heldout), "seed": int(seed), "slab_gap": slab_gap,
+        "split_rule": R.SPLIT_RULES[mode], "warnings": warnings, "sources": sources, "skipped": skipped,
+        "counts": {"files_found": len(files), "files_read": len(sources), "files_skipped": len(skipped),
+                   "slices": len(ds), "train": int((ds.split == "train").sum()),
+                   "heldout": int((ds.split == "heldout").sum()), "per_axis": per_axis,
+                   "dropped_empty": dropped_empty, "dropped_gap": int((~keep).sum()),
+                   "subjects": len(set(ds.subject.tolist())),
+                   "train_subjects": len(set(ds.subject[ds.split == "train"].tolist())),
+                   "heldout_subjects": len(set(ds.subject[ds.split == "heldout"].tolist()))},
+    }
+    return ds
+
+
+def _check_size(size) -> int:
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 8 <= int(size) <= 1024:
+        raise DatasetError(f"size must be an integer from 8 to 1024, got {size!r}")
+    return int(size)
+
+
+def _check_axes(axes) -> tuple[int, ...]:
+    axes = (axes,) if isinstance(axes, (int, np.integer)) else tuple(int(a) for a in axes)
+    if not axes or len(set(axes)) != len(axes) or any(a not in (0, 1, 2) for a in axes):
+        raise DatasetError(f"axes must be distinct values from 0, 1, 2 (sagittal, coronal, axial), got {axes}")
+    return axes
+
+
+# ----------------------------------------------------------------------------- built-ins
+MNI_LICENCE = ("MNI ICBM152 2009a nonlinear symmetric T1 template, as shipped in the nilearn wheel. Upstream "
+               "notice: Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging Centre, Montreal "
+               "Neurological Institute, McGill University; permission to use, copy, modify and distribute "
+               "for any purpose and without fee, provided the copyright notice appears in all copies; provided "
+               "'as is' without warranty. (nilearn's own dataset description lists the licence as 'unknown'.)")
+COLIN_LICENCE = ("Colin27 (single subject, Colin Holmes) from Debian package mricron-data; "
+                 "/usr/share/doc/mricron-data/copyright: 'Files: *  Copyright: Copyright 2006-2010, Chris Rorden  "
+                 "License: BSD-3-clause' (no separate stanza for the templates).")
+CT_LICENCE = ("InVesalius example 'Cranium' (ProMED CT 0051) from Debian package invesalius-examples; "
+              "/usr/share/doc/invesalius-examples/copyright: 'Files: *  Copyright: (c) 2008-2021 Centro de "
+              "Tecnologia da Informacao Renato Archer et al.  License: GPL-2'.")
+MNI_FILE = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+
+BUILTIN_DATASETS: dict[str, dict] = {
+    "brain-t1": {
+        "description": "T1-weighted brain MRI, 2 subjects: the MNI ICBM152 2009a average (nilearn) and "
+                       "Colin27 (ch2 at 1 mm and ch2better at 0.5 mm, same person; Debian mricron-data).",
+        "modality": "MR", "window": None,
+        "licence": f"{MNI_LICENCE} {COLIN_LICENCE}",
+        "licence_url": "http://www.bic.mni.mcgill.ca/ServicesAtlases/ICBM152NLin2009 ; "
+                       "https://metadata.ftp-master.debian.org/changelogs/main/m/mricron/stable_copyright",
+        "install": "pip install nilearn && apt-get install mricron-data",
+        "sources": [  # (where, file id, subject, licence, install)
+            ("nilearn", MNI_FILE, "MNI152-2009a", MNI_LICENCE, "pip install nilearn"),
+            ("/usr/share/mricron/templates", "ch2.nii.gz", "Colin27", COLIN_LICENCE, "apt-get install mricron-data"),
+            ("/usr/share/mricron/templates", "ch2better.nii.gz", "Colin27", COLIN_LICENCE,
+             "apt-get install mricron-data"),
+        ],
+    },
+    "head-ct": {
+        "description": "Head CT (one patient, 108 axial slices, Hounsfield units) from the InVesalius example "
+                       "Cranium.inv3, brain window W 80 / L 40. One subject: split into slabs.",
+        "modality": "CT", "window": (40.0, 80.0),
+        "licence": CT_LICENCE,
+        "licence_url": "https://metadata.ftp-master.debian.org/changelogs/main/i/invesalius/stable_copyright",
+        "install": "apt-get install invesalius-examples",
+        "sources": [("/usr/share/doc/invesalius-examples/examples", "Cranium.inv3", "InVesalius-Cranium",
+                     CT_LICENCE, "apt-get install invesalius-examples")],
+    },
+}
+
+
+def _locate(where: str, fname: str) -> Path | None:
+    if where == "nilearn":
+        spec = importlib.util.find_spec("nilearn")  # no import: nilearn's import is slow
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        where = str(Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data")
+    p = Path(where) / fname
+    return p if p.is_file() else None
+
+
+def build_builtin(name: str, size: int, axes: Iterable[int] = (2,), *, heldout: float = 0.2, seed: int = 0,
+                  progress: bool = True) -> SliceDataset:
+    if name not in BUILTIN_DATASETS:
+        raise DatasetError(f"unknown built-in dataset {name!r}; choose from {', '.join(BUILTIN_DATASETS)}")
+    spec = BUILTIN_DATASETS[name]
+    paths, missing = [], []
+    for where, fname, _, _, install in spec["sources"]:
+        p = _locate(where, fname)
+        if p is None:
+            missing.append(f"{fname} (install with: {install})")
+        paths.append(p)
+    if missing:
+        raise DatasetError(f"built-in dataset {name!r} needs files that are not installed: {'; '.join(missing)}")
+    return ingest(paths, size, axes=axes, heldout=heldout, seed=seed, window=spec["window"], name=name,
+                  subjects={s[1]: s[2] for s in spec["sources"]}, licences={s[1]: s[3] for s in spec["sources"]},
+                  progress=progress)
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("MEDGAN_CACHE_DIR") or Path.home() / ".cache" / "medgan"
+    return Path(root).expanduser() / "datasets"
+
+
+def load_dataset(name_or_path: str, size: int, *, axes: Iterable[int] = (2,), cache: bool = True) -> SliceDataset:
+    """A built-in by name (cached as npz, rebuilt when missing), a saved .npz, or a folder/file to ingest."""
+    size, axes = _check_size(size), _check_axes(axes)
+    if name_or_path in BUILTIN_DATASETS:
+        path = cache_dir() / f"{name_or_path}-{size}px-axes{'-'.join(map(str, axes))}-v{PIPELINE_VERSION}.npz"
+        if cache and path.is_file():
+            try:
+                ds = SliceDataset.load(path)
+                if ds.size == size and len(ds):
+                    return ds
+            except DatasetError:
+                pass  # corrupt cache: rebuild below
+        ds = build_builtin(name_or_path, size, axes)
+        if cache:
+            try:
+                ds.save(path)
+            except OSError as exc:
+                print(f"warning: could not cache {name_or_path} in {path.parent}: {exc}", file=sys.stderr)
+        return ds
+    p = Path(str(name_or_path)).expanduser()
+    if p.is_file() and p.name.endswith(".npz"):
+        return _adapt(SliceDataset.load(p), size, axes, p.name)
+    if p.exists():
+        return ingest([p], size, axes=axes)
+    raise DatasetError(f"unknown dataset {str(name_or_path)[:200]!r}: not a built-in "
+                       f"({', '.join(BUILTIN_DATASETS)}) and no such .npz file or folder")
+
+
+def _adapt(ds: SliceDataset, size: int, axes: tuple[int, ...], label: str) -> SliceDataset:
+    """Keep volume slices along `axes` (2-D images always) and shrink to `size` if stored larger."""
+    ds = ds.subset((ds.axis < 0) | np.isin(ds.axis, axes))
+    if not len(ds):
+        raise DatasetError(f"{label} has no slices along axes {list(axes)}")
+    if ds.size < size:
+        raise DatasetError(f"{label} was built at {ds.size} px, smaller than the {size} px asked; rebuild it "
+                           f"with --size {size}")
+    if ds.size > size:
+        ds.images = np.stack([np.asarray(Image.fromarray(im[0]).resize((size, size), Image.Resampling.LANCZOS))
+                              for im in ds.images])[:, None]
+        ds.meta = {**ds.meta, "resized_from": int(ds.meta.get("size", 0)) or None, "size": size}
+    return ds
+
+
+def save_preview(ds: SliceDataset, path: str | Path, n: int = 16, cols: int = 4, scale: int = 2) -> Path:
+    """A grid of n slices spread evenly through the dataset, as PNG."""
+    pick = np.linspace(0, len(ds) - 1, min(n, len(ds))).round().astype(int)
+    rows, s, gap = -(-len(pick) // cols), ds.size, 2
+    grid = np.full((rows * (s + gap) - gap, cols * (s + gap) - gap), 64, np.uint8)
+    for i, j in enumerate(pick):
+        r, c = divmod(i, cols)
+        grid[r * (s + gap):r * (s + gap) + s, c * (s + gap):c * (s + gap) + s] = ds.images[j, 0]
+    img = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.Resampling.NEAREST)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    return Path(path)
+
+
+# ----------------------------------------------------------------------------- CLI
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m training.data", description=__doc__.split("\n\n")[0])
+    ap.add_argument("inputs", nargs="*", help="files or folders (recursive)")
+    ap.add_argument("--dataset", choices=sorted(BUILTIN_DATASETS), help="build a built-in dataset instead")
+    ap.add_argument("--size", type=int, default=64, help="output side in pixels (default 64)")
+    ap.add_argument("--out", required=True, help="output .npz")
+    ap.add_argument("--axes", default="2", help="volume slicing axes, e.g. 2 or 0,1,2 (0 sag, 1 cor, 2 ax)")
+    ap.add_argument("--heldout", type=float, default=0.2, help="held-out fraction (by subject), default 0.2")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--window", type=float, nargs=2, metavar=("CENTER", "WIDTH"), help="fixed intensity window")
+    ap.add_argument("--square", choices=("pad", "crop"), default="pad")
+    ap.add_argument("--min-foreground", type=float, default=0.08, help="drop slices with less foreground")
+    ap.add_argument("--preview", help="also write a PNG grid of 16 slices here")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = ap.parse_args(argv)
+    try:
+        axes = tuple(int(a) for a in args.axes.replace(",", " ").split())
+    except ValueError:
+        ap.error(f"--axes must be integers, got {args.axes!r}")
+    if bool(args.inputs) == bool(args.dataset):
+        ap.error("give either INPUT files/folders or --dataset NAME")
+    try:
+        if args.dataset:
+            ds = build_builtin(args.dataset, _check_size(args.size), axes, heldout=args.heldout, seed=args.seed,
+                               progress=not args.quiet)
+        else:
+            ds = ingest(args.inputs, args.size, axes=axes, heldout=args.heldout, seed=args.seed,
+                        window=tuple(args.window) if args.window else None, square=args.square,
+                        min_foreground=args.min_foreground, progress=not args.quiet)
+        ds.save(args.out)
+        if args.preview:
+            save_preview(ds, args.preview)
+    except MedganError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(ds.summary())
+    print(f"Wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
