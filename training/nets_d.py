@@ -1,0 +1,59 @@
+"""DCGAN discriminator (training only: inference never needs it, so it stays out of medgan/)."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def discriminator_widths(resolution: int, base_width: int, max_width: int = 512) -> list[int]:
+    """Channels after each stride-2 conv, mirroring the generator: base, 2·base, … down to 4x4."""
+    n = int(math.log2(resolution)) - 2
+    return [min(base_width * 2 ** i, max_width) for i in range(n)]
+
+
+class DCGANDiscriminator(nn.Module):
+    """image [n, C, R, R] in [-1, 1] -> logit [n].
+
+    Classic DCGAN: stride-2 4x4 convs with LeakyReLU(0.2), BatchNorm on every block but the first, and a
+    final 4x4 valid conv to one logit. `spectral_norm` wraps every conv (then BatchNorm is usually off:
+    SN already bounds D, and BN's batch coupling interferes with gradient penalties).
+    """
+
+    def __init__(self, resolution: int = 64, channels: int = 1, base_width: int = 64, *,
+                 batchnorm: bool = True, spectral_norm: bool = False, max_width: int = 512):
+        super().__init__()
+        widths = discriminator_widths(resolution, base_width, max_width)
+
+        def conv(c_in: int, c_out: int, stride: int, padding: int) -> nn.Module:
+            layer = nn.Conv2d(c_in, c_out, 4, stride, padding, bias=not batchnorm)
+            dcgan_init(layer)  # before spectral norm, so its power iteration starts from these weights
+            return nn.utils.parametrizations.spectral_norm(layer) if spectral_norm else layer
+
+        layers: list[nn.Module] = []
+        c_in = channels
+        for i, w in enumerate(widths):
+            layers.append(conv(c_in, w, 2, 1))
+            if batchnorm and i > 0:
+                layers.append(nn.BatchNorm2d(w))
+            layers.append(nn.LeakyReLU(0.2, inplace=True))
+            c_in = w
+        layers.append(conv(c_in, 1, 1, 0))
+        self.main = nn.Sequential(*layers)
+        dcgan_init(self, convs=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.main(x).view(-1)
+
+
+def dcgan_init(module: nn.Module, convs: bool = True) -> None:
+    """DCGAN weight init: N(0, 0.02) convs, N(1, 0.02) BN scales, zero biases (Radford et al. 2016)."""
+    for m in module.modules():
+        if convs and isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
