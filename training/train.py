@@ -97,6 +97,8 @@ class TrainConfig:
     ckpt_every: int = 1000
     log_every: int = 50
     max_minutes: float = 0.0        # > 0: stop after this much training wall time (summed over resumes)
+    # > 0: stop after this much process CPU time (summed over resumes): equal budgets on a shared machine
+    max_cpu_minutes: float = 0.0
     out: str = ""
     export: str = ""                # model folder; "" = <out>/model
     # model metadata for the export
@@ -119,7 +121,7 @@ RECIPES: dict[str, dict[str, Any]] = {
                        base_width=32, d_width=32),
 }
 # Options that may change when resuming; anything else would make the resumed run a different run.
-RESUMABLE = {"steps", "max_minutes", "sample_every", "ckpt_every", "log_every", "threads", "device", "out",
+RESUMABLE = {"steps", "max_minutes", "max_cpu_minutes", "sample_every", "ckpt_every", "log_every", "threads", "device", "out",
              "export", "model_id", "title", "modality", "organ", "plane", "description"}
 
 
@@ -247,6 +249,7 @@ class Trainer:
         self.ada = AdaptiveP(cfg.ada_target, cfg.ada_kimg, p=0.0) if cfg.augment and cfg.ada_target > 0 else None
         self.step = 0
         self.elapsed = 0.0          # training wall time, summed over resumes
+        self.cpu_elapsed = 0.0      # process CPU time of training, summed over resumes
         self.commands: list[str] = []
         self.last: dict[str, float] = {}
         if self.d.world > 1:
@@ -352,7 +355,8 @@ class Trainer:
         for name, gen in (("noise", self.gen_noise), ("aug", self.gen_aug)):
             for rank, st in enumerate(self.gather(gen.get_state())):
                 tensors[f"gen.{name}.{rank}"] = st
-        meta = {"config": asdict(self.cfg), "step": self.step, "elapsed": self.elapsed, "world": self.d.world,
+        meta = {"config": asdict(self.cfg), "step": self.step, "elapsed": self.elapsed,
+                "cpu_elapsed": self.cpu_elapsed, "world": self.d.world,
                 "opt_g": mg, "opt_d": md, "rng": mr, "ada": self.ada.state() if self.ada else None,
                 "commands": self.commands, "last": self.last, "torch": torch.__version__}
         return tensors, meta
@@ -384,6 +388,7 @@ class Trainer:
         if self.ada and meta.get("ada"):
             self.ada.load(meta["ada"])
         self.step, self.elapsed = int(meta["step"]), float(meta["elapsed"])
+        self.cpu_elapsed = float(meta.get("cpu_elapsed", 0.0))
         self.commands, self.last = list(meta.get("commands", [])), dict(meta.get("last", {}))
 
 
@@ -456,6 +461,7 @@ def export_model(trainer: Trainer, folder: Path, data_info: dict[str, Any], hw: 
     training = {"recipe": cfg.recipe, "command": trainer.commands[0] if trainer.commands else "",
                 "resumed_with": trainer.commands[1:], "steps": trainer.step,
                 "images_seen": trainer.step * cfg.batch_size, "wall_time_s": round(trainer.elapsed, 1),
+                "cpu_time_s": round(trainer.cpu_elapsed, 1),
                 "hardware": hw, "final_losses": trainer.last, "ema": cfg.ema > 0, "config": asdict(cfg)}
     axes = data_info.get("axes") or cfg.axes
     plane = cfg.plane or ({0: "sagittal", 1: "coronal", 2: "axial"}.get(axes[0], "") if len(axes) == 1 else "mixed")
@@ -506,7 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="run directory (default runs/<dataset>-<recipe>-<size>)")
     run.add_argument("--resume", help="run directory or checkpoint file to continue")
     for name, kind in (("seed", int), ("sample-seed", int), ("threads", int), ("sample-every", int),
-                       ("ckpt-every", int), ("log-every", int), ("max-minutes", float)):
+                       ("ckpt-every", int), ("log-every", int), ("max-minutes", float), ("max-cpu-minutes", float)):
         run.add_argument(f"--{name}", type=kind)
     run.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
     meta = p.add_argument_group("export")
@@ -548,8 +554,8 @@ def check_config(cfg: TrainConfig) -> None:
             problems.append(f"--{name.replace('_', '-')} must be at least 1")
     if not 0 <= cfg.ema < 1:
         problems.append("--ema must be in [0, 1)")
-    if cfg.r1 < 0 or cfg.max_minutes < 0 or not 0 <= cfg.augment_p <= 1:
-        problems.append("--r1 and --max-minutes must be >= 0, --augment-p in [0, 1]")
+    if cfg.r1 < 0 or cfg.max_minutes < 0 or cfg.max_cpu_minutes < 0 or not 0 <= cfg.augment_p <= 1:
+        problems.append("--r1, --max-minutes and --max-cpu-minutes must be >= 0, --augment-p in [0, 1]")
     try:
         parse_policy(cfg.augment_policy)
     except ValueError as exc:
@@ -652,13 +658,16 @@ def train_loop(trainer: Trainer, cfg: TrainConfig, d: Dist, stop: StopFlag, log:
                file=sys.stderr)
     sums = torch.zeros(7, dtype=torch.float64)
     n_sums, began = 0, time.perf_counter() - trainer.elapsed
+    cpu_began = time.process_time() - trainer.cpu_elapsed
     reason = "done"
     step_time = 0.0  # pure training time in the log interval (img/s excludes sampling and checkpoints)
     while trainer.step < cfg.steps:
         t0 = time.perf_counter()
         stats = trainer.train_step().double()
         trainer.elapsed = time.perf_counter() - began
-        timeup = cfg.max_minutes > 0 and trainer.elapsed >= cfg.max_minutes * 60
+        trainer.cpu_elapsed = time.process_time() - cpu_began
+        timeup = (cfg.max_minutes > 0 and trainer.elapsed >= cfg.max_minutes * 60) or \
+            (cfg.max_cpu_minutes > 0 and trainer.cpu_elapsed >= cfg.max_cpu_minutes * 60)
         # One small collective per step: stop flags, ADA statistics and losses, summed over ranks.
         flags = torch.cat([torch.tensor([float(stop.set), float(timeup)], dtype=torch.float64, device=stats.device),
                            stats])
@@ -695,7 +704,7 @@ def train_loop(trainer: Trainer, cfg: TrainConfig, d: Dist, stop: StopFlag, log:
             reason = f"stopped by {stop.signal or 'signal on another rank'}"
             break
         if flags[1] > 0:
-            reason = f"time limit {cfg.max_minutes} min"
+            reason = "time limit"
             break
         if trainer.step % cfg.ckpt_every == 0 and trainer.step < cfg.steps:
             save("periodic")
