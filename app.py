@@ -69,6 +69,11 @@ def models_rows() -> list[list]:
             for m in service.models_json()]
 
 
+def source_notices() -> str:
+    """One Markdown line per source that lists less than it could (e.g. medigan offline, no catalogue)."""
+    return "\n\n".join(f"ℹ️ {n}" for n in service.source_notices())
+
+
 MODEL_COLUMNS = ["id", "title", "modality", "organ", "plane", "resolution", "source", "kind", "FID", "KID",
                  "precision", "recall", "licence"]
 
@@ -103,6 +108,7 @@ def build_demo() -> gr.Blocks:
             build = gr.Button("Prepare download", variant="primary", elem_id="prepare-download")
             archive = gr.File(label="Zip", elem_id="archive")
         with gr.Tab("Models"):
+            notices = gr.Markdown(source_notices(), elem_id="source-notices")
             table = gr.Dataframe(value=models_rows(), headers=MODEL_COLUMNS, interactive=False, wrap=True,
                                  elem_id="models-table")
             listing = gr.JSON(visible=False)
@@ -115,6 +121,7 @@ def build_demo() -> gr.Blocks:
                     concurrency_limit=int(os.environ.get("MEDGAN_CONCURRENCY", "2")))
         demo.load(models, outputs=listing, api_name="models")
         demo.load(models_rows, outputs=table, api_visibility="private")
+        demo.load(source_notices, outputs=notices, api_visibility="private")
     return demo
 
 

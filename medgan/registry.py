@@ -11,6 +11,7 @@ from .errors import InvalidArgumentError, MedganError, UnknownModelError
 from .sources import ImageGenerator, ModelInfo, Source
 from .sources.hub import HubSource
 from .sources.local import LocalSource
+from .sources.medigan import MediganSource
 from .validation import check_model_id
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
@@ -95,7 +96,7 @@ def default_sources(weights_dirs: list[str | Path] | None = None) -> list[Source
     return sources
 
 
-_EXTRA_SOURCES: list = []
+_EXTRA_SOURCES: list = [MediganSource.from_env]  # medigan home: MEDGAN_MEDIGAN_HOME; off: MEDGAN_MEDIGAN=0
 _default: Registry | None = None
 _default_lock = threading.Lock()
 

@@ -53,6 +53,13 @@ def models_json(registry: Registry | None = None) -> list[dict[str, Any]]:
     return [{k: m.to_dict()[k] for k in keys} for m in models(registry)]
 
 
+def source_notices(registry: Registry | None = None) -> list[str]:
+    """Why a source lists nothing or less than expected (e.g. no medigan catalogue offline), for the UI."""
+    reg = _registry(registry)
+    reg.list_models()  # sources refresh their `notice` while listing
+    return [f"{s.name}: {s.notice}" for s in reg.sources if getattr(s, "notice", "")]
+
+
 def check_request(model_id: object, seed: object, count: object) -> tuple[str, int, int]:
     return check_model_id(model_id), check_seed(seed), check_count(count, MAX_COUNT)
 
