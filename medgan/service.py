@@ -98,7 +98,8 @@ def export(model_id: object, seed: object, count: object, fmt: object = "png", l
     name = f"{file_stem(model_id, seed, 0).rsplit('_', 1)[0]}_n{count}_{fmt}_{uuid.uuid4().hex[:8]}.zip"
     extra = {"model_info": {k: v for k, v in info.to_dict().items() if k not in ("card_summary", "description")},
              "labelled": label}
-    return write_zip(export_dir() / name, arrays, prov, fmt, extra=extra, label=label, info=info)
+    return write_zip(export_dir() / name, arrays, prov, fmt, extra=extra, label=label, info=info,
+                     config=getattr(gen, "config", None))  # config.json may state a pixel spacing
 
 
 def cleanup_exports(retention_s: float | None = None) -> int:
