@@ -1,13 +1,19 @@
-"""The model card (README.md) of a model folder, as a Hugging Face model card.
+"""The model card (README.md) of a model folder, as a Hugging Face model card. One template, all models.
 
 `render_card(folder)` reads config.json (and eval.json when the evaluation has run) and returns the card;
-`write_card(folder)` writes it. The YAML front matter is built with huggingface_hub's ModelCardData so
-`ModelCard.load(folder / "README.md")` gives the metadata back (license, tags, model-index).
+`write_card(folder)` writes it (and a sample grid, samples.png, when the folder has none). The YAML front matter
+is built with huggingface_hub's ModelCardData so `ModelCard.load(folder / "README.md")` gives the metadata back
+(license, library_name, pipeline_tag, tags, model-index with the measured metrics).
+
+    python -m training.card weights/brain-t1-dcgan-64 [more folders]     # (re)write the cards
+    python -m training.card --check weights/*                             # exit 1 if a card is stale
 """
 from __future__ import annotations
 
+import argparse
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +24,10 @@ from medgan.config import ModelConfig
 TASK = "unconditional-image-generation"
 INDEX_METRICS = {"fid": "FID", "kid": "KID", "precision": "Precision", "recall": "Recall"}
 FLOOR_KEYS = ("floor", "real_vs_real", "floor_real_vs_real")
+BASE_TAGS = ["medical-imaging", "gan", "dcgan", "synthetic-data", "medgan"]
 MODALITY_NAMES = {"MR": "MRI", "CT": "CT", "CR": "X-ray", "DX": "X-ray", "MG": "mammography", "US": "ultrasound",
                   "PT": "PET", "OT": ""}
+SAMPLES_FILE, SAMPLES_COUNT, SAMPLES_SEED = "samples.png", 64, 0
 
 
 def _slug(text: str) -> str:
@@ -36,13 +44,15 @@ def _number(value: Any) -> float | None:
 
 
 def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, dict) and "mean" in value:
         std = value.get("std")
-        return _fmt(value["mean"]) + (f" ± {_fmt(std)}" if isinstance(std, (int, float)) else "")
+        return _fmt(value["mean"]) + (f" ± {_fmt(std)}" if isinstance(std, (int, float)) and std else "")
     if isinstance(value, (list, tuple)):
         return ", ".join(_fmt(v) for v in value)
     if isinstance(value, dict):
@@ -63,38 +73,58 @@ def _first(data: dict[str, Any], *keys: str) -> Any:
     return None
 
 
+def _modality(config: ModelConfig) -> str:
+    return MODALITY_NAMES.get(config.modality.upper(), config.modality) if config.modality else ""
+
+
 def load_eval(folder: Path, config: ModelConfig) -> dict[str, Any]:
+    """eval.json (training.evaluate's full report) when present and readable, else config.json's metrics."""
     path = folder / "eval.json"
     if path.is_file():
         try:
             data = json.loads(path.read_text())
             if isinstance(data, dict):
                 return data
-        except (OSError, json.JSONDecodeError):
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             pass
     return dict(config.metrics)
 
 
+def _eval_dataset(config: ModelConfig, evaluation: dict[str, Any]) -> str:
+    real = evaluation.get("real_data") if isinstance(evaluation.get("real_data"), dict) else {}
+    return str(_first(real, "dataset") or _first(evaluation, "dataset")
+               or _first(config.training_data, "name", "dataset", "title") or "training data")
+
+
+def _reference_split(evaluation: dict[str, Any]) -> str:
+    """Which real images the headline metrics compare against (training.evaluate: the train split)."""
+    ref = str(evaluation.get("reference") or (evaluation.get("samples") or {}).get("real", "") or "train")
+    return "train" if "train" in ref else "held-out"
+
+
 def card_data(config: ModelConfig, evaluation: dict[str, Any]) -> ModelCardData:
-    data_name = str(_first(config.training_data, "name", "dataset", "title") or "training data")
-    tags = ["medical-imaging", "gan", "dcgan", "synthetic-data", "medgan"]
-    modality = MODALITY_NAMES.get(config.modality.upper(), config.modality) if config.modality else ""
-    tags += [_slug(t) for t in (modality, config.organ) if t and _slug(t) not in tags]
+    """Front matter: licence, library, task, tags (modality, organ) and a model-index of the measured metrics.
+
+    No `datasets:` key: it may only name Hugging Face Hub datasets, and ours are local scans (named in the text).
+    """
+    tags = list(BASE_TAGS)
+    tags += [_slug(t) for t in (_modality(config), config.organ, config.plane) if t and _slug(t) not in tags]
+    data_name = _eval_dataset(config, evaluation)
     results = []
     for key, name in INDEX_METRICS.items():
         value = _number(evaluation.get(key))
         if value is not None:
-            results.append(EvalResult(task_type=TASK, dataset_type=_slug(data_name) or "training-data",
-                                      dataset_name=data_name, metric_type=key, metric_value=value,
-                                      metric_name=name, dataset_split="held-out"))
+            results.append(EvalResult(task_type=TASK, task_name="Unconditional image generation",
+                                      dataset_type=_slug(data_name) or "training-data", dataset_name=data_name,
+                                      dataset_split=_reference_split(evaluation), metric_type=key,
+                                      metric_value=round(value, 6), metric_name=name))
     return ModelCardData(license=config.license or "mit", library_name="medgan", pipeline_tag=TASK, tags=tags,
                          model_name=config.id, eval_results=results or None)
 
 
 def _summary(config: ModelConfig) -> str:
     g = config.generator
-    modality = MODALITY_NAMES.get(config.modality.upper(), config.modality) if config.modality else ""
-    what = " ".join(t for t in (config.plane, modality, config.organ) if t) or "medical"
+    what = " ".join(t for t in (config.plane, _modality(config), config.organ) if t) or "medical"
     kind = "grayscale" if g.channels == 1 else f"{g.channels}-channel"
     return (f"`{config.id}` is a DCGAN that generates synthetic {g.resolution}×{g.resolution} {kind} {what} "
             f"image slices from random noise. Every image it produces is synthetic: it depicts no real "
@@ -106,7 +136,7 @@ def _training_data(config: ModelConfig) -> str:
     name = _first(meta, "name", "dataset", "title") or "not recorded"
     licences = _first(meta, "licences", "licenses", "licence", "license")
     licences = [licences] if isinstance(licences, str) else list(licences or [])
-    lines = [f"Trained on **{_fmt(name)}** (a local dataset, not a Hugging Face Hub dataset)."
+    lines = [f"Trained on **{_fmt(name)}** (local scans, not a Hugging Face Hub dataset)."
              + (f" {meta['description']}" if meta.get("description") else "")]
     lines += ["", "Licence(s) of the training data:"] + [f"- {_fmt(x)}" for x in licences or ["not recorded"]]
     if meta.get("licence_url"):
@@ -127,7 +157,8 @@ def _training_data(config: ModelConfig) -> str:
     lines += [f"\n**Warning:** {w}" for w in meta.get("warnings", []) or []]
     other = {k: v for k, v in meta.items() if k not in ("name", "dataset", "description", "licences", "licenses",
                                                         "licence", "license", "licence_url", "sources", "warnings",
-                                                        "split_rule")}
+                                                        "split_rule", "train_slices", "train_subjects",
+                                                        "heldout_slices")}
     if other:
         lines += ["", "<details><summary>Other recorded dataset facts</summary>", "",
                   _table(sorted(other.items()), ("key", "value")), "", "</details>"]
@@ -137,13 +168,13 @@ def _training_data(config: ModelConfig) -> str:
 def _training_procedure(config: ModelConfig) -> str:
     t = config.training
     if not t:
-        return "Not recorded."
+        return "Not recorded (this folder was not written by `training/train.py`)."
     cfg = t.get("config", {})
     hw = t.get("hardware", {})
-    out = [f"Recipe **{t.get('recipe', '?')}**, trained with `training/train.py` of MedGAN Studio:", "",
-           "```bash", t.get("command", "?"), "```"]
-    for extra in t.get("resumed_with", []) or []:
-        out[-1:-1] = [extra]
+    commands = [t.get("command") or "(command not recorded)", *(t.get("resumed_with") or [])]
+    out = [f"Recipe **{t.get('recipe', '?')}**, trained with MedGAN Studio's `training/train.py`; the exact "
+           "command" + (" (then the resume commands)" if len(commands) > 1 else "") + ":", "",
+           "```bash", *commands, "```"]
     wall = t.get("wall_time_s")
     rows = [("steps", t.get("steps")), ("images seen", t.get("images_seen")),
             ("wall time", f"{wall / 60:.1f} min" if isinstance(wall, (int, float)) else None),
@@ -159,45 +190,160 @@ def _training_procedure(config: ModelConfig) -> str:
     return "\n".join(out)
 
 
-def _evaluation(evaluation: dict[str, Any]) -> str:
-    if not evaluation:
-        return "Not yet evaluated."
-    floor = next((evaluation[k] for k in FLOOR_KEYS if isinstance(evaluation.get(k), dict)), None)
-    scalars = [(k, v) for k, v in evaluation.items() if not isinstance(v, dict) or _number(v) is not None]
-    nested = [(k, v) for k, v in evaluation.items() if isinstance(v, dict) and _number(v) is None
-              and k not in FLOOR_KEYS]
-    out = []
-    if scalars:
-        if floor:
-            out += ["Model (synthetic vs held-out real) next to the real-vs-real floor (real training vs "
-                    "held-out real images: the best a perfect generator could score on this data).", "",
-                    _table([(INDEX_METRICS.get(k, k), v, floor.get(k, "")) for k, v in scalars],
-                           ("metric", "model", "real-vs-real floor"))]
-        else:
-            out += [_table([(INDEX_METRICS.get(k, k), v) for k, v in scalars], ("metric", "value"))]
-    if floor:
-        extra = [(k, v) for k, v in floor.items() if k not in dict(scalars)]
-        if extra:
-            out += ["", "**Real-vs-real floor (other values)**", "", _table(extra, ("metric", "value"))]
-    for key, value in nested:
-        out += ["", f"**{key.replace('_', ' ').capitalize()}**", "", _table(list(value.items()), ("metric", "value"))]
+# --- evaluation: eval.json (full report) or config.json metrics (its summary), normalised -------------------
+
+def _floor(evaluation: dict[str, Any]) -> dict[str, Any]:
+    return next((evaluation[k] for k in FLOOR_KEYS if isinstance(evaluation.get(k), dict)), {})
+
+
+def _memorization(evaluation: dict[str, Any]) -> dict[str, Any]:
+    memo = evaluation.get("memorization")
+    if isinstance(memo, dict):
+        return memo
+    prefix = "memorization_"
+    flat = {k[len(prefix):]: v for k, v in evaluation.items() if k.startswith(prefix)}
+    if "fraction_closer_than_heldout_p5" in flat:
+        flat["fraction_closer"] = flat.pop("fraction_closer_than_heldout_p5")
+    return flat
+
+
+def _evaluation(evaluation: dict[str, Any], folder: Path) -> str:
+    if _number(evaluation.get("fid")) is None:
+        return ("Not evaluated yet. Run `python -m training.evaluate <folder> --dataset <name>`; it writes "
+                "eval.json and re-renders this card.")
+    floor = _floor(evaluation)
+    kid = evaluation.get("kid")
+    if not isinstance(kid, dict) and isinstance(evaluation.get("kid_std"), (int, float)):
+        kid = {"mean": kid, "std": evaluation["kid_std"]}
+    samples = evaluation.get("samples") if isinstance(evaluation.get("samples"), dict) else {}
+    n_syn = samples.get("n_synthetic", evaluation.get("n_synthetic"))
+    n_real = samples.get("n_real", evaluation.get("n_real"))
+    rows = [("FID ↓", evaluation.get("fid"), floor.get("fid")), ("KID ↓", kid, floor.get("kid")),
+            ("Precision ↑", evaluation.get("precision"), floor.get("precision")),
+            ("Recall ↑", evaluation.get("recall"), floor.get("recall")),
+            ("MS-SSIM (diversity, lower = more diverse)", evaluation.get("ms_ssim_synthetic"),
+             evaluation.get("ms_ssim_real"))]
+    out = [f"Synthetic images ({_fmt(n_syn)}) against the real training slices ({_fmt(n_real)}) of "
+           f"**{_eval_dataset_name(evaluation)}**, in Inception-v3 feature space. The **real-vs-real floor** "
+           "compares two disjoint halves of the real training slices, split by subject: it is what a perfect "
+           "generator could hope to score with this little data. For MS-SSIM the right column is the real "
+           "slices' own diversity.", "",
+           _table([r for r in rows if r[1] is not None], ("metric", "model", "real-vs-real floor"))]
+    same_n = floor.get("model_same_n", floor.get("model_fid_same_n"))
+    if _number(same_n) is not None and floor.get("n"):
+        out += ["", f"At the floor's sample size (n = {floor['n']} per side) the model's FID is "
+                f"{_fmt(_number(same_n))}, to compare with the floor's {_fmt(_number(floor.get('fid')))}."]
+    if floor.get("fallback"):
+        out += ["", f"**Note:** the floor is a fallback: {_fmt(floor.get('split'))}."]
+    elif floor.get("note"):
+        out += ["", f"**Note:** {_fmt(floor['note'])}."]
+    memo = _memorization(evaluation)
+    if _number(memo.get("median_synthetic")) is not None:
+        out += ["", "**Memorisation check.** Distance (pixel RMS, [0, 1] intensities) from each image to its "
+                "nearest training slice:", "",
+                _table([("median, synthetic images", memo.get("median_synthetic")),
+                        ("median, held-out real slices", memo.get("median_heldout")),
+                        ("share of synthetic images closer than the held-out 5th percentile (≈ 0.05 if no "
+                         "copying)", memo.get("fraction_closer")),
+                        ("share of exact copies", memo.get("fraction_exact_copies"))], ("", "value"))]
+        if memo.get("caveat"):
+            out += ["", f"Caveat: {_fmt(memo['caveat'])}."]
+    command = (evaluation.get("setup") or {}).get("command") or evaluation.get("eval_command")
+    if command:
+        out += ["", "Reproduce:", "", "```bash", str(command), "```"]
+    if (folder / "eval.png").is_file():
+        out += ["", "![Nearest training slices of the closest synthetic images; real vs synthetic grids]"
+                "(eval.png)"]
+    details = [(k, evaluation.get(k)) for k in ("real_data", "feature_extractor", "versions")
+               if isinstance(evaluation.get(k), dict)]
+    if details:
+        out += ["", "<details><summary>Evaluation set-up</summary>", ""]
+        for key, value in details:
+            out += [f"**{key.replace('_', ' ').capitalize()}**", "", _table(list(value.items()), ("", "value")), ""]
+        out += ["Full record: `eval.json` in this repository.", "", "</details>"]
     return "\n".join(out)
 
 
+def _eval_dataset_name(evaluation: dict[str, Any]) -> str:
+    real = evaluation.get("real_data") if isinstance(evaluation.get("real_data"), dict) else {}
+    return str(real.get("dataset") or evaluation.get("dataset") or "the training data")
+
+
+def _how_to_use(model_id: str) -> str:
+    return f"""With the `medgan` package of MedGAN Studio (this folder in `weights/`, or in `extra_folders`):
+
+```python
+import medgan
+
+gen = medgan.load_model("{model_id}")
+images = gen.generate(count=16, seed=42)                     # list of PIL images (synthetic)
+arrays = gen.generate(count=16, seed=42, output_type="np")   # uint8 array [16, H, W]
+```
+
+From the Hugging Face Hub (this repository; pin the revision you tested):
+
+```python
+from huggingface_hub import snapshot_download
+import medgan
+
+folder = snapshot_download("ORG/NAME", allow_patterns=["*.json", "*.safetensors", "README.md"])
+gen = medgan.Generator.from_folder(folder)   # "ORG/NAME": this repository's id
+```
+
+MedGAN Studio can also list it by id with weights pulled from the Hub and verified by sha256: add an entry to
+`weights/hub.json` (`python -m training.push FOLDER --repo ORG/NAME --catalogue weights/hub.json` writes it).
+
+From a running MedGAN Studio app (locally or as a Space) with `gradio_client`:
+
+```python
+from gradio_client import Client
+
+client = Client("http://127.0.0.1:7860/")   # or the Space id, e.g. "ORG/SPACE"
+gallery = client.predict("{model_id}", 42, 16, api_name="/generate")   # model, seed, count
+# -> [{{"image": path, "caption": "SYNTHETIC · {model_id} · seed 42 · #0"}}, …]: 16 synthetic PNG images
+```
+
+The same model and seed always give the same images; image *i* depends only on (seed, *i*)."""
+
+
+def _samples_seed(path: Path) -> str:
+    """The seed recorded in the grid's PNG text (training/train.py and write_samples both write it)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return str(img.text.get("seed", "")) if hasattr(img, "text") else ""
+    except OSError:
+        return ""
+
+
+def _images(folder: Path) -> list[str]:
+    out = ["## Samples"]
+    if (folder / SAMPLES_FILE).is_file():
+        seed = _samples_seed(folder / SAMPLES_FILE)
+        out.append(f"A grid of synthetic samples from this model" + (f" (seed {seed})" if seed else "")
+                   + f", generated with `medgan` — every image is synthetic:\n\n![synthetic samples]({SAMPLES_FILE})")
+    else:
+        out.append("No sample grid in this folder (`write_card` creates one).")
+    if (folder / "loss.png").is_file():
+        out += ["## Loss curve", "![loss curve](loss.png)"]
+    return out
+
+
 def render_card(folder: str | Path) -> str:
+    """The card text of a model folder (pure: reads config.json, eval.json and which images exist)."""
     folder = Path(folder)
     config = ModelConfig.load(folder)
     evaluation = load_eval(folder, config)
     data = card_data(config, evaluation)
-    title = config.title or config.id
     sections = [
-        f"# {title}",
+        f"# {config.title or config.id}",
         _summary(config) + (f" {config.description}" if config.description else ""),
         "## Intended use",
         f"{config.intended_use}\n\nSynthetic slices for teaching, for prototyping and testing image "
         "pipelines, for data-augmentation experiments and for benchmarking generative models.",
         "## Out-of-scope use",
-        "- Diagnosis, treatment planning, triage or any other clinical decision.\n"
+        "- **Not for diagnosis**, treatment planning, triage or any other clinical decision.\n"
         "- Presenting generated images as real patient data, or as evidence about real patients.\n"
         "- Training clinical models on these images alone without validation on real data.",
         "## Training data",
@@ -205,59 +351,91 @@ def render_card(folder: str | Path) -> str:
         "## Training procedure",
         _training_procedure(config),
         "## Evaluation",
-        _evaluation(evaluation),
+        _evaluation(evaluation, folder),
         "## Limitations and biases",
         "- Trained on few subjects: the images reflect their anatomy, scanner and protocol, not a population; "
         "pathology, age, sex and ethnic variation are under-represented or absent.\n"
         "- With small training sets GANs can memorise: some samples may closely resemble training slices "
-        "(see the memorisation check under Evaluation when present). Do not treat outputs as de-identified "
-        "by construction.\n"
+        "(see the memorisation check under Evaluation). Do not treat outputs as de-identified by "
+        "construction.\n"
         "- 2-D slices only, at low resolution; no 3-D consistency, no calibrated intensities, no labels.\n"
         "- GAN failure modes (mode collapse, artefacts) may occur; inspect samples before use.",
         "## How to use",
         _how_to_use(config.id),
-        "## Samples",
-        "Synthetic samples (seed 0) from this model:\n\n![samples](samples.png)",
-        "## Loss curve",
-        "![loss curve](loss.png)",
+        *_images(folder),
+        "## Files",
+        "`model.safetensors` (weights, safetensors only: no pickle), `config.json` (architecture and metadata, "
+        "`medgan.ModelConfig`)" + (", `eval.json` (full evaluation record)" if (folder / "eval.json").is_file()
+                                   else "") + ". This card is generated by `training/card.py`.",
     ]
     body = "\n\n".join(sections) + "\n"
     return f"---\n{data.to_yaml()}\n---\n\n{body}"
 
 
-def _how_to_use(model_id: str) -> str:
-    return f"""With the `medgan` package of MedGAN Studio (this folder in `weights/` or in `extra_folders`):
+def write_samples(folder: Path) -> Path | None:
+    """samples.png through medgan itself (what users will get), marked synthetic; grayscale models only."""
+    from medgan.generator import Generator
 
-```python
-import medgan
+    from .runlog import grid, save_synthetic_png
 
-gen = medgan.load_model("{model_id}")
-images = gen.generate(count=16, seed=42)                      # list of PIL images (synthetic)
-arrays = gen.generate(count=16, seed=42, output_type="np")   # uint8 array [16, H, W]
-```
-
-From a running MedGAN Studio app (locally or as a Space) with `gradio_client`:
-
-```python
-from gradio_client import Client
-
-client = Client("http://127.0.0.1:7860/")   # or the Space id
-gallery = client.predict("{model_id}", 42, 16, api_name="/generate")   # model, seed, count
-# a list of {{"image": path, "caption": ...}}: 16 synthetic PNG images
-```
-
-The same model and seed always give the same images."""
+    gen = Generator.from_folder(folder, device="cpu")
+    images = gen.generate(SAMPLES_COUNT, seed=SAMPLES_SEED, output_type="np")
+    if images.ndim != 3:
+        return None
+    return save_synthetic_png(folder / SAMPLES_FILE, grid(images),
+                              {"model_id": gen.config.id, "seed": str(SAMPLES_SEED)})
 
 
 def write_card(folder: str | Path) -> Path:
+    """Write README.md (and samples.png if missing); the card is parsed back before it replaces the old one."""
     folder = Path(folder)
+    if not (folder / SAMPLES_FILE).is_file():
+        write_samples(folder)
     path = folder / "README.md"
     text = render_card(folder)
-    ModelCard(text)  # parses the front matter: fails here rather than on the Hub
+    check_card_text(text)  # fails here rather than on the Hub
     tmp = path.with_name("README.md.tmp")
     tmp.write_text(text)
     tmp.replace(path)
     return path
 
 
-__all__ = ["render_card", "write_card", "card_data"]
+REQUIRED_TAGS = ("medical-imaging", "gan", "synthetic-data")
+
+
+def check_card_text(text: str) -> ModelCard:
+    """Parse a card and check the metadata the Hub and MedGAN Studio rely on; ValueError says what is missing."""
+    card = ModelCard(text)
+    data = card.data.to_dict()
+    problems = [f"{key} is missing" for key in ("license", "library_name", "pipeline_tag") if not data.get(key)]
+    if data.get("pipeline_tag") not in (None, TASK):
+        problems.append(f"pipeline_tag is {data['pipeline_tag']!r}, expected {TASK!r}")
+    missing = [t for t in REQUIRED_TAGS if t not in (data.get("tags") or [])]
+    if missing:
+        problems.append(f"tags lack {', '.join(missing)}")
+    if problems:
+        raise ValueError("model card metadata: " + "; ".join(problems))
+    return card
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.card", description="(Re)write model cards.")
+    p.add_argument("folders", nargs="+", type=Path)
+    p.add_argument("--check", action="store_true", help="write nothing; exit 1 if a card differs from the template")
+    args = p.parse_args(argv)
+    stale = 0
+    for folder in args.folders:
+        if args.check:
+            current = (folder / "README.md").read_text() if (folder / "README.md").is_file() else ""
+            ok = current == render_card(folder)
+            stale += not ok
+            print(f"{folder}: {'up to date' if ok else 'STALE (run python -m training.card ' + str(folder) + ')'}")
+        else:
+            print(f"wrote {write_card(folder)}")
+    return 1 if stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+__all__ = ["render_card", "write_card", "card_data", "check_card_text", "write_samples"]

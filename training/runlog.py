@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-METRIC_KEYS = ("step", "kimg", "time_s", "loss_d", "loss_g", "d_real", "d_fake", "r1", "aug_p", "rt",
-               "img_per_s")
+METRIC_KEYS = ("step", "kimg", "time_s", "cpu_s", "loss_d", "loss_g", "d_real", "d_fake", "r1", "aug_p", "rt",
+               "img_per_s", "img_per_cpu_s")
 
 
 def grid(images: np.ndarray, cols: int = 8, pad: int = 2) -> np.ndarray:
