@@ -14,12 +14,20 @@ import random
 import gradio as gr
 
 import medgan
-from medgan import service
+from medgan import limits, service
 from medgan.errors import MedganError
 from medgan.export import WRITERS
 
 TITLE = "MedGAN Studio"
 UI_MAX_SEED = 2**32 - 1  # the slider's range; the Python API accepts up to 2**63-1
+
+
+def checked_by_medgan(component: gr.components.Component) -> gr.components.Component:
+    """Hand the component's value to our function untouched, where medgan.validation checks it and says what
+    was wrong: Gradio's own Slider/Radio checks answer NaN, strings or nulls with an opaque "Error" and round
+    values first. Set on the instance: a subclass would make Gradio write an app.pyi stub beside this file."""
+    component.preprocess = lambda payload: payload
+    return component
 
 
 def _api(fn):
@@ -40,13 +48,13 @@ def _api(fn):
 @_api
 def generate(model: str, seed: float, count: float):
     """Generate `count` synthetic images of `model` from `seed`; returns a gallery of (image, caption)."""
-    return service.generate(model, seed, count)
+    return limits.run_with_time_limit(service.generate, model, seed, count)
 
 
 @_api
 def download(model: str, seed: float, count: float, fmt: str = "png", label: bool = False) -> str:
     """Generate a batch and return the path of a zip (images + metadata.json + README.txt)."""
-    return str(service.export(model, seed, count, fmt, label))
+    return str(limits.run_with_time_limit(service.export, model, seed, count, fmt, label))
 
 
 @_api
@@ -81,7 +89,8 @@ MODEL_COLUMNS = ["id", "title", "modality", "organ", "plane", "resolution", "sou
 def build_demo() -> gr.Blocks:
     choices = service.model_choices()
     default = choices[0][1] if choices else None
-    with gr.Blocks(title=TITLE) as demo:
+    # Gradio's cache (gallery PNGs, zip copies) is swept on a schedule; set here so any launcher gets it.
+    with gr.Blocks(title=TITLE, delete_cache=limits.gradio_cache()) as demo:
         gr.Markdown(f"# {TITLE}\nSynthetic medical images from GANs trained on real, openly licensed scans.")
         gr.Markdown(f"⚠️ {service.NOTICE}", elem_id="synthetic-notice")
         if not choices:
@@ -91,9 +100,11 @@ def build_demo() -> gr.Blocks:
                 with gr.Column(scale=1):
                     model = gr.Dropdown(choices=choices, value=default, label="Model", allow_custom_value=True,
                                         elem_id="model")
-                    seed = gr.Slider(0, UI_MAX_SEED, value=42, step=1, label="Seed", elem_id="seed")
+                    seed = checked_by_medgan(gr.Slider(0, UI_MAX_SEED, value=42, step=1, label="Seed",
+                                                       elem_id="seed"))
                     random_seed = gr.Button("Random seed", size="sm")
-                    count = gr.Slider(1, service.MAX_COUNT, value=8, step=1, label="Count", elem_id="count")
+                    count = checked_by_medgan(gr.Slider(1, service.MAX_COUNT, value=8, step=1, label="Count",
+                                                        elem_id="count"))
                     go = gr.Button("Generate", variant="primary", elem_id="generate")
                     info = gr.Markdown(service.model_markdown(default) if default else "", elem_id="model-info")
                 with gr.Column(scale=2):
@@ -102,7 +113,7 @@ def build_demo() -> gr.Blocks:
         with gr.Tab("Download"):
             gr.Markdown("Download the batch set on the Generate tab (model, seed, count) as a zip with "
                         "`metadata.json` and a README. Every file is marked synthetic.")
-            fmt = gr.Radio(list(WRITERS), value="png", label="Format", elem_id="format")
+            fmt = checked_by_medgan(gr.Radio(list(WRITERS), value="png", label="Format", elem_id="format"))
             label = gr.Checkbox(False, label="Burn a visible “SYNTHETIC” label into each image "
                                 "(off by default, for training use)", elem_id="label")
             build = gr.Button("Prepare download", variant="primary", elem_id="prepare-download")
@@ -115,18 +126,20 @@ def build_demo() -> gr.Blocks:
 
         random_seed.click(lambda: random.randint(0, UI_MAX_SEED), outputs=seed, api_visibility="private")
         model.change(model_info, inputs=model, outputs=info, api_visibility="private")
+        # One shared pool of MEDGAN_CONCURRENCY workers for both heavy events.
         go.click(generate, inputs=[model, seed, count], outputs=gallery, api_name="generate",
-                 concurrency_limit=int(os.environ.get("MEDGAN_CONCURRENCY", "2")))
+                 concurrency_limit=limits.concurrency(), concurrency_id="generation")
         build.click(download, inputs=[model, seed, count, fmt, label], outputs=archive, api_name="download",
-                    concurrency_limit=int(os.environ.get("MEDGAN_CONCURRENCY", "2")))
+                    concurrency_limit=limits.concurrency(), concurrency_id="generation")
         demo.load(models, outputs=listing, api_name="models")
         demo.load(models_rows, outputs=table, api_visibility="private")
         demo.load(source_notices, outputs=notices, api_visibility="private")
+    # The queue is configured at build time, so it also holds when a Space runner launches `demo` itself.
+    demo.queue(max_size=limits.queue_size(), default_concurrency_limit=limits.concurrency())
     return demo
 
 
 demo = build_demo()
 
 if __name__ == "__main__":
-    demo.queue(max_size=int(os.environ.get("MEDGAN_QUEUE_SIZE", "64")))
     demo.launch(theme=gr.themes.Soft())

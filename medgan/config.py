@@ -15,6 +15,8 @@ from typing import Any
 from .errors import ConfigError
 
 FORMAT_VERSION = 1
+_JSON_TYPES = {"str": str, "int": int, "dict[str, Any]": dict}  # annotation -> JSON type of config fields
+_JSON_NAMES = {str: "string", int: "integer", dict: "object"}
 RESOLUTIONS = (32, 64, 128, 256)
 
 
@@ -95,6 +97,13 @@ class ModelConfig:
         extra = {k: v for k, v in data.items() if k not in known}
         if "id" not in kwargs:
             raise ConfigError("config has no 'id'")
+        for f in dataclasses.fields(cls):  # config.json is untrusted: wrong types would fail far from here
+            want = _JSON_TYPES.get(str(f.type))
+            value = kwargs.get(f.name)
+            if want and f.name in kwargs and (not isinstance(value, want) or isinstance(value, bool)):
+                raise ConfigError(f"config {f.name!r} must be a JSON {_JSON_NAMES[want]}, got {type(value).__name__}")
+        if not kwargs["id"].strip():
+            raise ConfigError("config 'id' is empty")
         gen = kwargs.get("generator", {})
         if not isinstance(gen, dict):
             raise ConfigError("config 'generator' must be an object")

@@ -20,14 +20,23 @@ from PIL import Image
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .config import ModelConfig
-from .errors import ConfigError, WeightsError
+from . import limits
+from .config import GeneratorConfig, ModelConfig
+from .errors import ConfigError, InvalidArgumentError, WeightsError
+from .fastnet import FastDCGAN
 from .nets import DCGANGenerator
-from .validation import check_count, check_seed
+from .validation import MAX_SEED, as_int, check_count, check_seed
 
 WEIGHTS_FILE = "model.safetensors"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
-BATCH_SIZE = 64  # forward-pass chunk; per-sample results do not depend on it (BN uses running stats)
+OUTPUT_TYPES = ("pil", "np", "pt")
+BATCH_SIZE = 64  # largest forward pass on GPU (see TILE)
+# Forward passes run on fixed tiles of images aligned to absolute indices (tile k = images k*T..k*T+T-1),
+# so image i is always computed with the same neighbours and shapes: its pixels cannot depend on count or
+# start (oneDNN/MKL pick kernels by batch size, which otherwise flips a grey level now and then). On CPU a
+# tile of 8 is as fast per image as 64 (benchmarks/), and count=1 costs 8 images (~10 ms).
+TILE = {"cpu": 8}
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def default_device() -> torch.device:
@@ -74,6 +83,21 @@ def fold_batchnorm(net: DCGANGenerator) -> torch.nn.Sequential:
     return torch.nn.Sequential(*layers)
 
 
+def inference_net(net: DCGANGenerator, device: torch.device, optimize: bool = True,
+                  dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """The module generate() runs. optimize: BatchNorm folded, then on CPU (fp32) the FastDCGAN layout, on GPU
+    channels-last convs (cuDNN's NHWC kernels); otherwise the plain module as trained."""
+    if not optimize:
+        return copy.deepcopy(net.main).eval().to(device, dtype)
+    folded = fold_batchnorm(net).eval()
+    if device.type == "cpu" and dtype == torch.float32:
+        try:
+            return FastDCGAN(folded).eval()
+        except ValueError:  # not the classic layout: the folded module is still correct
+            pass
+    return folded.to(device=device, dtype=dtype, memory_format=torch.channels_last)
+
+
 @dataclass
 class GenerationStats:
     """Timings of the last call, for the app's performance panel."""
@@ -87,18 +111,25 @@ class Generator:
 
     def __init__(self, config: ModelConfig, state_dict: dict[str, torch.Tensor], *,
                  device: torch.device | str | None = None, optimize: bool = True, revision: str = "",
-                 source: str = "local"):
+                 source: str = "local", precision: str | None = None):
         self.config = config
         self.revision = revision
         self.source = source
         self.device = torch.device(device) if device is not None else default_device()
+        check_size(config)  # before allocating: config.json is untrusted and could ask for terabytes
         net = DCGANGenerator(config.generator)
         check_state_dict(config, net, state_dict)
         net.load_state_dict(state_dict, strict=False)
         net.eval()
         self.reference_net = net  # the unoptimised module, kept for checks and for training-side use
-        self.net = (fold_batchnorm(net) if optimize else copy.deepcopy(net.main)).eval().to(self.device)
+        # fp32 by default; bf16/fp16 (MEDGAN_PRECISION or precision=) are for GPUs: faster there, but pixels
+        # then differ from fp32 by a few grey levels, so they are opt-in.
+        self.precision = precision or os.environ.get("MEDGAN_PRECISION", "fp32")
+        if self.precision not in PRECISIONS:
+            raise InvalidArgumentError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        self.net = inference_net(net, self.device, optimize, PRECISIONS[self.precision])
         self.optimized = optimize
+        self.tile = TILE.get(self.device.type, BATCH_SIZE)
         self.stats = GenerationStats()
         self._lock = threading.Lock()
 
@@ -121,22 +152,56 @@ class Generator:
                  output_type: Literal["pil", "np", "pt"] = "pil"):
         """Images start..start+count-1 of `seed`: PIL images, a uint8 array [n, H, W], or a float tensor."""
         count, seed = check_count(count), check_seed(seed)
-        z = torch.from_numpy(latents(seed, count, self.config.generator.latent_dim, start))
+        start = as_int("start", start)
+        if not 0 <= start <= MAX_SEED:
+            raise InvalidArgumentError(f"start must be between 0 and 2**63-1, got {start}"[:80])
+        if not isinstance(output_type, str) or output_type not in OUTPUT_TYPES:
+            raise InvalidArgumentError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, "
+                                       f"got {str(output_type)[:40]!r}")
         began = time.perf_counter()
-        with self._lock, torch.inference_mode():
-            chunks = [self.net(z[i:i + BATCH_SIZE].to(self.device).view(-1, z.shape[1], 1, 1))
-                      for i in range(0, count, BATCH_SIZE)]
-            images = torch.cat(chunks)
-            result = images.cpu() if output_type == "pt" else to_uint8(images)
+        result = self._generate(count, seed, start, output_type == "pt")
         self._record(count, time.perf_counter() - began)
         if output_type == "pil":
             mode = "L" if result.ndim == 3 else "RGB"
             return [Image.fromarray(a, mode=mode) for a in result]
         return result
 
+    def _generate(self, count: int, seed: int, start: int, floats: bool) -> np.ndarray | torch.Tensor:
+        """Tile by tile (see TILE), into one preallocated output."""
+        tile, dim = self.tile, self.config.generator.latent_dim
+        first = start - start % tile
+        z = torch.from_numpy(latents(seed, -(-(start + count - first) // tile) * tile, dim, first))
+        dtype = PRECISIONS[self.precision]
+        out: np.ndarray | torch.Tensor | None = None
+        with self._lock, torch.inference_mode():
+            for t0 in range(first, start + count, tile):
+                images = self.net(z[t0 - first:t0 - first + tile].to(self.device, dtype).view(tile, dim, 1, 1))
+                lo, hi = max(start, t0), min(start + count, t0 + tile)
+                images = images[lo - t0:hi - t0]
+                part = images.float().cpu() if floats else to_uint8(images)
+                if out is None:
+                    shape = (count, *part.shape[1:])
+                    out = torch.empty(shape) if floats else np.empty(shape, dtype=np.uint8)
+                out[lo - start:hi - start] = part
+        return out
+
     def _record(self, count: int, seconds: float) -> None:
         self.stats.seconds, self.stats.count = seconds, count
         self.stats.history = (self.stats.history + [(time.time(), count, seconds)])[-100:]
+
+
+def param_count(cfg: GeneratorConfig) -> int:
+    """Parameters of DCGANGenerator(cfg), computed without building it: 4x4 transposed convs + BN affine."""
+    chans = [cfg.latent_dim, *cfg.widths, cfg.channels]
+    return sum(c_in * c_out * 16 for c_in, c_out in zip(chans, chans[1:])) + 2 * sum(cfg.widths)
+
+
+def check_size(config: ModelConfig) -> None:
+    limit = limits.env_number("MEDGAN_MAX_PARAMS", 100_000_000, minimum=1)
+    count = param_count(config.generator)
+    if count > limit:
+        raise ConfigError(f"model {config.id!r}: config.json describes {count:,} parameters, more than the "
+                          f"{limit:,} allowed (MEDGAN_MAX_PARAMS); refusing to build it")
 
 
 def expected_shapes(net: torch.nn.Module) -> dict[str, tuple[int, ...]]:

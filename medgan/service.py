@@ -15,15 +15,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from . import __version__
+from . import __version__, limits
 from .errors import InvalidArgumentError
 from .export import Provenance, check_format, file_stem, write_zip
 from .registry import Registry, get_registry
 from .sources import ModelInfo
 from .validation import check_count, check_flag, check_model_id, check_seed
 
-MAX_COUNT = int(os.environ.get("MEDGAN_MAX_COUNT", "16"))
-EXPORT_RETENTION_S = float(os.environ.get("MEDGAN_EXPORT_RETENTION_S", "3600"))
+MAX_COUNT = limits.max_count()  # MEDGAN_MAX_COUNT
+EXPORT_RETENTION_S = limits.export_retention_s()  # MEDGAN_EXPORT_RETENTION_S
 NOTICE = ("All images are **synthetic**, produced by generative models. They are for research and education, "
           "**not for diagnosis** or any clinical decision.")
 

@@ -6,12 +6,20 @@ import numbers
 import os
 import re
 
+import numpy as np
+
 from .errors import InvalidArgumentError
 
 MAX_SEED = 2**63 - 1
 # Largest batch one generate() call accepts; the app has its own, smaller limit (MEDGAN_MAX_COUNT).
 MAX_COUNT_PER_CALL = int(os.environ.get("MEDGAN_MAX_COUNT_PER_CALL", "4096"))
 MODEL_ID_PATTERN = re.compile(r"^(?:[a-z]+:)?[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def _shown(value: int) -> str:
+    """An integer for a message: huge ones are abbreviated, not printed with hundreds of digits."""
+    text = str(value)
+    return text if len(text) <= 24 else f"{text[:12]}… ({len(text.lstrip('-'))} digits)"
 
 
 def as_int(name: str, value: object) -> int:
@@ -24,27 +32,37 @@ def as_int(name: str, value: object) -> int:
         text = value.strip()
         if re.fullmatch(r"[+-]?\d{1,30}", text):
             return int(text)
+        if re.fullmatch(r"[+-]?\d+", text):
+            raise InvalidArgumentError(f"{name} is out of range ({len(text)} digits)")
         raise InvalidArgumentError(f"{name} must be an integer, got {value[:40]!r}")
+    if isinstance(value, numbers.Rational):  # Fraction: exact, and may not fit a float
+        if value.denominator != 1:
+            raise InvalidArgumentError(f"{name} must be a whole number, got {str(value)[:40]}")
+        return int(value.numerator)
     if isinstance(value, numbers.Real):
-        if not math.isfinite(value):
-            raise InvalidArgumentError(f"{name} must be a finite integer, got {value!r}")
-        if float(value) != int(value):
-            raise InvalidArgumentError(f"{name} must be a whole number, got {value!r}")
-        return int(value)
+        try:
+            number = float(value)
+        except (OverflowError, ValueError, TypeError):
+            raise InvalidArgumentError(f"{name} must be a finite integer, got {str(value)[:40]}") from None
+        if not math.isfinite(number):
+            raise InvalidArgumentError(f"{name} must be a finite integer, got {number!r}")
+        if number != int(number):
+            raise InvalidArgumentError(f"{name} must be a whole number, got {number!r}")
+        return int(number)
     raise InvalidArgumentError(f"{name} must be an integer, got {type(value).__name__}")
 
 
 def check_seed(seed: object) -> int:
     value = as_int("seed", seed)
     if not 0 <= value <= MAX_SEED:
-        raise InvalidArgumentError(f"seed must be between 0 and 2**63-1, got {value}")
+        raise InvalidArgumentError(f"seed must be between 0 and 2**63-1, got {_shown(value)}")
     return value
 
 
 def check_count(count: object, limit: int = MAX_COUNT_PER_CALL) -> int:
     value = as_int("count", count)
     if not 1 <= value <= limit:
-        raise InvalidArgumentError(f"count must be between 1 and {limit}, got {value}")
+        raise InvalidArgumentError(f"count must be between 1 and {limit}, got {_shown(value)}")
     return value
 
 
@@ -56,10 +74,11 @@ def check_model_id(model_id: object) -> str:
 
 
 def check_flag(name: str, value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    if value in (0, 1) and not isinstance(value, float):
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, numbers.Integral) and int(value) in (0, 1):  # numpy ints too
         return bool(value)
     if isinstance(value, str) and value.strip().lower() in {"true", "false"}:
         return value.strip().lower() == "true"
-    raise InvalidArgumentError(f"{name} must be true or false, got {value!r}"[:120])
+    shown = repr(value) if isinstance(value, (str, int, float, type(None))) else type(value).__name__
+    raise InvalidArgumentError(f"{name} must be true or false, got {shown[:60]}")
