@@ -178,6 +178,8 @@ def _training_procedure(config: ModelConfig) -> str:
     wall = t.get("wall_time_s")
     rows = [("steps", t.get("steps")), ("images seen", t.get("images_seen")),
             ("wall time", f"{wall / 60:.1f} min" if isinstance(wall, (int, float)) else None),
+            ("CPU time (process)", f"{cpu / 60:.1f} min" if isinstance(cpu := t.get("cpu_time_s"), (int, float))
+             else None),
             ("hardware", ", ".join(f"{k} {v}" for k, v in hw.items() if v is not None) if hw else None),
             ("final losses", t.get("final_losses"))]
     keys = ("loss", "batch_size", "lr_g", "lr_d", "beta1", "beta2", "augment", "augment_policy", "ada_target",
@@ -230,6 +232,7 @@ def _evaluation(evaluation: dict[str, Any], folder: Path) -> str:
            "slices' own diversity.", "",
            _table([r for r in rows if r[1] is not None], ("metric", "model", "real-vs-real floor"))]
     same_n = floor.get("model_same_n", floor.get("model_fid_same_n"))
+    same_n = same_n.get("fid") if isinstance(same_n, dict) else same_n  # eval.json: a block; config: the FID
     if _number(same_n) is not None and floor.get("n"):
         out += ["", f"At the floor's sample size (n = {floor['n']} per side) the model's FID is "
                 f"{_fmt(_number(same_n))}, to compare with the floor's {_fmt(_number(floor.get('fid')))}."]
@@ -321,7 +324,7 @@ def _images(folder: Path) -> list[str]:
     out = ["## Samples"]
     if (folder / SAMPLES_FILE).is_file():
         seed = _samples_seed(folder / SAMPLES_FILE)
-        out.append(f"A grid of synthetic samples from this model" + (f" (seed {seed})" if seed else "")
+        out.append("A grid of synthetic samples from this model" + (f" (seed {seed})" if seed else "")
                    + f", generated with `medgan` — every image is synthetic:\n\n![synthetic samples]({SAMPLES_FILE})")
     else:
         out.append("No sample grid in this folder (`write_card` creates one).")
