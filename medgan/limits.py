@@ -6,7 +6,8 @@
 | MEDGAN_MAX_COUNT_PER_CALL   | 4096    | images per `Generator.generate` call (Python API)             |
 | MEDGAN_CONCURRENCY          | 2       | requests generating at once (/generate and /download share it)|
 | MEDGAN_QUEUE_SIZE           | 64      | requests waiting; more are refused with "queue is full"       |
-| MEDGAN_REQUEST_TIMEOUT_S    | 60      | seconds one request may run before it is answered with an error (0: none) |
+| MEDGAN_REQUEST_TIMEOUT_S    | 300     | seconds a request may run before it is answered with an error (0: none); a backstop above medigan's own worker limits |
+| MEDGAN_MAX_PARAMS           | 1e8     | parameters a config.json may describe (checked before allocating) |
 | MEDGAN_MAX_LOADED_MODELS    | 8       | generators kept in memory (LRU)                               |
 | MEDGAN_EXPORT_RETENTION_S   | 3600    | age after which download zips are deleted                     |
 | MEDGAN_CACHE_CLEAN_S        | 600     | how often Gradio's file cache is swept                        |
@@ -54,7 +55,7 @@ def queue_size() -> int:
 
 
 def request_timeout_s() -> float:
-    return env_number("MEDGAN_REQUEST_TIMEOUT_S", 60, minimum=0, integer=False)
+    return env_number("MEDGAN_REQUEST_TIMEOUT_S", 300, minimum=0, integer=False)
 
 
 def export_retention_s() -> float:
@@ -71,6 +72,7 @@ def summary() -> dict[str, Any]:
     return {"max_count": max_count(), "concurrency": concurrency(), "queue_size": queue_size(),
             "request_timeout_s": request_timeout_s(), "export_retention_s": export_retention_s(),
             "max_loaded_models": env_number("MEDGAN_MAX_LOADED_MODELS", 8, minimum=1),
+            "max_params": env_number("MEDGAN_MAX_PARAMS", 100_000_000, minimum=1),
             "gradio_cache": gradio_cache()}
 
 

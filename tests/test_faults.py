@@ -10,6 +10,7 @@ import json
 import os
 import pickle
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -18,10 +19,14 @@ import time
 import zipfile
 from pathlib import Path
 
+import numpy as np
+import psutil
 import pytest
+import torch
 from gradio_client import Client
 
 from helpers import ROOT, build_hf_cache, free_port, make_model_folder, running_app
+from medigan_fixtures import add_foreign_package
 from medgan import ConfigError, GenerationError, MedganError, Registry, SourceUnavailableError, WeightsError
 from medgan import limits, service
 from medgan.sources.hub import HubSource
@@ -90,6 +95,18 @@ def test_bad_folders_are_refused_clearly_in_process(tmp_path):
         assert_clear(str(info.value), tmp_path)
         assert reg.load("good").generate(1, 0, output_type="np").shape == (1, 32, 32)
     assert not marker.exists()
+
+
+def test_config_asking_for_huge_tensors_is_refused_before_allocating(tmp_path):
+    folder = make_model_folder(tmp_path, "greedy")
+    config = json.loads((folder / "config.json").read_text())
+    config["generator"]["widths"] = [1_000_000, 1_000_000, 1_000_000]  # ~10^13 parameters
+    (folder / "config.json").write_text(json.dumps(config))
+    began = time.perf_counter()
+    with pytest.raises(ConfigError, match="more than the 100,000,000 allowed") as err:
+        Registry([LocalSource([tmp_path])]).load("greedy")
+    assert time.perf_counter() - began < 5
+    assert_clear(str(err.value), tmp_path)
 
 
 def test_hub_unreachable_without_cache_in_process(tmp_path, tiny_model):
@@ -189,10 +206,11 @@ def test_limits_come_from_the_environment(monkeypatch):
     for name, value in {"MEDGAN_MAX_COUNT": "5", "MEDGAN_CONCURRENCY": "3", "MEDGAN_QUEUE_SIZE": "9",
                         "MEDGAN_REQUEST_TIMEOUT_S": "2.5", "MEDGAN_EXPORT_RETENTION_S": "60",
                         "MEDGAN_MAX_LOADED_MODELS": "4", "MEDGAN_CACHE_CLEAN_S": "7",
-                        "MEDGAN_CACHE_MAX_AGE_S": "8"}.items():
+                        "MEDGAN_CACHE_MAX_AGE_S": "8", "MEDGAN_MAX_PARAMS": "1000"}.items():
         monkeypatch.setenv(name, value)
     assert limits.summary() == {"max_count": 5, "concurrency": 3, "queue_size": 9, "request_timeout_s": 2.5,
-                                "export_retention_s": 60.0, "max_loaded_models": 4, "gradio_cache": (7, 8)}
+                                "export_retention_s": 60.0, "max_loaded_models": 4, "max_params": 1000,
+                                "gradio_cache": (7, 8)}
 
 
 # --- through a real app ------------------------------------------------------------------------------
@@ -380,3 +398,90 @@ def test_gradio_cache_and_old_downloads_are_swept(live):
     names = [p.name for p in exports.glob("synthetic_*.zip")]
     assert len(names) == 1 and "seed4" in names[0], names
     assert first.exists()  # the client's own copy is not the server's business
+
+
+# --- a medigan worker killed mid-request ---------------------------------------------------------------
+SLOW_PACKAGE = """
+    import os, time
+    def generate(model_file, num_samples, output_path, save_images, **kwargs):
+        open("models/T_SLOW/worker.pid", "w").write(str(os.getpid()))
+        time.sleep(600)
+"""
+
+
+def test_medigan_worker_killed_mid_request(tmp_path, tiny_model):
+    home = tmp_path / "medigan-home"
+    model = add_foreign_package(home, "T_SLOW", SLOW_PACKAGE)
+    pid_file = home / "models" / "T_SLOW" / "worker.pid"
+    env = {"MEDGAN_WEIGHTS_DIRS": str(tiny_model.parent), "MEDGAN_MEDIGAN_HOME": str(home),
+           "MEDGAN_REQUEST_TIMEOUT_S": "300", "GRADIO_TEMP_DIR": str(tmp_path / "gradio")}
+    with running_app(env) as app:
+        client = Client(app.url, download_files=False, verbose=False)
+        job = client.submit(model, 1, 2, api_name="/generate")
+        deadline = time.time() + 180  # the worker imports torch and medigan first
+        while not pid_file.exists() and time.time() < deadline and not job.done():
+            time.sleep(0.2)
+        assert pid_file.exists(), "the worker never started the model's code"
+        pid = int(pid_file.read_text())
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(Exception) as info:
+            job.result(timeout=60)
+        message = str(info.value)
+        assert "medigan worker was killed by signal 9" in message and "T_SLOW" in message, message
+        assert_clear(message, tmp_path, home)
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        generate_ok(client, "tiny-test")  # the server keeps serving
+
+
+# --- SIGTERM during training, then resume ----------------------------------------------------------------
+TRAIN = ["--size", "32", "--batch-size", "8", "--base-width", "8", "--d-width", "8", "--threads", "1",
+         "--log-every", "2", "--sample-every", "4", "--ckpt-every", "4", "--steps", "12"]
+
+
+def phantoms(path: Path) -> Path:
+    """40 noisy disc slices, two subjects: enough for a few training steps."""
+    from training.data import SliceDataset
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[-1:1:32j, -1:1:32j]
+    images = np.stack([((xx ** 2 + yy ** 2 < rng.uniform(0.4, 0.8)) * 180 + rng.normal(0, 8, xx.shape))
+                       .clip(0, 255).astype(np.uint8)[None] for _ in range(40)])
+    split = np.array(["train"] * 32 + ["heldout"] * 8)
+    subject = np.where(split == "train", "a", "b")
+    return SliceDataset(images, subject, subject, np.full(40, 2, np.int8), np.arange(40, dtype=np.int32), split,
+                        meta={"dataset": "phantom", "size": 32}).save(path)
+
+
+def test_training_sigtermed_then_resumed_keeps_checkpoints_and_steps(tmp_path):
+    from training import checkpoint as ckpt
+    from training.train import main
+
+    data, run = phantoms(tmp_path / "p.npz"), tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "training.train", "--data", str(data), *TRAIN, "--out", str(run)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            line = proc.stdout.readline()
+            if line.startswith("checkpoint (periodic)") or not line:
+                break
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and "Traceback" not in err, err[-2000:]
+    stopped = ckpt.load_checkpoint(run)[1]["step"]
+    assert 4 <= stopped < 12, (stopped, out)
+    before = {p.name: p.read_bytes() for p in (run / "samples").glob("*.png")}
+    assert main(["--resume", str(run)]) == 0
+    assert ckpt.load_checkpoint(run)[1]["step"] == 12
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 12, steps  # continued, not restarted or repeated
+    assert all((run / "samples" / name).read_bytes() == data for name, data in before.items())
+    # Interrupted + resumed gives the weights of an uninterrupted run, bit for bit.
+    assert main(["--data", str(data), *TRAIN, "--out", str(tmp_path / "straight")]) == 0
+    a = (run / "model" / "model.safetensors").read_bytes()
+    b = (tmp_path / "straight" / "model" / "model.safetensors").read_bytes()
+    from safetensors.torch import load
+    wa, wb = load(a), load(b)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -33,8 +33,8 @@ from medgan.validation import MAX_SEED, check_count, check_flag, check_model_id,
 
 LEAKS = ("Traceback", 'File "', "/tmp/", str(ROOT))
 MARKER = "zqxfuzzmarker"
-FAST = settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
-SOME = settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+FAST = settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+SOME = settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
 REMOTE = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 
 PATHLIKE = ["..", ".", "/", "~", "../", "../../etc/passwd", "/etc/passwd", "weights/", "./tiny-test",
@@ -348,3 +348,12 @@ def test_server_still_answers_after_the_fuzzing(app):
     assert proc.poll() is None
     log = proc.log_path.read_text()
     assert "[medgan] unexpected" not in log, log[-3000:]  # no error escaped medgan's typed errors
+
+
+def test_cli_refuses_bad_arguments_clearly(tmp_path):
+    """The dataset CLI shares the same checks: exit 2 with the message, no traceback."""
+    import subprocess
+    proc = subprocess.run([sys.executable, "-m", "medgan.dataset", "tiny-test", "--count", "2", "--seed", "nan",
+                           "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "seed must be an integer, got 'nan'" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
