@@ -34,7 +34,7 @@ def main() -> None:
         name = f"{recipe}-b{batch}" + ("-w64" if extra else "")
         out = Path(args.out) / name
         cmd = [sys.executable, "-m", "training.train", "--dataset", args.dataset, "--size", str(args.size),
-               "--recipe", recipe, "--batch-size", str(batch), *extra, "--steps", "1000000", "--log-every", "2",
+               "--recipe", recipe, "--batch-size", str(batch), *extra, "--steps", "1000000", "--log-every", "1",
                "--sample-every", "1000000", "--ckpt-every", "1000000", "--max-minutes", str(args.seconds / 60),
                "--out", str(out)]
         subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

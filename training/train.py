@@ -238,11 +238,9 @@ class Trainer:
         betas = (cfg.beta1, cfg.beta2)
         # Fused Adam: one kernel instead of a dozen elementwise passes (about 10x cheaper per step on CPU).
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=betas, fused=True)
-        # Lazy R1 (StyleGAN2): a penalty every r1_every steps is scaled up by r1_every, and Adam's
-        # moments are adjusted so the effective step matches an every-step penalty.
-        lazy = cfg.r1_every / (cfg.r1_every + 1) if cfg.r1 > 0 else 1.0
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d * lazy,
-                                      betas=(cfg.beta1 ** lazy, cfg.beta2 ** lazy), fused=True)
+        # Lazy R1 rides along in the normal D step (scaled by r1_every), so no extra optimizer steps and
+        # no StyleGAN2-style lr/beta adjustment.
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=betas, fused=True)
         self.gen_perm = torch.Generator().manual_seed(stream_seed(cfg.seed, 1))      # shared by all ranks
         self.gen_noise = torch.Generator().manual_seed(stream_seed(cfg.seed, 2, self.d.rank))
         self.gen_aug = torch.Generator().manual_seed(stream_seed(cfg.seed, 3, self.d.rank))
@@ -686,7 +684,7 @@ def train_loop(trainer: Trainer, cfg: TrainConfig, d: Dist, stop: StopFlag, log:
             if trainer.step % trainer.ada.interval == 0:
                 trainer.ada.update(cfg.batch_size)
         bar.update(1)
-        if trainer.step % cfg.log_every == 0 or trainer.step == cfg.steps:
+        if trainer.step % cfg.log_every == 0 or trainer.step == cfg.steps or flags[:2].any():
             mean = (sums / (n_sums * d.world)).tolist()
             rate = n_sums * cfg.batch_size / max(step_time, 1e-9)
             cpu_rate = n_sums * cfg.batch_size / d.world / max(step_cpu, 1e-9)  # per process
