@@ -9,7 +9,13 @@ import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phone-home at start-up
 
+import importlib.util
 import random
+
+try:  # ZeroGPU Spaces: imported before torch touches CUDA. Elsewhere it is absent, or a no-op off Spaces.
+    import spaces
+except ImportError:
+    spaces = None
 
 import gradio as gr
 
@@ -30,6 +36,30 @@ def checked_by_medgan(component: gr.components.Component) -> gr.components.Compo
     return component
 
 
+def on_gpu(fn):
+    """Run `fn` on a ZeroGPU worker when the `spaces` package is importable; unchanged otherwise.
+    Outermost, so errors leave the worker as gr.Error. Any GPU is used anyway: medgan picks CUDA when present."""
+    if spaces is None:
+        return fn
+    return spaces.GPU(duration=int(os.environ.get("MEDGAN_GPU_DURATION_S", "60")))(fn)
+
+
+def launch_options() -> dict:
+    """Same code locally and on Spaces: on a Space (SPACE_ID set) listen on 0.0.0.0 unless GRADIO_SERVER_NAME
+    says otherwise. MEDGAN_MCP=1 also serves the API as MCP tools, if `gradio[mcp]` is installed (optional:
+    it pins pydantic down)."""
+    options: dict = {}
+    if os.environ.get("SPACE_ID") and not os.environ.get("GRADIO_SERVER_NAME"):
+        options["server_name"] = "0.0.0.0"
+    if os.environ.get("MEDGAN_MCP", "").strip().lower() in ("1", "true", "yes", "on"):
+        if importlib.util.find_spec("mcp") is not None:
+            options["mcp_server"] = True
+        else:
+            print("[medgan] MEDGAN_MCP=1 but gradio[mcp] is not installed "
+                  "(pip install 'gradio[mcp]==<gradio version>'); the MCP server stays off", flush=True)
+    return options
+
+
 def _api(fn):
     """Turn medgan's typed errors into gr.Error (shown to the user); never leak a traceback or a path."""
     def wrapper(*args):
@@ -45,12 +75,14 @@ def _api(fn):
     return wrapper
 
 
+@on_gpu
 @_api
 def generate(model: str, seed: float, count: float):
     """Generate `count` synthetic images of `model` from `seed`; returns a gallery of (image, caption)."""
     return limits.run_with_time_limit(service.generate, model, seed, count)
 
 
+@on_gpu
 @_api
 def download(model: str, seed: float, count: float, fmt: str = "png", label: bool = False) -> str:
     """Generate a batch and return the path of a zip (images + metadata.json + README.txt)."""
@@ -142,4 +174,7 @@ def build_demo() -> gr.Blocks:
 demo = build_demo()
 
 if __name__ == "__main__":
-    demo.launch(theme=gr.themes.Soft())
+    if os.environ.get("SPACE_ID"):
+        print(f"[medgan] Space {os.environ['SPACE_ID']}: device {medgan.generator.default_device()}, "
+              f"ZeroGPU {'on' if spaces else 'off'}", flush=True)
+    demo.launch(theme=gr.themes.Soft(), **launch_options())

@@ -2,7 +2,6 @@
 writes it) and an eval.json with training/evaluate.py's schema, applied through evaluate's own update path."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
