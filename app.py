@@ -8,6 +8,9 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phone-home at start-up
+# OpenMP threads sleep instead of spinning when idle: on a shared or busy machine spinning threads starve
+# the one doing the work (measured 7x slower generation, benchmarks "threads"); set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import importlib.util
 import random
@@ -21,6 +24,7 @@ import gradio as gr
 
 import medgan
 from medgan import limits, service
+from medgan import stats as perf
 from medgan.errors import MedganError
 from medgan.export import WRITERS
 
@@ -109,6 +113,24 @@ def models_rows() -> list[list]:
             for m in service.models_json()]
 
 
+@_api
+def stats(model: str | None = None) -> dict:
+    """Performance of `model` (optional) and of the server: last/p50/p95 model time, images/s, load time,
+    RSS, device. Fields are documented in medgan/stats.py; describing a model never loads it."""
+    return perf.model_stats(model)
+
+
+def performance_panel(model: str | None, session: list[dict], after_generate: bool = False):
+    """The Performance tab; after a generation, this session's call is appended to its own series."""
+    numbers = perf.model_stats(model)
+    session = list(session or [])
+    if after_generate and numbers["history"] and (not session or session[-1]["time"] != numbers["history"][-1]["time"]):
+        session = (session + [numbers["history"][-1]])[-50:]
+    import pandas as pd  # gradio's own dependency; only needed here
+    frame = pd.DataFrame({"call": list(range(1, len(session) + 1)), "ms": [h["seconds"] * 1e3 for h in session]})
+    return perf.panel_markdown(numbers, session), frame, session
+
+
 def source_notices() -> str:
     """One Markdown line per source that lists less than it could (e.g. medigan offline, no catalogue)."""
     return "\n\n".join(f"ℹ️ {n}" for n in service.source_notices())
@@ -155,12 +177,26 @@ def build_demo() -> gr.Blocks:
             table = gr.Dataframe(value=models_rows(), headers=MODEL_COLUMNS, interactive=False, wrap=True,
                                  elem_id="models-table")
             listing = gr.JSON(visible=False)
+        with gr.Tab("Performance"):
+            perf_summary = gr.Markdown(elem_id="perf-summary")
+            perf_plot = gr.LinePlot(x="call", y="ms", title="Model time of your recent generations (ms)",
+                                    height=240, elem_id="perf-plot")
+            perf_refresh = gr.Button("Refresh", size="sm", elem_id="perf-refresh")
+            perf_json = gr.JSON(visible=False)
+            perf_session = gr.State([])
 
         random_seed.click(lambda: random.randint(0, UI_MAX_SEED), outputs=seed, api_visibility="private")
         model.change(model_info, inputs=model, outputs=info, api_visibility="private")
         # One shared pool of MEDGAN_CONCURRENCY workers for both heavy events.
         go.click(generate, inputs=[model, seed, count], outputs=gallery, api_name="generate",
-                 concurrency_limit=limits.concurrency(), concurrency_id="generation")
+                 concurrency_limit=limits.concurrency(), concurrency_id="generation").success(
+            lambda m, sess: performance_panel(m, sess, True), inputs=[model, perf_session],
+            outputs=[perf_summary, perf_plot, perf_session], api_visibility="private")
+        perf_refresh.click(stats, inputs=model, outputs=perf_json, api_name="stats").then(
+            performance_panel, inputs=[model, perf_session], outputs=[perf_summary, perf_plot, perf_session],
+            api_visibility="private")
+        demo.load(performance_panel, inputs=[model, perf_session], outputs=[perf_summary, perf_plot, perf_session],
+                  api_visibility="private")
         build.click(download, inputs=[model, seed, count, fmt, label], outputs=archive, api_name="download",
                     concurrency_limit=limits.concurrency(), concurrency_id="generation")
         demo.load(models, outputs=listing, api_name="models")
@@ -177,4 +213,6 @@ if __name__ == "__main__":
     if os.environ.get("SPACE_ID"):
         print(f"[medgan] Space {os.environ['SPACE_ID']}: device {medgan.generator.default_device()}, "
               f"ZeroGPU {'on' if spaces else 'off'}", flush=True)
+    # Load the default model and run it once while the server starts, so the first request is fast.
+    perf.warm_up_in_background(next((m.id for m in service.models() if m.generatable and m.source == "local"), None))
     demo.launch(theme=gr.themes.Soft(), **launch_options())

@@ -1,0 +1,1 @@
+"""Reproducible speed measurements of MedGAN Studio: `python -m benchmarks [--quick] [--sections ...]`."""

@@ -1,0 +1,149 @@
+"""Through the app: cold start, memory, and /generate latency over HTTP with gradio_client.
+
+- cold start: from spawning `python app.py` to the port opening, and to the first /generate answer
+  (16 images of the default model, counted from the spawn; includes creating the Client);
+- RSS of the app process at the port, after the first answer, and after every local model was used once;
+- /generate of 16 images, >= 50 calls each way, alternating: the server's answer (`download_files=False`:
+  file references, no image transfer) and the full round trip (every PNG downloaded);
+- model time from the app's own /stats (latents + forward + uint8), so framework overhead = answer - model.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from .harness import percentile
+from .models import ROOT, BenchModel
+
+COUNT = 16
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def app_env(models: list[BenchModel], tmp: Path) -> dict[str, str]:
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
+           "GRADIO_TEMP_DIR": str(tmp / "gradio"), "MEDGAN_EXPORT_DIR": str(tmp / "exports"), "PYTHONUNBUFFERED": "1"}
+    extra = sorted({str(m.folder.parent) for m in models if not m.shipped})
+    if extra:
+        env["MEDGAN_WEIGHTS_DIRS"] = os.pathsep.join(extra)
+    return env
+
+
+@contextlib.contextmanager
+def launched(env: dict[str, str], lifetime: int = 900) -> Iterator[tuple[subprocess.Popen, str, float]]:
+    """`python app.py` on a free 127.0.0.1 port (stopped by coreutils `timeout` even if we die);
+    yields (process, url, spawn time)."""
+    port = free_port()
+    env = {**env, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port)}
+    log = Path(env["GRADIO_TEMP_DIR"]).parent / f"app-{port}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    spawned = time.perf_counter()
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(["timeout", str(lifetime), sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield proc, f"http://127.0.0.1:{port}", spawned
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        proc.log = log  # type: ignore[attr-defined]
+
+
+def wait_port(proc: subprocess.Popen, url: str, timeout: float = 120) -> None:
+    port = int(url.rsplit(":", 1)[1])
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"app exited with status {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        time.sleep(0.02)
+    raise RuntimeError(f"app did not open {url} within {timeout} s")
+
+
+def app_rss(proc: subprocess.Popen) -> int:
+    """RSS of the python process under `timeout`, plus any children it started (bytes)."""
+    import psutil
+    total = 0
+    for child in psutil.Process(proc.pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            total += child.memory_info().rss
+    return total
+
+
+def client(url: str, downloads: Path | None = None):
+    from gradio_client import Client
+    return Client(url, download_files=str(downloads) if downloads else False, verbose=False)
+
+
+def run_app(models: list[BenchModel], quick: bool) -> dict[str, Any]:
+    """Cold start (1 start in quick mode, else 3) and, on the last start, /generate latency over HTTP."""
+    starts, calls = (1, 5) if quick else (3, 50)
+    default = next((m for m in models if m.config.resolution == 64), models[0]).id
+    runs, latency = [], {}
+    with tempfile.TemporaryDirectory(prefix="medgan-bench-app-") as tmp:
+        env = app_env(models, Path(tmp))
+        for start in range(starts):
+            with launched(env) as (proc, url, spawned):
+                wait_port(proc, url)
+                port_s = time.perf_counter() - spawned
+                rss_port = app_rss(proc)
+                answer = client(url)
+                answer.predict(default, 0, COUNT, api_name="/generate")
+                first_s = time.perf_counter() - spawned
+                rss_first = app_rss(proc)
+                local = [m["id"] for m in answer.predict(api_name="/models")
+                         if m["source"] == "local" and m["generatable"]]
+                for model_id in local:
+                    answer.predict(model_id, 0, 1, api_name="/generate")
+                runs.append({"to_port_s": round(port_s, 3), "to_first_answer_s": round(first_s, 3),
+                             "rss_at_port_mb": round(rss_port / 2**20, 1),
+                             "rss_after_first_answer_mb": round(rss_first / 2**20, 1),
+                             "rss_all_models_loaded_mb": round(app_rss(proc) / 2**20, 1),
+                             "local_models_loaded": len(local)})
+                if start == starts - 1:
+                    latency = measure_latency(answer, client(url, Path(tmp) / "downloads"), default, calls)
+    first = sorted(r["to_first_answer_s"] for r in runs)
+    cold = {"model": default, "count": COUNT, "runs": runs, "median_to_first_answer_s": first[len(first) // 2],
+            "median_to_port_s": sorted(r["to_port_s"] for r in runs)[len(runs) // 2],
+            "max_rss_all_models_loaded_mb": max(r["rss_all_models_loaded_mb"] for r in runs)}
+    return {"cold_start": cold, "app": latency}
+
+
+def measure_latency(answer, full, model_id: str, calls: int) -> dict[str, Any]:
+    """/generate of 16 images: server's answer vs full round trip (alternating), and the model's share."""
+    full.predict(model_id, 0, COUNT, api_name="/generate")  # warm the downloading client too
+    times: dict[str, list[float]] = {"answer": [], "round_trip": []}
+    for i in range(calls):
+        pair = (("answer", answer), ("round_trip", full))
+        for name, c in (pair if i % 2 == 0 else pair[::-1]):
+            began = time.perf_counter()
+            result = c.predict(model_id, 1000 + i, COUNT, api_name="/generate")
+            times[name].append(time.perf_counter() - began)
+            assert len(result) == COUNT, f"/generate returned {len(result)} images, expected {COUNT}"
+    stats = answer.predict(model_id, api_name="/stats")
+    model_s = [h["seconds"] for h in stats["history"] if h["count"] == COUNT][-2 * calls:]
+    out: dict[str, Any] = {"model": model_id, "count": COUNT, "calls_each": calls}
+    for name, values in times.items():
+        out[name] = {"p50_ms": round(percentile(values, 50) * 1e3, 2), "p95_ms": round(percentile(values, 95) * 1e3, 2),
+                     "mean_ms": round(sum(values) / len(values) * 1e3, 2)}
+    out["model_time"] = {"p50_ms": round(percentile(model_s, 50) * 1e3, 2),
+                         "p95_ms": round(percentile(model_s, 95) * 1e3, 2), "samples": len(model_s)}
+    out["framework_overhead_p50_ms"] = round(out["answer"]["p50_ms"] - out["model_time"]["p50_ms"], 2)
+    out["download_overhead_p50_ms"] = round(out["round_trip"]["p50_ms"] - out["answer"]["p50_ms"], 2)
+    out["stats_fields"] = sorted(stats)
+    return out

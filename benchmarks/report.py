@@ -1,0 +1,125 @@
+"""Targets (PASS/FAIL) and the printed table of a benchmark run."""
+from __future__ import annotations
+
+from typing import Any
+
+
+def _target(name: str, value: float | None, limit: float, higher_is_better: bool, unit: str) -> dict[str, Any]:
+    if value is None:
+        status = "N/A"
+    else:
+        status = "PASS" if (value >= limit if higher_is_better else value <= limit) else "FAIL"
+    return {"target": name, "value": value, "limit": limit, "unit": unit,
+            "rule": ">=" if higher_is_better else "<=", "status": status}
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    s = results["sections"]
+    out = []
+    for entry in s.get("inference", {}).get("models", []):
+        if entry["resolution"] != 64:
+            continue
+        for batch in (16, 64):
+            row = next((b for b in entry["batches"] if b["batch"] == batch), None)
+            out.append(_target(f"generate vs reference, batch {batch}, {entry['model']}",
+                               row["speedup"] if row else None, 1.5, True, "x"))
+    app = s.get("app", {})
+    out.append(_target("/generate 16 images @64²: server's answer p50", app.get("answer", {}).get("p50_ms"),
+                       100, False, "ms"))
+    cold = s.get("cold_start", {})
+    out.append(_target("cold start: python app.py -> first /generate answer", cold.get("median_to_first_answer_s"),
+                       8, False, "s"))
+    out.append(_target("app RSS with all local models loaded", cold.get("max_rss_all_models_loaded_mb"),
+                       1536, False, "MiB"))
+    train = next((r for r in s.get("training", {}).get("rows", []) if r["contender"] == "medgan dcgan"), None)
+    out.append(_target("training img/s vs reference loop (dcgan recipe)", train["vs_reference"] if train else None,
+                       1.0, True, "x"))
+    return out
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    cells = [[str(c) for c in row] for row in [headers, *rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _section(title: str, body: str) -> None:
+    print(f"\n## {title}\n{body}")
+
+
+def print_report(results: dict[str, Any]) -> None:
+    m, s = results["machine"], results["sections"]
+    print(f"# MedGAN Studio benchmarks{' (quick)' if results['quick'] else ''} — {results['started_utc']}")
+    print(f"{m['cpu']} · {m['cpu_count']} CPUs · torch {m['torch']} ({m['torch_threads']} threads) · "
+          f"load average {m.get('load_average')} → {m.get('load_average_end')}")
+    for name, sec in s.items():
+        if "error" in sec:
+            _section(name, f"ERROR: {sec['error']}")
+        elif "skipped" in sec:
+            _section(name, f"skipped: {sec['skipped']}")
+    if "models" in s.get("inference", {}):
+        rows = []
+        for e in s["inference"]["models"]:
+            for b in e["batches"]:
+                rows.append([e["model"], b["batch"], b["medgan"]["median_ms"], b["medgan"]["items_per_s"],
+                             b["reference"]["median_ms"], b["reference"]["items_per_s"], f"{b['speedup']}x"])
+            p = e["pixels"]
+            rows.append([e["model"], "pixels", f"max |diff| {p['max_grey_levels']} grey level(s)",
+                         f"mean {p['mean_grey_levels']}", "", "", "OK" if p["ok"] else "OUT OF TOLERANCE"])
+        _section("In-process generate(n, output_type='np') vs PyTorch-examples reference",
+                 _table(["model", "batch", "medgan ms", "img/s", "reference ms", "img/s", "speedup"], rows))
+    if "forward" in s.get("variants", {}):
+        rows = [[f["batch"], k, v["median_ms"], v["items_per_s"], f"{v['vs_plain']}x"]
+                for f in s["variants"]["forward"] for k, v in f.items() if isinstance(v, dict)]
+        rows += [[t["count"], f"generate, {k}", v["median_ms"], v["items_per_s"], ""]
+                 for t in s["variants"]["tiles"] for k, v in t.items() if isinstance(v, dict)]
+        _section("What each optimisation pays (forward only) and the cost of fixed tiles",
+                 _table(["batch", "variant", "ms", "img/s", "vs plain"], rows))
+    if "steps" in s.get("profile", {}):
+        rows = [[k, v["median_ms"]] for k, v in s["profile"]["steps"].items()]
+        _section("Where a /generate of 16 goes, without the web layer", _table(["step", "ms"], rows))
+    if "rows" in s.get("roofline", {}):
+        rows = [[r["model"], r["gflop_per_image"], r["images_per_s"], r["achieved_gflops"], r["peak_gflops"],
+                 f"{r['fraction_of_peak']:.0%}"] for r in s["roofline"]["rows"]]
+        _section(f"Roofline (peak = {s['roofline']['rows'][0]['matmul_size']}² fp32 matmul, same threads)",
+                 _table(["model", "GFLOP/img", "img/s", "GFLOP/s", "peak GFLOP/s", "of peak"], rows))
+    if "rows" in s.get("scaling", {}):
+        rows = [[r["model"], " ".join(f"{p['count']}:{p['ms']}" for p in r["points"]), r["fit"]["ms_per_image"],
+                 r["fit"]["fixed_ms"], r["fit"]["r2"]] for r in s["scaling"]["rows"]]
+        _section("generate(count) time (ms) and a linear fit",
+                 _table(["model", "count:ms", "ms/image", "fixed ms", "R²"], rows))
+    if "rows" in s.get("threads", {}):
+        rows = [[r["count"], k, v["median_ms"], v["items_per_s"]] for r in s["threads"]["rows"]
+                for k, v in r.items() if isinstance(v, dict)]
+        _section("Thread settings (fresh process each)", _table(["count", "setting", "ms", "img/s"], rows))
+    cold, app = s.get("cold_start", {}), s.get("app", {})
+    if "runs" in cold:
+        rows = [[i + 1, r["to_port_s"], r["to_first_answer_s"], r["rss_at_port_mb"], r["rss_after_first_answer_mb"],
+                 r["rss_all_models_loaded_mb"], r["local_models_loaded"]] for i, r in enumerate(cold["runs"])]
+        _section("Cold start (python app.py) and memory",
+                 _table(["start", "to port s", "to 1st answer s", "RSS port MiB", "RSS 1st MiB", "RSS all MiB",
+                         "models"], rows))
+    if "answer" in app:
+        rows = [["server's answer (download_files=False)", app["answer"]["p50_ms"], app["answer"]["p95_ms"]],
+                ["full round trip (PNGs downloaded)", app["round_trip"]["p50_ms"], app["round_trip"]["p95_ms"]],
+                ["model time (from /stats)", app["model_time"]["p50_ms"], app["model_time"]["p95_ms"]],
+                ["framework overhead (answer - model)", app["framework_overhead_p50_ms"], ""],
+                ["download overhead (round trip - answer)", app["download_overhead_p50_ms"], ""]]
+        _section(f"/generate of {app['count']} images over HTTP, {app['calls_each']} calls each",
+                 _table(["", "p50 ms", "p95 ms"], rows))
+    if "rows" in s.get("training", {}):
+        t = s["training"]
+        rows = [[r["contender"], r["median_ms"], r["items_per_s"], f"{r.get('vs_reference', 1.0)}x"] for r in t["rows"]]
+        _section(f"Training step, {t['size']}², batch {t['batch']}", _table(["", "ms/step", "img/s", "vs ref"], rows))
+    if "rows" in s.get("export", {}):
+        e = s["export"]
+        rows = [[r["workers"], r["seconds"], r["images_per_min"]] for r in e["rows"]]
+        _section(f"Dataset export, {e['count']} PNGs (whole command)", _table(["workers", "s", "images/min"], rows))
+    if "compile_seconds" in s.get("compile", {}):
+        c = s["compile"]
+        _section("torch.compile", f"compile {c['compile_seconds']} s; compiled vs FastDCGAN: {c['compiled_vs_fast']}x")
+    rows = [[t["status"], t["target"], f"{t['value']} {t['unit']}" if t["value"] is not None else "—",
+             f"{t['rule']} {t['limit']} {t['unit']}"] for t in results["targets"]]
+    _section("Targets", _table(["", "target", "measured", "required"], rows))
