@@ -141,6 +141,14 @@ def test_push_to_fake_hub_then_pull_from_offline_cache_verified(model, tmp_path,
     assert {"README.md", "config.json", "model.safetensors"} <= {p.name for p in Path(snapshot).iterdir()}
     assert np.array_equal(Generator.from_folder(snapshot).generate(4, seed=7, output_type="np"), local)
 
+    # an entry without the weights' sha256 is refused rather than loaded unverified
+    incomplete = tmp_path / "incomplete.json"
+    incomplete.write_text(json.dumps({"models": [{**entries["hub-tiny"], "sha256": {}}]}))
+    monkeypatch.setenv("MEDGAN_HUB_CATALOGUE", str(incomplete))
+    with pytest.raises(WeightsError, match="no sha256 for model.safetensors.*refusing unverified weights"):
+        Registry(default_sources()).load("hub-tiny")
+    monkeypatch.setenv("MEDGAN_HUB_CATALOGUE", str(catalogue))
+
     # tamper with the cached weights blob: refused, naming the model and the file
     blob = cache / f"models--{REPO.replace('/', '--')}" / "blobs" / hashlib.sha256(uploaded["model.safetensors"]).hexdigest()
     data = bytearray(blob.read_bytes())

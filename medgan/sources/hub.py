@@ -1,8 +1,10 @@
 """Hugging Face Hub models, pinned by revision and verified by sha256, listed from a catalogue file.
 
 Catalogue (JSON): {"models": [{"id": "...", "repo_id": "ORG/NAME", "revision": "<commit sha>",
-"sha256": {"model.safetensors": "<hex>"}}]}. Listing reads only the local cache; loading calls
-`hf_hub_download`, which under HF_HUB_OFFLINE=1 serves from the cache or fails clearly.
+"sha256": {"model.safetensors": "<hex>", ...}}]} — `python -m training.push … --catalogue` writes entries.
+Weights without a sha256 in the entry are refused; other files are checked when theirs is given. Listing
+reads only the local cache; loading calls `hf_hub_download`, which under HF_HUB_OFFLINE=1 serves from the
+cache or fails clearly (online, e.g. on a Space, it downloads at the pinned revision).
 """
 from __future__ import annotations
 
@@ -86,6 +88,10 @@ class HubSource:
     def _verified(self, entry: HubEntry, filename: str, local_only: bool) -> Path:
         path = self._download(entry, filename, local_only)
         want = entry.sha256.get(filename)
+        if not want and filename == WEIGHTS_FILE:  # weights are code-adjacent: never load them unverified
+            raise WeightsError(f"model {entry.id!r}: the Hub catalogue gives no sha256 for {filename} of "
+                               f"{entry.repo_id}; refusing unverified weights (python -m training.push … "
+                               "--catalogue writes a complete entry)")
         if want and sha256_file(path) != want.lower():
             raise WeightsError(f"model {entry.id!r}: {filename} from {entry.repo_id}@{entry.revision[:12]} "
                                "fails its sha256 check (tampered or corrupt); refusing to load it")
