@@ -313,6 +313,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--space deploys the app; give either FOLDER --repo ORG/NAME or --space ORG/NAME")
     if not args.space and not (args.folder and args.repo):
         p.error("give FOLDER and --repo ORG/NAME (or --space ORG/NAME)")
+    if args.id is not None and not re.match(r"^[A-Za-z0-9][\w.-]{0,127}$", args.id):
+        p.error(f"--id must be letters, digits, '.', '_' or '-' (got {args.id!r})")
     return args
 
 
