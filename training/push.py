@@ -247,10 +247,9 @@ def space_readme(root: Path, catalogue: Path) -> bytes:
         raise PushError(f"README.md sdk_version {meta.get('sdk_version')!r} differs from requirements.txt's "
                         f"gradio=={pin}: the Space would run another Gradio than the one tested")
     models = catalogue_repo_ids(catalogue)
-    if models:
-        meta["models"] = models
-    else:
-        meta.pop("models", None)
+    if not models and "models" not in meta:
+        return text.encode()  # nothing published: the README as committed
+    meta["models"] = models
     head = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, default_flow_style=False)
     return f"---\n{head}---\n{text[match.end():]}".encode()
 
