@@ -1,7 +1,7 @@
 """Large synthetic datasets: a resumable, sharded, parallel export CLI, and two torch Datasets.
 
     python -m medgan.dataset MODEL --count 100000 --out DIR [--format png|npz|dicom|nifti]
-                             [--shard-size 1000] [--seed 0] [--workers K] [--label]
+                             [--shard-size 1000] [--seed 0] [--workers K] [--threads T] [--label]
     torchrun --nnodes N --nproc-per-node P -m medgan.dataset MODEL ...   # rank r writes shards r, r+W, …
 
 Image i of a dataset is `Generator.generate(count=1, seed=S, start=i)`: any shard regenerates exactly, and
@@ -120,7 +120,7 @@ class Job:
     modality: str
     batch_size: int = 256
     extra_folders: tuple[str, ...] = ()
-    threads: int = 0
+    threads: int = 1
 
     @property
     def num_shards(self) -> int:
@@ -272,8 +272,7 @@ _WORKER: dict[str, Any] = {}
 
 
 def _worker_init(job: Job, queue: Any) -> None:
-    if job.threads:
-        torch.set_num_threads(job.threads)
+    torch.set_num_threads(job.threads)
     _WORKER["gen"] = load_generator(job.model, list(job.extra_folders) or None)
     _WORKER["job"], _WORKER["queue"] = job, queue
 
@@ -309,14 +308,19 @@ def rank_from_env() -> tuple[int, int]:
 
 
 def export_dataset(model: str, count: int, out: str | Path, fmt: str = "png", *, shard_size: int = 1000,
-                   seed: int = 0, workers: int = 1, label: bool = False, batch_size: int = 256,
-                   rank: int | None = None, world_size: int | None = None,
+                   seed: int = 0, workers: int = 1, threads: int = 1, label: bool = False,
+                   batch_size: int = 256, rank: int | None = None, world_size: int | None = None,
                    extra_folders: list[str] | None = None, progress: bool = True) -> ExportSummary:
-    """Write (or resume) a sharded dataset; see the module docstring. rank/world_size default to the env."""
+    """Write (or resume) a sharded dataset; see the module docstring. rank/world_size default to the env.
+
+    `workers` processes with `threads` torch threads each: independent shards scale better across processes
+    than one forward pass across threads (on 2 busy cores, 1 thread was 4-8x faster than torch's default).
+    """
     fmt = check_format(fmt)
     count, seed = check_count(count, limit=10**12), check_seed(seed)
     shard_size = check_count(shard_size, limit=10**9)
     workers, batch_size = check_count(workers, limit=256), check_count(batch_size, limit=4096)
+    threads = check_count(threads, limit=256)
     if rank is None or world_size is None:
         rank, world_size = rank_from_env()
     if "LOCAL_RANK" in os.environ and torch.cuda.is_available():
@@ -328,8 +332,7 @@ def export_dataset(model: str, count: int, out: str | Path, fmt: str = "png", *,
     model_id, revision, modality = model_identity(gen, str(model), extra_folders)
     job = Job(model=str(model), out=str(out), fmt=fmt, count=count, shard_size=shard_size, seed=seed, label=label,
               model_id=model_id, revision=revision, modality=modality, batch_size=batch_size,
-              extra_folders=tuple(extra_folders or ()),
-              threads=max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0)
+              extra_folders=tuple(extra_folders or ()), threads=threads)
     init_folder(job, gen)
     out = Path(out)
     mine = shards_for_rank(job.num_shards, rank, world_size)
@@ -337,14 +340,16 @@ def export_dataset(model: str, count: int, out: str | Path, fmt: str = "png", *,
     todo = [k for k in mine if not shard_complete(out, k)]
     done_images = sum(len(job.shard_range(k)) for k in mine if k not in todo)
     bar = _bar(sum(len(job.shard_range(k)) for k in mine), done_images, rank, world_size, progress)
-    began = time.perf_counter()
+    began, previous_threads = time.perf_counter(), torch.get_num_threads()
     try:
         if workers == 1 or len(todo) <= 1:
+            torch.set_num_threads(threads)
             for k in todo:
                 write_shard(job, gen, k, bar.update)
         else:
             _run_pool(job, todo, workers, bar)
     finally:
+        torch.set_num_threads(previous_threads)
         bar.close()
     seconds = time.perf_counter() - began
     manifest = write_manifest(job) is not None
@@ -527,7 +532,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=_positive("shard size", 10**9), default=1000,
                    help="images per shard folder (default 1000)")
     p.add_argument("--seed", type=_seed, default=0, help=f"dataset seed, 0..{MAX_SEED} (default 0)")
-    p.add_argument("--workers", type=_positive("workers", 256), default=1, help="processes (default 1)")
+    p.add_argument("--workers", type=_positive("workers", 256), default=1,
+                   help="processes, each writing whole shards (default 1; about one per core is fastest)")
+    p.add_argument("--threads", type=_positive("threads", 256), default=1,
+                   help="torch threads per process (default 1)")
     p.add_argument("--batch-size", type=_positive("batch size", 4096), default=256, help="images per forward pass")
     p.add_argument("--label", action="store_true", help="burn a visible SYNTHETIC label into every image")
     p.add_argument("--weights-dir", action="append", default=None, help="extra model folder(s) to search")
@@ -540,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         summary = export_dataset(args.model, args.count, args.out, args.format, shard_size=args.shard_size,
-                                 seed=args.seed, workers=args.workers, label=args.label,
+                                 seed=args.seed, workers=args.workers, threads=args.threads, label=args.label,
                                  batch_size=args.batch_size, extra_folders=args.weights_dir,
                                  progress=not args.quiet)
     except (InvalidArgumentError, UnknownModelError) as exc:
