@@ -75,6 +75,18 @@ def wait_port(proc: subprocess.Popen, url: str, timeout: float = 120) -> None:
     raise RuntimeError(f"app did not open {url} within {timeout} s")
 
 
+def app_cpu_seconds(proc: subprocess.Popen) -> float:
+    """User + system CPU seconds of the app so far: close to the wall time a quiet machine would show for
+    the single-threaded start-up, whatever else runs here."""
+    import psutil
+    total = 0.0
+    for child in psutil.Process(proc.pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            t = child.cpu_times()
+            total += t.user + t.system
+    return total
+
+
 def app_rss(proc: subprocess.Popen) -> int:
     """RSS of the python process under `timeout`, plus any children it started (bytes)."""
     import psutil
@@ -101,22 +113,23 @@ def run_app(models: list[BenchModel], quick: bool) -> dict[str, Any]:
             with launched(env) as (proc, url, spawned):
                 wait_port(proc, url)
                 port_s = time.perf_counter() - spawned
-                rss_port = app_rss(proc)
+                rss_port, cpu_port = app_rss(proc), app_cpu_seconds(proc)
                 answer = client(url)
                 answer.predict(default, 0, COUNT, api_name="/generate")
                 first_s = time.perf_counter() - spawned
-                rss_first = app_rss(proc)
+                rss_first, cpu_first = app_rss(proc), app_cpu_seconds(proc)
                 local = [m["id"] for m in answer.predict(api_name="/models")
                          if m["source"] == "local" and m["generatable"]]
                 for model_id in local:
                     answer.predict(model_id, 0, 1, api_name="/generate")
                 runs.append({"to_port_s": round(port_s, 3), "to_first_answer_s": round(first_s, 3),
+                             "app_cpu_s_to_port": round(cpu_port, 2), "app_cpu_s_to_first_answer": round(cpu_first, 2),
                              "rss_at_port_mb": round(rss_port / 2**20, 1),
                              "rss_after_first_answer_mb": round(rss_first / 2**20, 1),
                              "rss_all_models_loaded_mb": round(app_rss(proc) / 2**20, 1),
                              "local_models_loaded": len(local)})
                 if start == starts - 1:
-                    latency = measure_latency(answer, client(url, Path(tmp) / "downloads"), default, calls)
+                    latency = measure_latency(answer, client(url, Path(tmp) / "downloads"), default, calls, proc)
     first = sorted(r["to_first_answer_s"] for r in runs)
     cold = {"model": default, "count": COUNT, "runs": runs, "median_to_first_answer_s": first[len(first) // 2],
             "median_to_port_s": sorted(r["to_port_s"] for r in runs)[len(runs) // 2],
@@ -124,23 +137,32 @@ def run_app(models: list[BenchModel], quick: bool) -> dict[str, Any]:
     return {"cold_start": cold, "app": latency}
 
 
-def measure_latency(answer, full, model_id: str, calls: int) -> dict[str, Any]:
-    """/generate of 16 images: server's answer vs full round trip (alternating), and the model's share."""
+def measure_latency(answer, full, model_id: str, calls: int, proc: subprocess.Popen | None = None) -> dict[str, Any]:
+    """/generate of 16 images: server's answer vs full round trip (alternating), and the model's share.
+    Also the CPU time per call of the app (psutil, read between calls) and of the client (this process),
+    which a busy machine inflates far less than wall time."""
     full.predict(model_id, 0, COUNT, api_name="/generate")  # warm the downloading client too
     times: dict[str, list[float]] = {"answer": [], "round_trip": []}
+    cpu: dict[str, list[float]] = {"answer": [], "round_trip": []}
+    client_cpu: dict[str, list[float]] = {"answer": [], "round_trip": []}
     for i in range(calls):
         pair = (("answer", answer), ("round_trip", full))
         for name, c in (pair if i % 2 == 0 else pair[::-1]):
-            began = time.perf_counter()
+            cpu_before = app_cpu_seconds(proc) if proc else 0.0
+            began, cpu_began = time.perf_counter(), time.process_time()
             result = c.predict(model_id, 1000 + i, COUNT, api_name="/generate")
             times[name].append(time.perf_counter() - began)
+            client_cpu[name].append(time.process_time() - cpu_began)
+            cpu[name].append(app_cpu_seconds(proc) - cpu_before if proc else 0.0)
             assert len(result) == COUNT, f"/generate returned {len(result)} images, expected {COUNT}"
     stats = answer.predict(model_id, api_name="/stats")
     model_s = [h["seconds"] for h in stats["history"] if h["count"] == COUNT][-2 * calls:]
     out: dict[str, Any] = {"model": model_id, "count": COUNT, "calls_each": calls}
     for name, values in times.items():
         out[name] = {"p50_ms": round(percentile(values, 50) * 1e3, 2), "p95_ms": round(percentile(values, 95) * 1e3, 2),
-                     "mean_ms": round(sum(values) / len(values) * 1e3, 2)}
+                     "mean_ms": round(sum(values) / len(values) * 1e3, 2),
+                     "app_cpu_ms_p50": round(percentile(cpu[name], 50) * 1e3, 1),
+                     "client_cpu_ms_p50": round(percentile(client_cpu[name], 50) * 1e3, 1)}
     out["model_time"] = {"p50_ms": round(percentile(model_s, 50) * 1e3, 2),
                          "p95_ms": round(percentile(model_s, 95) * 1e3, 2), "samples": len(model_s)}
     out["framework_overhead_p50_ms"] = round(out["answer"]["p50_ms"] - out["model_time"]["p50_ms"], 2)

@@ -43,7 +43,7 @@ def pixel_agreement(gen: Generator, ref: torch.nn.Module, count: int = 64) -> di
 
 def run_inference(models: list[BenchModel], quick: bool) -> dict[str, Any]:
     batches = [1, 16] if quick else [1, 4, 16, 64]
-    rounds, min_s = (3, 0.02) if quick else (15, 0.1)
+    rounds, min_s = (3, 0.02) if quick else (11, 0.1)
     out: dict[str, Any] = {"includes": __doc__.split("\n\n", 1)[1].strip(), "models": []}
     for m in models:
         gen, ref = load_pair(m)
@@ -107,18 +107,21 @@ PROBE = """
 import json, sys, time, torch
 from medgan.generator import Generator
 torch.set_num_threads(int(sys.argv[2]))
-gen, n, seconds = Generator.from_folder(sys.argv[1], device="cpu"), int(sys.argv[3]), float(sys.argv[4])
-gen.generate(n, 0, output_type="np")
-times, end = [], time.perf_counter() + seconds
-while time.perf_counter() < end or len(times) < 3:
-    began = time.perf_counter(); gen.generate(n, len(times), output_type="np"); times.append(time.perf_counter() - began)
-print(json.dumps(sorted(times)[len(times) // 2]))
+gen, seconds, out = Generator.from_folder(sys.argv[1], device="cpu"), float(sys.argv[4]), {}
+for n in map(int, sys.argv[3].split(",")):
+    gen.generate(n, 0, output_type="np")
+    times, end = [], time.perf_counter() + seconds
+    while time.perf_counter() < end or len(times) < 3:
+        began = time.perf_counter(); gen.generate(n, len(times), output_type="np"); times.append(time.perf_counter() - began)
+    out[n] = sorted(times)[len(times) // 2]
+print(json.dumps(out))
 """
 
 
 def run_threads(models: list[BenchModel], quick: bool) -> dict[str, Any]:
     """generate(n) in fresh processes per thread setting (OMP's wait policy is fixed at start-up), the
     settings alternating round by round; each sample is the median call time over ~1 s."""
+    import json
     import os
     import subprocess
     import sys
@@ -126,22 +129,23 @@ def run_threads(models: list[BenchModel], quick: bool) -> dict[str, Any]:
     m = models[0]
     counts, rounds, seconds = ([16], 1, 0.2) if quick else ([1, 16, 64], 3, 1.0)
     out: dict[str, Any] = {"model": m.id, "cpu_count": os.cpu_count(), "rows": []}
+    times: dict[int, dict[str, list[float]]] = {n: {name: [] for name, _, _ in THREAD_CONFIGS} for n in counts}
+    for r in range(rounds):
+        for name, threads, policy in THREAD_CONFIGS[r % 3:] + THREAD_CONFIGS[:r % 3]:
+            env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+            if policy:
+                env["OMP_WAIT_POLICY"] = policy
+            proc = subprocess.run([sys.executable, "-c", PROBE, str(m.folder), str(threads),
+                                   ",".join(map(str, counts)), str(seconds)],
+                                  cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+            if proc.returncode != 0:
+                return {"error": proc.stderr[-400:]}
+            for n, t in json.loads(proc.stdout.strip().splitlines()[-1]).items():
+                times[int(n)][name].append(t)
     for n in counts:
-        times: dict[str, list[float]] = {name: [] for name, _, _ in THREAD_CONFIGS}
-        for r in range(rounds):
-            order = THREAD_CONFIGS[r % 3:] + THREAD_CONFIGS[:r % 3]
-            for name, threads, policy in order:
-                env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-                if policy:
-                    env["OMP_WAIT_POLICY"] = policy
-                proc = subprocess.run([sys.executable, "-c", PROBE, str(m.folder), str(threads), str(n), str(seconds)],
-                                      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-                if proc.returncode != 0:
-                    return {"error": proc.stderr[-400:]}
-                times[name].append(float(proc.stdout.strip().splitlines()[-1]))
-        row: dict[str, Any] = {"count": n, **{k: summary(v, n) for k, v in times.items()}}
+        row: dict[str, Any] = {"count": n, **{k: summary(v, n) for k, v in times[n].items()}}
         for name, _, _ in THREAD_CONFIGS[1:]:
-            row[f"{name} vs 1 thread"] = round(ratio(times, "1 thread", name), 3)
+            row[f"{name} vs 1 thread"] = round(ratio(times[n], "1 thread", name), 3)
         out["rows"].append(row)
     return out
 

@@ -96,19 +96,22 @@ def print_report(results: dict[str, Any]) -> None:
         _section("Thread settings (fresh process each)", _table(["count", "setting", "ms", "img/s"], rows))
     cold, app = s.get("cold_start", {}), s.get("app", {})
     if "runs" in cold:
-        rows = [[i + 1, r["to_port_s"], r["to_first_answer_s"], r["rss_at_port_mb"], r["rss_after_first_answer_mb"],
-                 r["rss_all_models_loaded_mb"], r["local_models_loaded"]] for i, r in enumerate(cold["runs"])]
+        rows = [[i + 1, r["to_port_s"], r["to_first_answer_s"], r["app_cpu_s_to_first_answer"], r["rss_at_port_mb"],
+                 r["rss_after_first_answer_mb"], r["rss_all_models_loaded_mb"], r["local_models_loaded"]]
+                for i, r in enumerate(cold["runs"])]
         _section("Cold start (python app.py) and memory",
-                 _table(["start", "to port s", "to 1st answer s", "RSS port MiB", "RSS 1st MiB", "RSS all MiB",
-                         "models"], rows))
+                 _table(["start", "to port s", "to 1st answer s", "app CPU s", "RSS port MiB", "RSS 1st MiB",
+                         "RSS all MiB", "models"], rows))
     if "answer" in app:
-        rows = [["server's answer (download_files=False)", app["answer"]["p50_ms"], app["answer"]["p95_ms"]],
-                ["full round trip (PNGs downloaded)", app["round_trip"]["p50_ms"], app["round_trip"]["p95_ms"]],
-                ["model time (from /stats)", app["model_time"]["p50_ms"], app["model_time"]["p95_ms"]],
-                ["framework overhead (answer - model)", app["framework_overhead_p50_ms"], ""],
-                ["download overhead (round trip - answer)", app["download_overhead_p50_ms"], ""]]
+        rows = [[label, app[k]["p50_ms"], app[k]["p95_ms"], app[k].get("app_cpu_ms_p50", ""),
+                 app[k].get("client_cpu_ms_p50", "")]
+                for label, k in (("server's answer (download_files=False)", "answer"),
+                                 ("full round trip (PNGs downloaded)", "round_trip"))]
+        rows += [["model time (from /stats)", app["model_time"]["p50_ms"], app["model_time"]["p95_ms"], "", ""],
+                 ["framework overhead (answer - model)", app["framework_overhead_p50_ms"], "", "", ""],
+                 ["download overhead (round trip - answer)", app["download_overhead_p50_ms"], "", "", ""]]
         _section(f"/generate of {app['count']} images over HTTP, {app['calls_each']} calls each",
-                 _table(["", "p50 ms", "p95 ms"], rows))
+                 _table(["", "p50 ms", "p95 ms", "app CPU ms/call", "client CPU ms/call"], rows))
     if "rows" in s.get("training", {}):
         t = s["training"]
         rows = [[r["contender"], r["median_ms"], r["items_per_s"], f"{r.get('vs_reference', 1.0)}x"] for r in t["rows"]]

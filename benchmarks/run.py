@@ -24,6 +24,9 @@ if __package__ in (None, ""):  # `python benchmarks/run.py`
     __package__ = "benchmarks"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# As the app does (app.py): idle OpenMP threads sleep. With the default (spinning) policy a busy machine
+# makes 2-thread runs several times slower and very noisy; the "threads" section measures both policies.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from benchmarks import app_bench, export_bench, inference, roofline, training_bench  # noqa: E402

@@ -23,7 +23,7 @@ def run_training(quick: bool) -> dict[str, Any]:
     except ImportError as exc:
         return {"error": f"training.train is not importable: {exc}"}
     size, batch = (32, 16) if quick else (64, 128)
-    rounds = 2 if quick else 7
+    rounds = 2 if quick else 5
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (max(256, 4 * batch), 1, size, size), dtype=np.uint8)
     out: dict[str, Any] = {"size": size, "batch": batch, "includes": __doc__.split("\n\n", 1)[1].strip(), "rows": []}
