@@ -119,7 +119,7 @@ def card_data(config: ModelConfig, evaluation: dict[str, Any]) -> ModelCardData:
                                       dataset_split=_reference_split(evaluation), metric_type=key,
                                       metric_value=round(value, 6), metric_name=name))
     return ModelCardData(license=config.license or "mit", library_name="medgan", pipeline_tag=TASK, tags=tags,
-                         model_name=config.id, eval_results=results or None)
+                         model_name=config.id if results else None, eval_results=results or None)
 
 
 def _summary(config: ModelConfig) -> str:
@@ -163,6 +163,18 @@ def _training_data(config: ModelConfig) -> str:
         lines += ["", "<details><summary>Other recorded dataset facts</summary>", "",
                   _table(sorted(other.items()), ("key", "value")), "", "</details>"]
     return "\n".join(lines)
+
+
+def _subjects(config: ModelConfig) -> str:
+    """"2 subjects (A, B)" from the recorded sources; "few subjects" when not recorded."""
+    meta = config.training_data
+    sources = meta.get("sources") if isinstance(meta.get("sources"), list) else []
+    names = sorted({str(s["subject"]) for s in sources if isinstance(s, dict) and s.get("subject")})
+    count = meta.get("subjects") if isinstance(meta.get("subjects"), int) else len(names)
+    if not count:
+        return "few subjects"
+    shown = f" ({', '.join(names)})" if names and len(names) == count and count <= 5 else ""
+    return f"{'only one subject' if count == 1 else f'{count} subjects'}{shown}"
 
 
 def _training_procedure(config: ModelConfig) -> str:
@@ -356,8 +368,8 @@ def render_card(folder: str | Path) -> str:
         "## Evaluation",
         _evaluation(evaluation, folder),
         "## Limitations and biases",
-        "- Trained on few subjects: the images reflect their anatomy, scanner and protocol, not a population; "
-        "pathology, age, sex and ethnic variation are under-represented or absent.\n"
+        f"- Trained on {_subjects(config)}: the images reflect their anatomy, scanner and protocol, not a "
+        "population; pathology, age, sex and ethnic variation are under-represented or absent.\n"
         "- With small training sets GANs can memorise: some samples may closely resemble training slices "
         "(see the memorisation check under Evaluation). Do not treat outputs as de-identified by "
         "construction.\n"
