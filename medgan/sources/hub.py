@@ -85,8 +85,15 @@ class HubSource:
                 f"model {entry.id!r}: could not fetch {filename} from {entry.repo_id}@{entry.revision[:12]} "
                 f"({type(exc).__name__})") from None
 
-    def _verified(self, entry: HubEntry, filename: str, local_only: bool) -> Path:
-        path = self._download(entry, filename, local_only)
+    def _cached_or_download(self, entry: HubEntry, filename: str) -> Path:
+        """The cache first: a pinned revision never changes, and a cache hit must not wait on Hub retries."""
+        try:
+            return self._download(entry, filename, local_only=True)
+        except SourceUnavailableError:
+            return self._download(entry, filename, local_only=False)
+
+    def _verified(self, entry: HubEntry, filename: str) -> Path:
+        path = self._cached_or_download(entry, filename)
         want = entry.sha256.get(filename)
         if not want and filename == WEIGHTS_FILE:  # weights are code-adjacent: never load them unverified
             raise WeightsError(f"model {entry.id!r}: the Hub catalogue gives no sha256 for {filename} of "
@@ -115,7 +122,7 @@ class HubSource:
         paths = {}
         for filename in (*REPO_FILES,):
             try:
-                paths[filename] = self._verified(entry, filename, local_only=False)
+                paths[filename] = self._verified(entry, filename)
             except SourceUnavailableError:
                 if filename == "README.md":
                     continue  # the card is optional for generation
