@@ -52,7 +52,7 @@ def _fmt(value: Any) -> str:
         return f"{value:.4g}"
     if isinstance(value, dict) and "mean" in value:
         std = value.get("std")
-        return _fmt(value["mean"]) + (f" ± {_fmt(std)}" if isinstance(std, (int, float)) and std else "")
+        return _fmt(value["mean"]) + (f" ± {_fmt(std)}" if isinstance(std, (int, float)) and abs(std) > 1e-12 else "")
     if isinstance(value, (list, tuple)):
         return ", ".join(_fmt(v) for v in value)
     if isinstance(value, dict):
@@ -237,36 +237,42 @@ def _evaluation(evaluation: dict[str, Any], folder: Path) -> str:
             ("Recall ↑", evaluation.get("recall"), floor.get("recall")),
             ("MS-SSIM (diversity, lower = more diverse)", evaluation.get("ms_ssim_synthetic"),
              evaluation.get("ms_ssim_real"))]
+    how = ("the real training slices with the held-out real slices (the dataset's own split: the training "
+           "split has a single subject, so this is a fallback)" if floor.get("fallback") else
+           "two disjoint halves of the real training slices, split by subject")
     out = [f"Synthetic images ({_fmt(n_syn)}) against the real training slices ({_fmt(n_real)}) of "
            f"**{_eval_dataset_name(evaluation)}**, in Inception-v3 feature space. The **real-vs-real floor** "
-           "compares two disjoint halves of the real training slices, split by subject: it is what a perfect "
-           "generator could hope to score with this little data. For MS-SSIM the right column is the real "
-           "slices' own diversity.", "",
+           f"compares {how}: roughly what a perfect generator could score with this little data. For MS-SSIM "
+           "the right column is the real slices' own diversity.", "",
            _table([r for r in rows if r[1] is not None], ("metric", "model", "real-vs-real floor"))]
     same_n = floor.get("model_same_n", floor.get("model_fid_same_n"))
     same_n = same_n.get("fid") if isinstance(same_n, dict) else same_n  # eval.json: a block; config: the FID
     if _number(same_n) is not None and floor.get("n"):
         out += ["", f"At the floor's sample size (n = {floor['n']} per side) the model's FID is "
                 f"{_fmt(_number(same_n))}, to compare with the floor's {_fmt(_number(floor.get('fid')))}."]
-    if floor.get("fallback"):
-        out += ["", f"**Note:** the floor is a fallback: {_fmt(floor.get('split'))}."]
-    elif floor.get("note"):
+    if floor.get("note"):
         out += ["", f"**Note:** {_fmt(floor['note'])}."]
     memo = _memorization(evaluation)
     if _number(memo.get("median_synthetic")) is not None:
         out += ["", "**Memorisation check.** Distance (pixel RMS, [0, 1] intensities) from each image to its "
                 "nearest training slice:", "",
-                _table([("median, synthetic images", memo.get("median_synthetic")),
+                _table([r for r in [("median, synthetic images", memo.get("median_synthetic")),
                         ("median, held-out real slices", memo.get("median_heldout")),
+                        ("median, a training slice to its nearest other training slice",
+                         memo.get("median_train_to_other_train")),
                         ("share of synthetic images closer than the held-out 5th percentile (≈ 0.05 if no "
                          "copying)", memo.get("fraction_closer")),
-                        ("share of exact copies", memo.get("fraction_exact_copies"))], ("", "value"))]
+                        ("share of exact copies", memo.get("fraction_exact_copies"))] if r[1] is not None],
+                       ("", "value"))]
         if memo.get("caveat"):
             out += ["", f"Caveat: {_fmt(memo['caveat'])}."]
     command = (evaluation.get("setup") or {}).get("command") or evaluation.get("eval_command")
     if command:
         out += ["", "Reproduce:", "", "```bash", str(command), "```"]
-    if (folder / "eval.png").is_file():
+    # evaluate writes the card just before eval.png, and declares the figure in eval.json
+    figure = str((evaluation.get("nearest_pairs") or {}).get("figure", "")) if isinstance(
+        evaluation.get("nearest_pairs"), dict) else ""
+    if (folder / "eval.png").is_file() or figure.startswith("eval.png"):
         out += ["", "![Nearest training slices of the closest synthetic images; real vs synthetic grids]"
                 "(eval.png)"]
     details = [(k, evaluation.get(k)) for k in ("real_data", "feature_extractor", "versions")
