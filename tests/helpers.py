@@ -64,7 +64,7 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_app(env: dict[str, str] | None = None, timeout: float = 60.0, lifetime: int = 600):
+def running_app(env: dict[str, str] | None = None, timeout: float = 180.0, lifetime: int = 600):
     """`python app.py` in a subprocess on a free 127.0.0.1 port; yields its URL; always stopped.
 
     `timeout` in the child (coreutils) stops it by itself even if this process dies.

@@ -351,6 +351,12 @@ def _images(folder: Path) -> list[str]:
     return out
 
 
+def _ablation(config: ModelConfig) -> list[str]:
+    """A recipe comparison recorded in config.json under "ablation" (markdown), when the model has one."""
+    text = config.extra.get("ablation")
+    return ["### Ablation", str(text)] if text else []
+
+
 def render_card(folder: str | Path) -> str:
     """The card text of a model folder (pure: reads config.json, eval.json and which images exist)."""
     folder = Path(folder)
@@ -373,6 +379,7 @@ def render_card(folder: str | Path) -> str:
         _training_procedure(config),
         "## Evaluation",
         _evaluation(evaluation, folder),
+        *_ablation(config),
         "## Limitations and biases",
         f"- Trained on {_subjects(config)}: the images reflect their anatomy, scanner and protocol, not a "
         "population; pathology, age, sex and ethnic variation are under-represented or absent.\n"

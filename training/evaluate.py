@@ -283,7 +283,10 @@ def evaluate(gen: Any, real: RealData, num: int = 2000, seed: int = 0, batch: in
     loo = M.nearest_neighbours(px_train, px_train, exclude_self=True)[0] * scale if len(px_train) > 1 else None
     pixel["median_train_to_other_train"] = float(np.median(loo)) if loo is not None else None
     if len(held_used) and len(np.unique(real.subject[train_idx])) < 2:
-        pixel["caveat"] = ("the train split has one subject, so held-out slices come from another person: "
+        same_person = set(np.unique(real.subject[held_used])) <= set(np.unique(real.subject[train_idx]))
+        where = ("another part (slab) of the same volume, i.e. different anatomy" if same_person
+                 else "another person")
+        pixel["caveat"] = (f"the train split has one subject, so held-out slices come from {where}: "
                            "a generator that merely learnt the training anatomy is closer to the train "
                            "slices than they are, and fraction_closer overstates copying; compare "
                            "median_synthetic with median_train_to_other_train (neighbouring slices)")
