@@ -22,6 +22,12 @@ def browser():
         b.close()
 
 
+def model_label(model_id: str) -> str:
+    """The dropdown shows labels (title · modality · organ · size), not ids."""
+    import medgan
+    return next(m.label() for m in medgan.list_models() if m.id == model_id)
+
+
 def wait_for_gallery(page, count: int) -> None:
     page.wait_for_function(
         """n => { const imgs = [...document.querySelectorAll('#gallery .thumbnail-item img')];
@@ -45,7 +51,7 @@ def test_generate_and_download_in_a_real_browser(browser, tmp_path):
         page.wait_for_selector("#generate")
         assert "not for diagnosis" in page.locator("#synthetic-notice").inner_text()
         page.locator("#model input").click()
-        page.get_by_role("option").filter(has_text=model_id).first.click()
+        page.get_by_role("option").filter(has_text=model_label(model_id)).first.click()
         set_slider(page, "count", 6)
         set_slider(page, "seed", 7)
         page.locator("#generate").click()
