@@ -26,3 +26,19 @@ from helpers import make_model_folder  # noqa: E402
 def tiny_model(tmp_path):
     """A folder `weights/tiny-test` holding a small random DCGAN (32², widths 32-16-8)."""
     return make_model_folder(tmp_path / "weights", "tiny-test")
+
+
+# Debian's chromium, driven by PyPI playwright (never `playwright install`): flags keep it off the network.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()

@@ -103,3 +103,9 @@ def copy_model(src: Path, dst_parent: Path) -> Path:
     dst = dst_parent / src.name
     shutil.copytree(src, dst)
     return dst
+
+
+def set_slider(page, elem_id: str, value: int) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")

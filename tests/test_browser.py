@@ -3,23 +3,10 @@ import json
 import zipfile
 from pathlib import Path
 
-import pytest
-from playwright.sync_api import sync_playwright
 
-from helpers import SHIPPED, make_model_folder, running_app
+from helpers import SHIPPED, make_model_folder, running_app, set_slider
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
 SCREENSHOT_DIR = Path(__file__).resolve().parent / "artifacts"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
 
 
 def model_label(model_id: str) -> str:
@@ -33,12 +20,6 @@ def wait_for_gallery(page, count: int) -> None:
         """n => { const imgs = [...document.querySelectorAll('#gallery .thumbnail-item img')];
                   return imgs.length === n && imgs.every(i => i.complete && i.naturalWidth > 0); }""",
         arg=count, timeout=30_000)
-
-
-def set_slider(page, elem_id: str, value: int) -> None:
-    box = page.locator(f"#{elem_id} input[type=number]")
-    box.fill(str(value))
-    box.press("Enter")
 
 
 def test_generate_and_download_in_a_real_browser(browser, tmp_path):

@@ -5,28 +5,8 @@ import zipfile
 
 import numpy as np
 import pydicom
-import pytest
-from playwright.sync_api import sync_playwright
 
-from helpers import make_model_folder, running_app
-
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
-
-
-def set_slider(page, elem_id: str, value: int) -> None:
-    box = page.locator(f"#{elem_id} input[type=number]")
-    box.fill(str(value))
-    box.press("Enter")
+from helpers import make_model_folder, running_app, set_slider
 
 
 def download_zip(page, path, previous_href: str | None) -> tuple[str, list[pydicom.Dataset]]:
