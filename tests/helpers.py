@@ -64,10 +64,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_app(env: dict[str, str] | None = None, timeout: float = 180.0, lifetime: int = 600):
+def running_app(env: dict[str, str] | None = None, timeout: float = 180.0, lifetime: int = 600,
+                script: Path | None = None):
     """`python app.py` in a subprocess on a free 127.0.0.1 port; yields its URL; always stopped.
 
-    `timeout` in the child (coreutils) stops it by itself even if this process dies.
+    `timeout` in the child (coreutils) stops it by itself even if this process dies. `script` replaces app.py
+    (e.g. a launcher that injects faults before running it).
     """
     port = free_port()
     child_env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
@@ -75,7 +77,7 @@ def running_app(env: dict[str, str] | None = None, timeout: float = 180.0, lifet
     log = Path(child_env["GRADIO_TEMP_DIR"]).parent / f"app-{port}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as out:
-        proc = subprocess.Popen(["timeout", str(lifetime), sys.executable, str(ROOT / "app.py")], cwd=ROOT,
+        proc = subprocess.Popen(["timeout", str(lifetime), sys.executable, str(script or ROOT / "app.py")], cwd=ROOT,
                                 env=child_env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:

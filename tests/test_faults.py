@@ -11,7 +11,6 @@ import os
 import pickle
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -243,31 +242,10 @@ runpy.run_path({app!r}, run_name="__main__")
 @contextlib.contextmanager
 def faulty_app(tmp: Path, env: dict[str, str], lifetime: int = 300):
     """app.py behind a launcher that injects faults (slow counts, a disk that fills on demand)."""
-    port = free_port()
     script = tmp / "launcher.py"
     script.write_text(LAUNCHER.format(root=str(ROOT), app=str(ROOT / "app.py")))
-    child_env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
-                 "PYTHONUNBUFFERED": "1", **env}
-    log = open(tmp / "app.log", "wb")
-    proc = subprocess.Popen(["timeout", str(lifetime), sys.executable, str(script)], cwd=ROOT, env=child_env,
-                            stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            assert proc.poll() is None, (tmp / "app.log").read_text()[-3000:]
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                break
-            time.sleep(0.2)
-        else:
-            raise RuntimeError((tmp / "app.log").read_text()[-3000:])
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    with running_app(env, lifetime=lifetime, script=script) as proc:
+        yield proc.url
 
 
 def test_slow_requests_queue_full_time_limit_and_full_disk(tmp_path):
