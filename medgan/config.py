@@ -20,10 +20,19 @@ _JSON_NAMES = {str: "string", int: "integer", dict: "object"}
 RESOLUTIONS = (32, 64, 128, 256)
 
 
+ARCHS = ("dcgan", "style")
+
+
 @dataclass
 class GeneratorConfig:
-    """DCGAN generator: latent -> ConvT 4x4 -> (ConvT stride 2 + BN + ReLU)* -> ConvT -> Tanh."""
+    """The generator's architecture. `arch` picks the network (absent in older config.json files: "dcgan"):
 
+    - "dcgan": latent -> ConvT 4x4 -> (ConvT stride 2 + BN + ReLU)* -> ConvT -> Tanh (medgan.nets);
+    - "style": mapping network (z ++ class embedding -> w) + modulated synthesis layers (medgan.stylenet).
+    Fields after `max_width` apply to "style" only.
+    """
+
+    arch: str = "dcgan"
     latent_dim: int = 100
     resolution: int = 64
     channels: int = 1
@@ -32,11 +41,27 @@ class GeneratorConfig:
     # the classic way (base_width * 8, 4, 2, 1 at 64²), capped at max_width.
     widths: list[int] = field(default_factory=list)
     max_width: int = 512
+    w_dim: int = 256
+    mapping_layers: int = 2
+    noise: bool = True
+    # Class names of a conditional model (label i = classes[i]); [] = unconditional. `condition` names the
+    # label kind the classes come from (level, plane, contrast, …).
+    classes: list[str] = field(default_factory=list)
+    condition: str = ""
 
     def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ConfigError(f"generator.arch must be one of {ARCHS}, got {self.arch!r}")
+        if self.arch == "dcgan" and self.classes:
+            raise ConfigError("generator.classes: DCGAN models are unconditional")
+        if not isinstance(self.classes, list) or not all(isinstance(c, str) and c for c in self.classes) \
+                or len(set(self.classes)) != len(self.classes):
+            raise ConfigError(f"generator.classes must be a list of distinct non-empty strings, got {self.classes!r}")
+        if not isinstance(self.noise, bool) or not isinstance(self.condition, str):
+            raise ConfigError("generator.noise must be a boolean and generator.condition a string")
         if self.resolution not in RESOLUTIONS:
             raise ConfigError(f"resolution must be one of {RESOLUTIONS}, got {self.resolution!r}")
-        for name in ("latent_dim", "channels", "base_width", "max_width"):
+        for name in ("latent_dim", "channels", "base_width", "max_width", "w_dim", "mapping_layers"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"generator.{name} must be a positive integer, got {value!r}")
@@ -48,12 +73,17 @@ class GeneratorConfig:
 
     @property
     def num_blocks(self) -> int:
-        """Blocks before the output layer: 4x4 then one per doubling up to resolution/2."""
-        return int(math.log2(self.resolution)) - 2
+        """DCGAN: blocks before the output layer (4x4, then one per doubling up to resolution/2).
+        Style: synthesis layers (4x4, then one per doubling up to the resolution)."""
+        return int(math.log2(self.resolution)) - (1 if self.arch == "style" else 2)
 
     def default_widths(self) -> list[int]:
         n = self.num_blocks
         return [min(self.base_width * 2 ** (n - 1 - i), self.max_width) for i in range(n)]
+
+    @property
+    def conditional(self) -> bool:
+        return bool(self.classes)
 
 
 @dataclass

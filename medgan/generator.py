@@ -24,8 +24,8 @@ from . import limits
 from .config import GeneratorConfig, ModelConfig
 from .errors import ConfigError, InvalidArgumentError, WeightsError
 from .fastnet import FastDCGAN
-from .nets import DCGANGenerator
-from .validation import MAX_SEED, as_int, check_count, check_seed
+from .nets import DCGANGenerator, build_generator, param_count
+from .validation import MAX_SEED, as_int, check_count, check_label, check_seed, check_truncation
 
 WEIGHTS_FILE = "model.safetensors"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
@@ -53,6 +53,12 @@ def latents(seed: int, count: int, latent_dim: int, start: int = 0) -> np.ndarra
     for row, index in enumerate(range(start, start + count)):
         out[row] = np.random.default_rng([seed, index]).standard_normal(latent_dim, dtype=np.float32)
     return out
+
+
+def sample_labels(seed: int, count: int, num_classes: int, start: int = 0) -> np.ndarray:
+    """A class per index for label=None: its own PCG64 stream per (seed, index), apart from the latent's."""
+    return np.array([np.random.default_rng([seed, index, 1]).integers(num_classes)
+                     for index in range(start, start + count)], dtype=np.int64)
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -83,10 +89,16 @@ def fold_batchnorm(net: DCGANGenerator) -> torch.nn.Sequential:
     return torch.nn.Sequential(*layers)
 
 
-def inference_net(net: DCGANGenerator, device: torch.device, optimize: bool = True,
+def inference_net(net: torch.nn.Module, device: torch.device, optimize: bool = True,
                   dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    """The module generate() runs. optimize: BatchNorm folded, then on CPU (fp32) the FastDCGAN layout, on GPU
-    channels-last convs (cuDNN's NHWC kernels); otherwise the plain module as trained."""
+    """The module generate() runs. DCGAN, optimize: BatchNorm folded, then on CPU (fp32) the FastDCGAN layout,
+    on GPU channels-last convs (cuDNN's NHWC kernels). Style: FastStyle (folded gains, one style matmul).
+    Otherwise the plain module as trained."""
+    if net.cfg.arch == "style":
+        if not optimize:
+            return copy.deepcopy(net).eval().to(device, dtype)
+        from .stylefast import FastStyle
+        return FastStyle(copy.deepcopy(net).float().cpu()).to(device, dtype)
     if not optimize:
         return copy.deepcopy(net.main).eval().to(device, dtype)
     folded = fold_batchnorm(net).eval()
@@ -107,7 +119,7 @@ class GenerationStats:
 
 
 class Generator:
-    """A loaded DCGAN generator. Thread-safe; one forward pass at a time per model."""
+    """A loaded generator (any `generator.arch`). Thread-safe; one forward pass at a time per model."""
 
     def __init__(self, config: ModelConfig, state_dict: dict[str, torch.Tensor], *,
                  device: torch.device | str | None = None, optimize: bool = True, revision: str = "",
@@ -117,7 +129,7 @@ class Generator:
         self.source = source
         self.device = torch.device(device) if device is not None else default_device()
         check_size(config)  # before allocating: config.json is untrusted and could ask for terabytes
-        net = DCGANGenerator(config.generator)
+        net = build_generator(config.generator)
         check_state_dict(config, net, state_dict)
         net.load_state_dict(state_dict, strict=False)
         net.eval()
@@ -147,10 +159,38 @@ class Generator:
     def id(self) -> str:
         return self.config.id
 
+    @property
+    def arch(self) -> str:
+        return self.config.generator.arch
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names of a conditional model (label i = classes[i]); [] when unconditional."""
+        return list(self.config.generator.classes)
+
+    def labels(self, count: int, seed: int, *, start: int = 0, label: object = None) -> np.ndarray:
+        """The class index of images start..start+count-1 (what generate() uses); [] when unconditional."""
+        count, seed = check_count(count), check_seed(seed)
+        return self._class_indices(count, seed, as_int("start", start), check_label(label, self.classes, self.id))
+
+    def _class_indices(self, count: int, seed: int, start: int, fixed: int | None) -> np.ndarray:
+        if not self.classes:
+            return np.empty(0, dtype=np.int64)
+        if fixed is not None:
+            return np.full(count, fixed, dtype=np.int64)
+        return sample_labels(seed, count, len(self.classes), start)
+
+    def class_names(self, indices: np.ndarray) -> list[str]:
+        return [self.classes[int(i)] for i in indices] if self.classes else []
+
     # --- sampling ----------------------------------------------------------------------------------
-    def generate(self, count: int = 16, seed: int = 0, *, start: int = 0,
-                 output_type: Literal["pil", "np", "pt"] = "pil"):
-        """Images start..start+count-1 of `seed`: PIL images, a uint8 array [n, H, W], or a float tensor."""
+    def generate(self, count: int = 16, seed: int = 0, *, start: int = 0, truncation: float = 1.0,
+                 label: object = None, output_type: Literal["pil", "np", "pt"] = "pil"):
+        """Images start..start+count-1 of `seed`: PIL images, a uint8 array [n, H, W], or a float tensor.
+
+        Image i depends only on (seed, i, truncation, label). truncation ψ in [0, 2]: style models pull w
+        towards the class's mean w (w_avg + ψ·(w − w_avg)); DCGAN models scale z by ψ. label: a class name or
+        index of a conditional model; None draws a class per image from (seed, i) (see `labels`)."""
         count, seed = check_count(count), check_seed(seed)
         start = as_int("start", start)
         if not 0 <= start <= MAX_SEED:
@@ -158,24 +198,40 @@ class Generator:
         if not isinstance(output_type, str) or output_type not in OUTPUT_TYPES:
             raise InvalidArgumentError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, "
                                        f"got {str(output_type)[:40]!r}")
+        truncation = check_truncation(truncation)
+        label = check_label(label, self.classes, self.id)
         began = time.perf_counter()
-        result = self._generate(count, seed, start, output_type == "pt")
+        result = self._generate(count, seed, start, output_type == "pt", truncation, label)
         self._record(count, time.perf_counter() - began)
         if output_type == "pil":
             mode = "L" if result.ndim == 3 else "RGB"
             return [Image.fromarray(a, mode=mode) for a in result]
         return result
 
-    def _generate(self, count: int, seed: int, start: int, floats: bool) -> np.ndarray | torch.Tensor:
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None, truncation: float) -> torch.Tensor:
+        """One tile through the inference module: z [n, latent_dim] on the device, labels [n] or None."""
+        if self.arch == "style":
+            return self.net(z, labels, truncation)
+        if truncation != 1.0:  # DCGAN: truncation scales z towards the mode of its prior
+            z = z * truncation
+        return self.net(z.view(z.shape[0], -1, 1, 1))
+
+    def _generate(self, count: int, seed: int, start: int, floats: bool, truncation: float = 1.0,
+                  label: int | None = None) -> np.ndarray | torch.Tensor:
         """Tile by tile (see TILE), into one preallocated output."""
         tile, dim = self.tile, self.config.generator.latent_dim
         first = start - start % tile
-        z = torch.from_numpy(latents(seed, -(-(start + count - first) // tile) * tile, dim, first))
+        total = -(-(start + count - first) // tile) * tile
+        z = torch.from_numpy(latents(seed, total, dim, first))
+        labels = torch.from_numpy(self._class_indices(total, seed, first, label)).to(self.device) \
+            if self.classes else None
         dtype = PRECISIONS[self.precision]
         out: np.ndarray | torch.Tensor | None = None
         with self._lock, torch.inference_mode():
             for t0 in range(first, start + count, tile):
-                images = self.net(z[t0 - first:t0 - first + tile].to(self.device, dtype).view(tile, dim, 1, 1))
+                rows = slice(t0 - first, t0 - first + tile)
+                images = self.forward(z[rows].to(self.device, dtype), labels[rows] if labels is not None else None,
+                                      truncation)
                 lo, hi = max(start, t0), min(start + count, t0 + tile)
                 images = images[lo - t0:hi - t0]
                 part = images.float().cpu() if floats else to_uint8(images)
@@ -188,12 +244,6 @@ class Generator:
     def _record(self, count: int, seconds: float) -> None:
         self.stats.seconds, self.stats.count = seconds, count
         self.stats.history = (self.stats.history + [(time.time(), count, seconds)])[-100:]
-
-
-def param_count(cfg: GeneratorConfig) -> int:
-    """Parameters of DCGANGenerator(cfg), computed without building it: 4x4 transposed convs + BN affine."""
-    chans = [cfg.latent_dim, *cfg.widths, cfg.channels]
-    return sum(c_in * c_out * 16 for c_in, c_out in zip(chans, chans[1:])) + 2 * sum(cfg.widths)
 
 
 def check_size(config: ModelConfig) -> None:

