@@ -12,21 +12,41 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phone-home at s
 # the one doing the work (measured 7x slower generation, benchmarks "threads"); set before torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import functools
 import importlib.util
 import random
+import sys
+import traceback
 
 try:  # ZeroGPU Spaces: imported before torch touches CUDA. Elsewhere it is absent, or a no-op off Spaces.
     import spaces
 except ImportError:
     spaces = None
 
-import gradio as gr
-
 import medgan
-from medgan import limits, service
-from medgan import stats as perf
-from medgan.errors import MedganError
-from medgan.export import WRITERS
+from medgan import limits
+from medgan.errors import ConfigError, MedganError
+
+
+def check_settings() -> dict:
+    """Read every numeric MEDGAN_* setting once, before anything uses one: run as `python app.py`, a malformed
+    value stops start-up with one line naming the variable (exit status 2); imported, it raises ConfigError."""
+    try:
+        return limits.summary()
+    except ConfigError as exc:
+        if __name__ == "__main__":
+            print(f"[medgan] cannot start: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+        raise
+
+
+SETTINGS = check_settings()
+
+import gradio as gr  # noqa: E402 (after the settings check: a bad setting fails fast, before this slow import)
+
+from medgan import service  # noqa: E402 (reads MEDGAN_MAX_COUNT at import; checked above)
+from medgan import stats as perf  # noqa: E402
+from medgan.export import WRITERS  # noqa: E402
 
 TITLE = "MedGAN Studio"
 UI_MAX_SEED = 2**32 - 1  # the slider's range; the Python API accepts up to 2**63-1
@@ -45,7 +65,7 @@ def on_gpu(fn):
     Outermost, so errors leave the worker as gr.Error. Any GPU is used anyway: medgan picks CUDA when present."""
     if spaces is None:
         return fn
-    return spaces.GPU(duration=int(os.environ.get("MEDGAN_GPU_DURATION_S", "60")))(fn)
+    return spaces.GPU(duration=limits.gpu_duration_s())(fn)
 
 
 def launch_options() -> dict:
@@ -64,16 +84,34 @@ def launch_options() -> dict:
     return options
 
 
+def log(line: str) -> None:
+    """A line of the server's log (stderr), prefixed like the app's other messages."""
+    print(f"[medgan] {line}", file=sys.stderr, flush=True)
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """`text` for a log line: line breaks escaped (a request value cannot start a fake log line), capped."""
+    text = text.replace("\r", "\\r").replace("\n", "\\n")
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 def _api(fn):
-    """Turn medgan's typed errors into gr.Error (shown to the user); never leak a traceback or a path."""
+    """Turn medgan's typed errors into gr.Error (shown to the user); never leak a traceback or a path.
+
+    Expected errors (MedganError: a bad argument, an unknown or broken model, a time limit) are logged as one
+    line; unexpected ones with their full traceback. Gradio's own traceback of the gr.Error is switched off
+    (print_exception=False): it would only show this wrapper, ~1.8 KB per rejected request."""
     def wrapper(*args):
         try:
             return fn(*args)
         except MedganError as exc:
-            raise gr.Error(str(exc)) from None
+            log(f"{fn.__name__} refused: {type(exc).__name__}: {one_line(str(exc))}")
+            raise gr.Error(str(exc), print_exception=False) from None
         except Exception as exc:  # unexpected: log server-side, say little client-side
-            print(f"[medgan] unexpected {type(exc).__name__} in {fn.__name__}: {exc}", flush=True)
-            raise gr.Error(f"Internal error ({type(exc).__name__}); the request was not completed.") from None
+            log(f"unexpected {type(exc).__name__} in {fn.__name__}: {one_line(str(exc))}\n"
+                f"{traceback.format_exc().rstrip()}")
+            raise gr.Error(f"Internal error ({type(exc).__name__}); the request was not completed.",
+                           print_exception=False) from None
     wrapper.__name__ = fn.__name__
     wrapper.__doc__ = fn.__doc__
     return wrapper
@@ -204,6 +242,24 @@ def build_demo() -> gr.Blocks:
         demo.load(source_notices, outputs=notices, api_visibility="private")
     # The queue is configured at build time, so it also holds when a Space runner launches `demo` itself.
     demo.queue(max_size=limits.queue_size(), default_concurrency_limit=limits.concurrency())
+    return cap_uploads(demo)
+
+
+def cap_uploads(demo: gr.Blocks) -> gr.Blocks:
+    """Bound Gradio's upload route (/gradio_api/upload), open to anyone although this app has no upload
+    widget, to MEDGAN_MAX_UPLOAD_MB. Gradio takes the cap only as `launch(max_file_size=…)` and resets the
+    Blocks' own attribute there, so this demo's `launch` is wrapped: the cap holds whoever launches `demo`
+    (a Space runner included) unless they pass their own. `gr.mount_gradio_app` needs `max_file_size=` too."""
+    launch = demo.launch
+
+    @functools.wraps(launch)
+    def capped_launch(*args, **kwargs):
+        if kwargs.get("max_file_size") is None:
+            kwargs["max_file_size"] = limits.max_upload_bytes()
+        return launch(*args, **kwargs)
+
+    demo.launch = capped_launch
+    demo.max_file_size = limits.max_upload_bytes()
     return demo
 
 

@@ -75,7 +75,7 @@ def description(prov: Provenance) -> str:
 
 
 def image_comments(prov: Provenance, index: int) -> str:
-    return (f"{description(prov)}, index {index}. Not an image of any patient; not for diagnosis or any "
+    return (f"{description(prov)}, index {index}{prov.facts_text(index)}. Not an image of any patient; not for diagnosis or any "
             f"clinical decision. Model revision: {prov.revision or 'n/a'}. Pixel spacing is nominal.")
 
 

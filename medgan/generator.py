@@ -195,18 +195,39 @@ class Generator:
         start = as_int("start", start)
         if not 0 <= start <= MAX_SEED:
             raise InvalidArgumentError(f"start must be between 0 and 2**63-1, got {start}"[:80])
-        if not isinstance(output_type, str) or output_type not in OUTPUT_TYPES:
-            raise InvalidArgumentError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, "
-                                       f"got {str(output_type)[:40]!r}")
+        check_output_type(output_type)
         truncation = check_truncation(truncation)
         label = check_label(label, self.classes, self.id)
         began = time.perf_counter()
         result = self._generate(count, seed, start, output_type == "pt", truncation, label)
         self._record(count, time.perf_counter() - began)
-        if output_type == "pil":
-            mode = "L" if result.ndim == 3 else "RGB"
-            return [Image.fromarray(a, mode=mode) for a in result]
-        return result
+        return convert_output(result, output_type)
+
+    def interpolate(self, seed_a: int, seed_b: int, frames: int = 8, *, index_a: int = 0, index_b: int = 0,
+                    truncation: float = 1.0, label: object = None, output_type: str = "pil", return_meta: bool = False):
+        """`frames` images from image index_a of seed_a to image index_b of seed_b: linear in w for style
+        models, spherical in z for DCGAN. The first and last frames are exactly those generate() gives.
+        return_meta=True also returns a dict (t of each frame, seeds, classes, truncation)."""
+        from .explore import interpolate
+        check_output_type(output_type, allow_pt=False)
+        began = time.perf_counter()
+        images, meta = interpolate(self, seed_a, seed_b, frames, index_a=index_a, index_b=index_b,
+                                   truncation=truncation, label=label)
+        self._record(len(images), time.perf_counter() - began)
+        return (convert_output(images, output_type), meta) if return_meta else convert_output(images, output_type)
+
+    def mix(self, row_seeds, col_seeds, *, crossover: int | None = None, truncation: float = 1.0,
+            label: object = None, output_type: str = "pil", return_meta: bool = False):
+        """Style mixing (style models only): a rows x columns grid; cell (r, c) takes the coarse styles (layers
+        below `crossover`, default the middle layer) from row seed r and the fine ones from column seed c.
+        np: uint8 [rows, cols, H, W]; pil: a list of rows of images."""
+        from .explore import mix
+        check_output_type(output_type, allow_pt=False)
+        began = time.perf_counter()
+        grid, meta = mix(self, row_seeds, col_seeds, crossover=crossover, truncation=truncation, label=label)
+        self._record(grid.shape[0] * grid.shape[1], time.perf_counter() - began)
+        result = [convert_output(row, "pil") for row in grid] if output_type == "pil" else grid
+        return (result, meta) if return_meta else result
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None, truncation: float) -> torch.Tensor:
         """One tile through the inference module: z [n, latent_dim] on the device, labels [n] or None."""
@@ -244,6 +265,20 @@ class Generator:
     def _record(self, count: int, seconds: float) -> None:
         self.stats.seconds, self.stats.count = seconds, count
         self.stats.history = (self.stats.history + [(time.time(), count, seconds)])[-100:]
+
+
+def check_output_type(output_type: object, allow_pt: bool = True) -> None:
+    allowed = OUTPUT_TYPES if allow_pt else tuple(t for t in OUTPUT_TYPES if t != "pt")
+    if not isinstance(output_type, str) or output_type not in allowed:
+        raise InvalidArgumentError(f"output_type must be one of {', '.join(allowed)}, got {str(output_type)[:40]!r}")
+
+
+def convert_output(result: np.ndarray | torch.Tensor, output_type: str):
+    """uint8 [n, H, W(, C)] -> list of PIL images for "pil"; arrays/tensors pass through."""
+    if output_type == "pil":
+        mode = "L" if result.ndim == 3 else "RGB"
+        return [Image.fromarray(a, mode=mode) for a in result]
+    return result
 
 
 def check_size(config: ModelConfig) -> None:

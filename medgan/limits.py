@@ -12,13 +12,22 @@
 | MEDGAN_EXPORT_RETENTION_S   | 3600    | age after which download zips are deleted                     |
 | MEDGAN_CACHE_CLEAN_S        | 600     | how often Gradio's file cache is swept                        |
 | MEDGAN_CACHE_MAX_AGE_S      | 3600    | age after which Gradio's cached files are deleted             |
+| MEDGAN_MAX_UPLOAD_MB        | 1       | size of a file Gradio's upload route accepts (the app has no upload widget) |
+| MEDGAN_GPU_DURATION_S       | 60      | ZeroGPU duration of /generate and /download (Spaces only)     |
+| MEDGAN_MEDIGAN_TIMEOUT_S    | 120     | a medigan model's own code in its worker                      |
+| MEDGAN_MEDIGAN_STARTUP_S    | 120     | a medigan worker's imports                                    |
+| MEDGAN_MEDIGAN_REFRESH_S    | 86400   | age after which medigan's catalogue is downloaded again (when online) |
+| MEDGAN_MEDIGAN_REFRESH_TIMEOUT_S | 3  | seconds that download may take                                |
 
-A bad value stops start-up with a ConfigError naming the variable, rather than running unbounded.
+Every numeric MEDGAN_* variable is read through `env_number`: ASCII digits only, within its bounds. A bad
+value stops start-up (`summary()` reads them all) with a ConfigError naming the variable, rather than
+running unbounded or silently on a default.
 """
 from __future__ import annotations
 
 import math
 import os
+import re
 import threading
 from typing import Any, Callable, TypeVar
 
@@ -27,18 +36,28 @@ from .errors import ConfigError, GenerationError
 T = TypeVar("T")
 
 
-def env_number(name: str, default: float, *, minimum: float = 0, integer: bool = True) -> Any:
-    """An int (or float) from the environment, at least `minimum`; a ConfigError names a bad value."""
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def env_number(name: str, default: float, *, minimum: float = 0, maximum: float | None = None,
+               integer: bool = True) -> Any:
+    """An int (or float) from the environment, in [minimum, maximum]; unset or blank: `default`.
+
+    The one parser of every numeric MEDGAN_* variable. Only ASCII decimal notation is accepted (no "٣", no
+    "1_000", no "nan"/"inf"); anything else raises a ConfigError that names the variable and the bounds.
+    """
     raw = os.environ.get(name, "").strip()
     if not raw:
         return int(default) if integer else float(default)
-    try:
-        value = int(raw) if integer else float(raw)
-    except ValueError:
-        kind = "an integer" if integer else "a number"
-        raise ConfigError(f"{name} must be {kind} >= {minimum:g}, got {raw[:40]!r}") from None
-    if not math.isfinite(value) or value < minimum:
-        raise ConfigError(f"{name} must be >= {minimum:g}, got {raw[:40]!r}")
+    kind = "an integer" if integer else "a number"
+    bounds = f">= {minimum:g}" if maximum is None else f"between {minimum:g} and {maximum:g}"
+    shown = repr(raw[:40])
+    if len(raw) > 40 or not (_INTEGER if integer else _NUMBER).fullmatch(raw):
+        raise ConfigError(f"{name} must be {kind} {bounds}, got {shown}")
+    value = int(raw) if integer else float(raw)
+    if not math.isfinite(value) or value < minimum or (maximum is not None and value > maximum):
+        raise ConfigError(f"{name} must be {kind} {bounds}, got {shown}")
     return value
 
 
@@ -67,13 +86,76 @@ def gradio_cache() -> tuple[int, int]:
     return (env_number("MEDGAN_CACHE_CLEAN_S", 600, minimum=1), env_number("MEDGAN_CACHE_MAX_AGE_S", 3600, minimum=1))
 
 
+def max_count_per_call() -> int:
+    """Largest batch one `Generator.generate()` call accepts (the Python API; the app has MEDGAN_MAX_COUNT)."""
+    return env_number("MEDGAN_MAX_COUNT_PER_CALL", 4096, minimum=1)
+
+
+def max_loaded_models() -> int:
+    return env_number("MEDGAN_MAX_LOADED_MODELS", 8, minimum=1)
+
+
+def max_params() -> int:
+    return env_number("MEDGAN_MAX_PARAMS", 100_000_000, minimum=1)
+
+
+MAX_UPLOAD_MB_LIMIT = 1024
+
+
+def max_upload_bytes() -> int:
+    """Gradio's `max_file_size` (bytes) for its upload route, from MEDGAN_MAX_UPLOAD_MB (MiB, default 1).
+    The app has no upload widget, so the default is small; 0 refuses every non-empty upload."""
+    mb = env_number("MEDGAN_MAX_UPLOAD_MB", 1, minimum=0, maximum=MAX_UPLOAD_MB_LIMIT, integer=False)
+    return int(mb * 2**20)
+
+
+def gpu_duration_s() -> int:
+    return env_number("MEDGAN_GPU_DURATION_S", 60, minimum=1)
+
+
+def medigan_timeout_s() -> float:
+    return env_number("MEDGAN_MEDIGAN_TIMEOUT_S", 120, minimum=1, integer=False)
+
+
+def medigan_startup_s() -> float:
+    return env_number("MEDGAN_MEDIGAN_STARTUP_S", 120, minimum=1, integer=False)
+
+
+def medigan_refresh_s() -> float:
+    return env_number("MEDGAN_MEDIGAN_REFRESH_S", 86400, minimum=0, integer=False)
+
+
+def medigan_refresh_timeout_s() -> float:
+    return env_number("MEDGAN_MEDIGAN_REFRESH_TIMEOUT_S", 3.0, minimum=0.1, integer=False)
+
+
+def max_frames() -> int:
+    return env_number("MEDGAN_MAX_FRAMES", 64, minimum=2)
+
+
+def max_grid() -> int:
+    return env_number("MEDGAN_MAX_GRID", 8, minimum=1)
+
+
 def summary() -> dict[str, Any]:
-    """Every limit in effect (for logs, README checks and tests)."""
+    """Every limit in effect (for logs, README checks and tests). Reads every numeric MEDGAN_* variable, so
+    calling it at start-up refuses a malformed one there rather than at the first request that needs it."""
     return {"max_count": max_count(), "concurrency": concurrency(), "queue_size": queue_size(),
             "request_timeout_s": request_timeout_s(), "export_retention_s": export_retention_s(),
-            "max_loaded_models": env_number("MEDGAN_MAX_LOADED_MODELS", 8, minimum=1),
-            "max_params": env_number("MEDGAN_MAX_PARAMS", 100_000_000, minimum=1),
-            "gradio_cache": gradio_cache()}
+            "max_loaded_models": max_loaded_models(), "max_params": max_params(),
+            "gradio_cache": gradio_cache(), "max_count_per_call": max_count_per_call(),
+            "max_upload_bytes": max_upload_bytes(), "gpu_duration_s": gpu_duration_s(),
+            "medigan_timeout_s": medigan_timeout_s(), "medigan_startup_s": medigan_startup_s(),
+            "medigan_refresh_s": medigan_refresh_s(), "medigan_refresh_timeout_s": medigan_refresh_timeout_s(),
+            "max_frames": max_frames(), "max_grid": max_grid()}
+
+
+# Every numeric variable summary() reads, for tests and docs.
+VARIABLES = ("MEDGAN_MAX_COUNT", "MEDGAN_CONCURRENCY", "MEDGAN_QUEUE_SIZE", "MEDGAN_REQUEST_TIMEOUT_S",
+             "MEDGAN_EXPORT_RETENTION_S", "MEDGAN_MAX_LOADED_MODELS", "MEDGAN_MAX_PARAMS", "MEDGAN_CACHE_CLEAN_S",
+             "MEDGAN_CACHE_MAX_AGE_S", "MEDGAN_MAX_COUNT_PER_CALL", "MEDGAN_MAX_UPLOAD_MB", "MEDGAN_GPU_DURATION_S",
+             "MEDGAN_MEDIGAN_TIMEOUT_S", "MEDGAN_MEDIGAN_STARTUP_S", "MEDGAN_MEDIGAN_REFRESH_S",
+             "MEDGAN_MEDIGAN_REFRESH_TIMEOUT_S", "MEDGAN_MAX_FRAMES", "MEDGAN_MAX_GRID")
 
 
 # --- per-request time limit ------------------------------------------------------------------------

@@ -39,6 +39,7 @@ def nifti_image(arrays: np.ndarray, prov: Provenance, start: int, spacing: float
     comment = {"synthetic": True, "software": f"{SOFTWARE} {prov.version}", "model": prov.model_id,
                "revision": prov.revision, "seed": prov.seed, "indices": [start, start + n - 1],
                "created_utc": prov.created_utc, "labelled": bool(label),
+               "images": {str(i): prov.image_facts(i) for i in range(start, start + n) if prov.image_facts(i)},
                "orientation": "data[x, y, k] = image_k[y, x]",
                "note": "Synthetic images; not of any patient; not for diagnosis. Spacing is nominal."}
     header.extensions.append(nib.nifti1.Nifti1Extension("comment", json.dumps(comment).encode()))

@@ -7,6 +7,7 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
+from . import limits
 from .errors import InvalidArgumentError, MedganError, UnknownModelError
 from .sources import ImageGenerator, ModelInfo, Source
 from .sources.hub import HubSource
@@ -23,7 +24,8 @@ def env_paths(name: str) -> list[Path]:
 
 
 def max_loaded_default() -> int:
-    return max(1, int(os.environ.get("MEDGAN_MAX_LOADED_MODELS", "8")))
+    """MEDGAN_MAX_LOADED_MODELS (default 8; a malformed value is a ConfigError naming it)."""
+    return limits.max_loaded_models()
 
 
 class Registry:

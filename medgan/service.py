@@ -17,10 +17,11 @@ from PIL import Image
 
 from . import __version__, limits
 from .errors import InvalidArgumentError
-from .export import Provenance, check_format, file_stem, write_zip
+from .export import Provenance, atomic_write, check_format, file_stem, label_image, png_bytes, write_zip
+from .imaging import mixing_figure
 from .registry import Registry, get_registry
 from .sources import ModelInfo
-from .validation import check_count, check_flag, check_model_id, check_seed
+from .validation import check_count, check_flag, check_label, check_model_id, check_seed, check_truncation
 
 MAX_COUNT = limits.max_count()  # MEDGAN_MAX_COUNT
 EXPORT_RETENTION_S = limits.export_retention_s()  # MEDGAN_EXPORT_RETENTION_S
@@ -60,40 +61,73 @@ def source_notices(registry: Registry | None = None) -> list[str]:
     return [f"{s.name}: {s.notice}" for s in reg.sources if getattr(s, "notice", "")]
 
 
-def check_request(model_id: object, seed: object, count: object) -> tuple[str, int, int]:
-    return check_model_id(model_id), check_seed(seed), check_count(count, MAX_COUNT)
+
+def caption(model_id: str, seed: int, index: int, prov: Provenance | None = None) -> str:
+    facts = [f"ψ {v}" if k == "truncation" else str(v) for k, v in (prov.image_facts(index) if prov else {}).items()
+             if k in ("class", "truncation")]
+    return " · ".join([f"SYNTHETIC · {model_id} · seed {seed} · #{index}", *facts])
 
 
-def caption(model_id: str, seed: int, index: int) -> str:
-    return f"SYNTHETIC · {model_id} · seed {seed} · #{index}"
+def controls(gen: Any, truncation: object, label: object) -> tuple[dict[str, Any], list[str]]:
+    """generate() keyword arguments for ψ and class, and the model's classes. Generators that have neither
+    control (medigan's) accept only the defaults, and say so otherwise."""
+    truncation = check_truncation(truncation)
+    classes = list(getattr(gen, "classes", []) or [])
+    fixed = check_label(label, classes, getattr(gen, "id", "?")) if classes or label not in (None, "", "any") else None
+    if not hasattr(gen, "labels"):
+        if truncation != 1.0:
+            raise InvalidArgumentError(f"truncation: model {getattr(gen, 'id', '?')!r} does not support it; "
+                                       "leave it at 1")
+        return {}, classes
+    return {"truncation": truncation, "label": fixed}, classes
 
 
-def generate(model_id: object, seed: object, count: object, registry: Registry | None = None
-             ) -> list[tuple[Image.Image, str]]:
+def batch(model_id: object, seed: object, count: object, truncation: object = 1.0, label: object = None,
+          registry: Registry | None = None, *, limit: int | None = None, now: bool = False
+          ) -> tuple[np.ndarray, Provenance, Any]:
+    """Validated images uint8 [count, H, W] and their provenance (class and ψ of each image)."""
+    model_id, seed = check_model_id(model_id), check_seed(seed)
+    count = check_count(count, MAX_COUNT if limit is None else limit)
+    reg = _registry(registry)
+    gen = reg.load(model_id)
+    kwargs, classes = controls(gen, truncation, label)
+    arrays = gen.generate(count=count, seed=seed, output_type="np", **kwargs)
+    names = gen.class_names(gen.labels(count, seed, label=kwargs.get("label"))) if classes else []
+    fields = dict(model_id=model_id, seed=seed, revision=getattr(gen, "revision", ""),
+                  truncation=kwargs.get("truncation", 1.0), classes=dict(enumerate(names)))
+    prov = Provenance.now(modality=reg.info(model_id).modality, **fields) if now else \
+        Provenance(version=__version__, **fields)
+    return arrays, prov, gen
+
+
+def gallery(arrays: np.ndarray, prov: Provenance, captions: list[str] | None = None
+            ) -> list[tuple[Image.Image, str]]:
     """(image, caption) pairs; each PIL image carries synthetic-provenance text for its PNG encoding."""
-    model_id, seed, count = check_request(model_id, seed, count)
-    gen = _registry(registry).load(model_id)
-    arrays = gen.generate(count=count, seed=seed, output_type="np")
-    prov = Provenance(model_id=model_id, seed=seed, revision=getattr(gen, "revision", ""), version=__version__)
     out = []
     for index, array in enumerate(arrays):
         image = Image.fromarray(array)
         # Deterministic text only (no timestamp), so the same request gives byte-identical PNGs.
         image.info.update({k: v for k, v in prov.for_index(index).items() if k != "CreationTime"})
-        out.append((image, caption(model_id, seed, index)))
+        out.append((image, captions[index] if captions else caption(prov.model_id, prov.seed, index, prov)))
     return out
 
 
+def generate(model_id: object, seed: object, count: object, truncation: object = 1.0, label: object = None,
+             registry: Registry | None = None) -> list[tuple[Image.Image, str]]:
+    """(image, caption) pairs; captions name the class (conditional models) and ψ (when not 1)."""
+    arrays, prov, _ = batch(model_id, seed, count, truncation, label, registry)
+    return gallery(arrays, prov)
+
+
 def export(model_id: object, seed: object, count: object, fmt: object = "png", label: object = False,
-           registry: Registry | None = None) -> Path:
-    """A zip of the batch in `fmt` with metadata.json and README.txt, in the export folder."""
-    model_id, seed, count = check_request(model_id, seed, count)
+           registry: Registry | None = None, truncation: object = 1.0, image_class: object = None) -> Path:
+    """A zip of the batch in `fmt` with metadata.json and README.txt, in the export folder. (`label` is the
+    burnt-in SYNTHETIC flag; `image_class` the class of a conditional model.)"""
     fmt, label = check_format(fmt), check_flag("label", label)
+    arrays, prov, gen = batch(model_id, seed, count, truncation, image_class, registry, now=True)
+    model_id, seed, count = prov.model_id, prov.seed, len(arrays)
     reg = _registry(registry)
-    info, gen = reg.info(model_id), reg.load(model_id)
-    arrays = gen.generate(count=count, seed=seed, output_type="np")
-    prov = Provenance.now(model_id=model_id, seed=seed, revision=getattr(gen, "revision", ""),
-                          modality=info.modality)
+    info = reg.info(model_id)
     cleanup_exports()
     name = f"{file_stem(model_id, seed, 0).rsplit('_', 1)[0]}_n{count}_{fmt}_{uuid.uuid4().hex[:8]}.zip"
     extra = {"model_info": {k: v for k, v in info.to_dict().items() if k not in ("card_summary", "description")},
@@ -134,3 +168,71 @@ def model_markdown(model_id: str, registry: Registry | None = None) -> str:
     if m.notice:
         parts.append(f"*{m.notice}*")
     return "\n\n".join(p for p in parts if p)
+
+
+# --- exploring the latent space ------------------------------------------------------------------------
+def _explorer(model_id: object, registry: Registry | None) -> Any:
+    gen = _registry(registry).load(check_model_id(model_id))
+    if not hasattr(gen, "interpolate"):
+        raise InvalidArgumentError(f"model {gen.id if hasattr(gen, 'id') else model_id!r} cannot be explored: "
+                                   "interpolation and mixing need a MedGAN Studio model")
+    return gen
+
+
+def interpolate(model_id: object, seed_a: object, seed_b: object, frames: object = 8, truncation: object = 1.0,
+                label: object = None, registry: Registry | None = None
+                ) -> tuple[list[tuple[Image.Image, str]], Path, Path]:
+    """The frames as a gallery, an animated GIF and a zip (PNGs + metadata.json with each frame's t)."""
+    gen = _explorer(model_id, registry)
+    frames_np, meta = gen.interpolate(seed_a, seed_b, frames, truncation=truncation, label=label,
+                                      output_type="np", return_meta=True)
+    names = {0: meta["class_a"], len(frames_np) - 1: meta["class_b"]} if meta["class_a"] else {}
+    prov = Provenance.now(model_id=gen.id, seed=meta["seed_a"], revision=gen.revision, truncation=meta["truncation"],
+                          classes=names, extra={i: {"t": t} for i, t in enumerate(meta["t"])})
+    captions = [f"SYNTHETIC · {gen.id} · {meta['seed_a']}→{meta['seed_b']} · t {t:.2f}" for t in meta["t"]]
+    stem = f"{file_stem(gen.id, meta['seed_a'], 0).rsplit('_', 1)[0]}_to{meta['seed_b']}"
+    gif = write_gif(export_dir() / f"{stem}_{len(frames_np)}f_{uuid.uuid4().hex[:8]}.gif", frames_np, prov)
+    archive = _zip(stem, frames_np, prov, {"interpolation": meta})
+    return gallery(frames_np, prov, captions), gif, archive
+
+
+def mix(model_id: object, row_seeds: object, col_seeds: object, crossover: object = None, truncation: object = 1.0,
+        label: object = None, registry: Registry | None = None
+        ) -> tuple[Path, list[tuple[Image.Image, str]], Path]:
+    """Style mixing: the StyleGAN-style figure as a PNG (header row = column sources, header column = row
+    sources), the cells as a gallery, and a zip of the cells with metadata.json."""
+    gen = _explorer(model_id, registry)
+    cells, meta = gen.mix(row_seeds, col_seeds, crossover=crossover, truncation=truncation, label=label,
+                          output_type="np", return_meta=True)
+    rows, cols = meta["row_seeds"], meta["col_seeds"]
+    sources = {s: gen.generate(1, s, truncation=meta["truncation"], label=label, output_type="np")[0]
+               for s in rows + cols}
+    flat = cells.reshape(-1, *cells.shape[2:])
+    extra = {r * len(cols) + c: {"row_seed": rs, "col_seed": cs, "crossover": meta["crossover"]}
+             for r, rs in enumerate(rows) for c, cs in enumerate(cols)}
+    classes = {i: meta["row_classes"][i // len(cols)] for i in range(len(flat))} if meta["row_classes"] else {}
+    prov = Provenance.now(model_id=gen.id, seed=rows[0], revision=gen.revision, truncation=meta["truncation"],
+                          classes=classes, extra=extra)
+    figure = label_image(mixing_figure(cells, np.stack([sources[s] for s in rows]), np.stack([sources[s] for s in cols])))
+    stem = f"{file_stem(gen.id, rows[0], 0).rsplit('_', 1)[0]}_mix{len(rows)}x{len(cols)}"
+    text = {**prov.for_index(0), "Description": f"SYNTHETIC style-mixing grid by MedGAN Studio ({gen.id}): rows "
+            f"{rows} give coarse styles (layers < {meta['crossover']}), columns {cols} fine styles"}
+    png = atomic_write(export_dir() / f"{stem}_{uuid.uuid4().hex[:8]}.png", png_bytes(figure, text))
+    captions = [f"SYNTHETIC · {gen.id} · coarse {e['row_seed']} × fine {e['col_seed']}" for e in extra.values()]
+    return png, gallery(flat, prov, captions), _zip(stem, flat, prov, {"style_mixing": meta})
+
+
+def write_gif(path: Path, frames: np.ndarray, prov: Provenance, ms_per_frame: int = 100) -> Path:
+    """An animated, looping GIF whose comment says it is synthetic."""
+    import io
+    images = [Image.fromarray(f) for f in frames]
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=ms_per_frame, loop=0,
+                   comment=f"SYNTHETIC frames generated by MedGAN Studio ({prov.model_id}); not a patient image".encode())
+    cleanup_exports()
+    return atomic_write(path, buffer.getvalue())
+
+
+def _zip(stem: str, arrays: np.ndarray, prov: Provenance, extra: dict[str, Any]) -> Path:
+    cleanup_exports()
+    return write_zip(export_dir() / f"{stem}_{uuid.uuid4().hex[:8]}.zip", arrays, prov, "png", extra=extra)

@@ -100,7 +100,7 @@ class FastStyle(nn.Module):
             else:
                 x = F.conv_transpose2d((x * s[:, :, None, None]).contiguous(memory_format=torch.channels_last),
                                        weight, stride=2, padding=1)
-            x = F.leaky_relu(x * d[:, :, None, None] + extra, 0.2)
+            x = F.leaky_relu_(torch.addcmul(extra, x, d[:, :, None, None]), 0.2)
             w_img, b_img = self.to_image[i]
             y = torch.einsum("nchw,nco->nohw", x, image_styles[i].unsqueeze(2) * w_img) + b_img.view(1, -1, 1, 1)
             image = y if image is None else upsample(image) + y

@@ -3,17 +3,27 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
 import re
 
 import numpy as np
 
+from . import limits
 from .errors import InvalidArgumentError
 
 MAX_SEED = 2**63 - 1
-# Largest batch one generate() call accepts; the app has its own, smaller limit (MEDGAN_MAX_COUNT).
-MAX_COUNT_PER_CALL = int(os.environ.get("MEDGAN_MAX_COUNT_PER_CALL", "4096"))
 MODEL_ID_PATTERN = re.compile(r"^(?:[a-z]+:)?[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# Decimal strings, ASCII digits only (`\d` would also take "٣" or "４２"): an integer part of at most MAX_DIGITS
+# digits and an optional fractional part, so "16", "+16", "16." and "16.0" are 16, as the number 16.0 is.
+_DECIMAL = re.compile(r"([+-]?)([0-9]*)(?:\.([0-9]*))?")
+MAX_DIGITS = 30
+
+
+def __getattr__(name: str):
+    """MAX_COUNT_PER_CALL, read when used (MEDGAN_MAX_COUNT_PER_CALL through medgan.limits), not at import:
+    a malformed value is a ConfigError naming the variable, not a ValueError while importing medgan."""
+    if name == "MAX_COUNT_PER_CALL":
+        return limits.max_count_per_call()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _shown(value: int) -> str:
@@ -23,17 +33,25 @@ def _shown(value: int) -> str:
 
 
 def as_int(name: str, value: object) -> int:
-    """An integer from an int, numpy integer, integral float or decimal string; anything else is refused."""
+    """An integer from an int, numpy integer, integral float or decimal string; anything else is refused.
+
+    Strings are read like the numbers they spell: ASCII digits only, "16", "16." and "16.0" are 16 (as 16.0 is),
+    "16.5" is refused with the message 16.5 gets. Exponents ("1e3"), hex, "_" and non-ASCII digits are not."""
     if isinstance(value, bool) or value is None:
         raise InvalidArgumentError(f"{name} must be an integer, got {value!r}")
     if isinstance(value, numbers.Integral):
         return int(value)
-    if isinstance(value, str):
+    if isinstance(value, str):  # the same rules as for numbers: "16.0" is 16, "16.5" is not whole
         text = value.strip()
-        if re.fullmatch(r"[+-]?\d{1,30}", text):
-            return int(text)
-        if re.fullmatch(r"[+-]?\d+", text):
-            raise InvalidArgumentError(f"{name} is out of range ({len(text)} digits)")
+        match = _DECIMAL.fullmatch(text)
+        if match and (match[2] or match[3]):  # at least one digit
+            sign, whole, fraction = match.groups()
+            if len(whole) > MAX_DIGITS:
+                raise InvalidArgumentError(f"{name} is out of range ({len(whole)} digits)")
+            if fraction and fraction.strip("0"):  # shown as the number 16.5 is: the same message for both
+                shown = repr(float(text)) if len(text) <= 40 else text[:40] + "…"
+                raise InvalidArgumentError(f"{name} must be a whole number, got {shown}")
+            return int(sign + (whole or "0"))
         raise InvalidArgumentError(f"{name} must be an integer, got {value[:40]!r}")
     if isinstance(value, numbers.Rational):  # Fraction: exact, and may not fit a float
         if value.denominator != 1:
@@ -59,7 +77,9 @@ def check_seed(seed: object) -> int:
     return value
 
 
-def check_count(count: object, limit: int = MAX_COUNT_PER_CALL) -> int:
+def check_count(count: object, limit: int | None = None) -> int:
+    """An integer in 1…limit (default: MEDGAN_MAX_COUNT_PER_CALL, read now)."""
+    limit = limits.max_count_per_call() if limit is None else limit
     value = as_int("count", count)
     if not 1 <= value <= limit:
         raise InvalidArgumentError(f"count must be between 1 and {limit}, got {_shown(value)}")

@@ -9,6 +9,8 @@ from PIL import Image
 
 from helpers import SHIPPED, make_model_folder, running_app
 
+pytestmark = pytest.mark.slow  # every test here starts the app
+
 MODELS = ["tiny-test", *SHIPPED]
 
 

@@ -107,6 +107,7 @@ def test_reference_generate_is_the_baseline_call(model64):
     assert out.shape == (4, 64, 64) and out.dtype == np.uint8
 
 
+@pytest.mark.slow
 def test_quick_benchmark_writes_every_section(tmp_path):
     out = tmp_path / "quick.json"
     env = {**os.environ, "TQDM_DISABLE": "1"}

@@ -1,12 +1,12 @@
 """A real browser (Debian chromium via Playwright) drives the app: pick a model, generate, download the zip."""
 import json
 import zipfile
-from pathlib import Path
 
+import pytest
 
 from helpers import SHIPPED, make_model_folder, running_app, set_slider
 
-SCREENSHOT_DIR = Path(__file__).resolve().parent / "artifacts"
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 
 def model_label(model_id: str) -> str:
@@ -22,7 +22,7 @@ def wait_for_gallery(page, count: int) -> None:
         arg=count, timeout=30_000)
 
 
-def test_generate_and_download_in_a_real_browser(browser, tmp_path):
+def test_generate_and_download_in_a_real_browser(browser, tmp_path, artifacts_dir):
     extra = tmp_path / "weights"
     make_model_folder(extra, "tiny-test")
     model_id = SHIPPED[0] if SHIPPED else "tiny-test"
@@ -38,8 +38,7 @@ def test_generate_and_download_in_a_real_browser(browser, tmp_path):
         page.locator("#generate").click()
         wait_for_gallery(page, 6)
         assert model_id in page.locator("#model-info").inner_text()
-        SCREENSHOT_DIR.mkdir(exist_ok=True)
-        page.screenshot(path=str(SCREENSHOT_DIR / "generate.png"), full_page=True)
+        page.screenshot(path=str(artifacts_dir / "generate.png"), full_page=True)
 
         page.get_by_role("tab", name="Download").click()
         page.locator("#prepare-download").click()

@@ -5,8 +5,11 @@ import zipfile
 
 import numpy as np
 import pydicom
+import pytest
 
 from helpers import make_model_folder, running_app, set_slider
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 
 def download_zip(page, path, previous_href: str | None) -> tuple[str, list[pydicom.Dataset]]:

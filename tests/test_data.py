@@ -194,6 +194,7 @@ def test_split_by_subject_is_disjoint_and_deterministic(tmp_path, mni_slice):
         assert again.split.tolist() == ds.split.tolist()
 
 
+@pytest.mark.slow
 def test_one_subject_slab_split_head_ct():
     ds = D.build_builtin("head-ct", 32, progress=False)
     assert ds.meta["split"] == "slab" and any("ONE subject" in w for w in ds.meta["warnings"])
@@ -209,6 +210,7 @@ def test_one_subject_slab_split_head_ct():
     assert ds.images[:, 0, 0, 0].max() == 0 and ds.images.mean() > 20
 
 
+@pytest.mark.slow
 def test_brain_t1_builds_caches_and_loads(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDGAN_CACHE_DIR", str(tmp_path / "cache"))
     ds = load_dataset("brain-t1", 32)
@@ -262,6 +264,7 @@ def test_empty_input_and_missing_builtin_errors(tmp_path, monkeypatch, capsys):
         D.build_builtin("head-ct", 32)
 
 
+@pytest.mark.slow
 def test_cli_end_to_end(tmp_path, mni_slice):
     Image.fromarray(mni_slice).save(tmp_path / "a.png")
     (tmp_path / "broken.dcm").write_bytes(b"\0" * 10)

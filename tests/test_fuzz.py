@@ -94,6 +94,70 @@ def test_validators_accept_or_refuse_clearly(value):
         assert check_flag("label", value) is value
 
 
+def outcome(check, value) -> tuple[str, object]:
+    """("ok", result) or ("refused", message): what a caller of `check` sees."""
+    try:
+        return "ok", check(value)
+    except InvalidArgumentError as exc:
+        return "refused", str(exc)
+
+
+INT_CHECKS = (check_seed, lambda v: check_count(v, 16))
+
+
+@pytest.mark.parametrize("text", ["٣", "４２", "１", "৩", "߁", "𝟗", "1٣", "٣.0", "16.٠", "+٣", "٣٣"])
+def test_non_ascii_digits_are_refused(text):
+    """`\\d` also matches Arabic-Indic, fullwidth, Bengali, NKo, mathematical … digits; int() reads them."""
+    for check in INT_CHECKS:
+        with pytest.raises(InvalidArgumentError, match="must be an integer, got"):
+            check(text)
+
+
+@FAST
+@given(st.text(alphabet=st.characters(categories=["Nd"]), min_size=1, max_size=6),
+       st.sampled_from(["", "+", "-"]), st.sampled_from(["", ".", ".0"]))
+def test_only_ascii_digit_strings_are_numbers(digits, sign, tail):
+    text = sign + digits + tail
+    for check in INT_CHECKS:
+        kind, got = outcome(check, text)
+        if all("0" <= c <= "9" for c in digits):
+            assert (kind, got) == outcome(check, int(sign + digits)), text
+        else:
+            assert kind == "refused" and "must be an integer" in got, (text, got)
+
+
+@pytest.mark.parametrize("text,number", [
+    ("16.0", 16.0), ("16.", 16.0), (" +16.000 ", 16.0), ("0.0", 0.0), ("-0.0", -0.0), (".0", 0.0),
+    ("16.5", 16.5), ("2.5", 2.5), ("-1.5", -1.5), ("+0.25", 0.25), (".5", 0.5), ("16.50", 16.5), ("-16.0", -16.0),
+    ("9223372036854775807.0", 2**63 - 1), ("4.0", 4.0)])
+def test_decimal_strings_are_read_like_the_numbers_they_spell(text, number):
+    """"16.0" is 16 as 16.0 is; "16.5" is refused with the very message 16.5 gets ("… a whole number …")."""
+    for check in INT_CHECKS:
+        assert outcome(check, text) == outcome(check, number), text
+    if number != int(number):
+        assert "must be a whole number" in outcome(check_seed, text)[1]
+
+
+@FAST
+@given(st.sampled_from(["", "+", "-"]), st.integers(0, 10**6), st.text(alphabet="0123456789", max_size=6))
+def test_decimal_strings_agree_with_floats(sign, whole, fraction):
+    text = f"{sign}{whole}.{fraction}"
+    for check in INT_CHECKS:
+        assert outcome(check, text) == outcome(check, float(text)), text
+
+
+def test_digit_limits_still_hold():
+    with pytest.raises(InvalidArgumentError, match=r"out of range \(31 digits\)"):
+        check_seed("9" * 31)
+    with pytest.raises(InvalidArgumentError, match=r"out of range \(31 digits\)"):
+        check_seed("9" * 31 + ".0")
+    with pytest.raises(InvalidArgumentError, match="seed must be between 0 and 2"):
+        check_seed("9" * 30 + ".000")
+    assert check_seed("1." + "0" * 5000) == 1  # a long zero fraction is still 1, and quick
+    with pytest.raises(InvalidArgumentError, match="whole number, got 1.0000000"):
+        check_seed("1." + "0" * 5000 + "1")
+
+
 @pytest.fixture(scope="module")
 def tiny_registry(tmp_path_factory):
     weights = tmp_path_factory.mktemp("weights")
@@ -300,6 +364,7 @@ def expect_same(remote, local, same) -> None:
     assert same(got, want), (got, want)
 
 
+@pytest.mark.slow
 @REMOTE
 @given(model=mostly(st.just("tiny-test"), model_ids), seed=mostly(st.integers(0, 2**32), json_values),
        count=mostly(st.integers(1, 16), json_values))
@@ -311,6 +376,7 @@ def test_generate_endpoint_fuzz(app, model, seed, count):
                 lambda got, want: [g["caption"] for g in got] == [c for _, c in want])
 
 
+@pytest.mark.slow
 @REMOTE
 @given(seed=mostly(st.integers(0, 2**32), json_values), count=mostly(st.integers(1, 16), json_values),
        fmt=mostly(st.sampled_from(list(WRITERS)), json_values), label=mostly(st.booleans(), json_values))
@@ -323,11 +389,13 @@ def test_download_endpoint_fuzz(app, tmp_path_factory, monkeypatch, seed, count,
                 lambda got, want: got["orig_name"].rsplit("_", 1)[0] == want.name.rsplit("_", 1)[0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed,count,expected", [
     ("NaN", "2", "seed must be a finite integer, got nan"), ("Infinity", "2", "seed must be a finite integer, got inf"),
     ("-Infinity", "2", "seed must be a finite integer, got -inf"), ("1e400", "2", "seed must be a finite integer"),
     ("1", "NaN", "count must be a finite integer, got nan"), ("1", "1e400", "count must be a finite integer"),
-    ("1", "2.5", "count must be a whole number, got 2.5"), ("1", "null", "count must be an integer, got None"),
+    ("1", "2.5", "count must be a whole number, got 2.5"), ("1", "\"2.5\"", "count must be a whole number, got 2.5"),
+    ("1", "null", "count must be an integer, got None"),
     ("99999999999999999999999999", "2", "seed must be between 0 and 2**63-1"),
     ("1", "{\"a\": 1}", "count must be an integer, got dict"), ("[1]", "2", "seed must be an integer, got list")])
 def test_raw_http_non_json_numbers_get_our_message(app, seed, count, expected):
@@ -341,6 +409,7 @@ def test_raw_http_non_json_numbers_get_our_message(app, seed, count, expected):
     assert_clear(events)
 
 
+@pytest.mark.slow
 def test_server_still_answers_after_the_fuzzing(app):
     proc, client, _ = app
     result = client.predict("tiny-test", 5, 3, api_name="/generate")
@@ -350,6 +419,7 @@ def test_server_still_answers_after_the_fuzzing(app):
     assert "[medgan] unexpected" not in log, log[-3000:]  # no error escaped medgan's typed errors
 
 
+@pytest.mark.slow
 def test_cli_refuses_bad_arguments_clearly(tmp_path):
     """The dataset CLI shares the same checks: exit 2 with the message, no traceback."""
     import subprocess

@@ -1,7 +1,8 @@
 """Load: 16 concurrent gradio_client clients x 10 /generate requests against a real app on 127.0.0.1.
 
 Expect no errors, every count right, bounded time, and the server's memory bounded. The figures (latency
-percentiles, throughput, RSS) go to tests/artifacts/load.json and stdout (seen with `pytest -s`).
+percentiles, throughput, RSS) go to load.json in the artifacts folder (tests/conftest.py `artifacts_dir`:
+`.pytest_cache/d/artifacts/` by default) and stdout (seen with `pytest -s`).
 """
 from __future__ import annotations
 
@@ -10,16 +11,17 @@ import statistics
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import psutil
+import pytest
 from gradio_client import Client
 
-from helpers import ROOT, make_model_folder, running_app
+from helpers import make_model_folder, running_app
+
+pytestmark = pytest.mark.slow
 
 CLIENTS, REQUESTS = 16, 10
 RSS_LIMIT_MB = 1500
-ARTIFACT = ROOT / "tests" / "artifacts" / "load.json"
 
 
 def server_rss_mb(proc) -> float:
@@ -36,7 +38,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def test_concurrent_clients(tmp_path):
+def test_concurrent_clients(tmp_path, artifacts_dir):
     weights = tmp_path / "w"
     make_model_folder(weights, "tiny-test")
     with running_app({"MEDGAN_WEIGHTS_DIRS": str(weights)}) as app:
@@ -86,8 +88,7 @@ def test_concurrent_clients(tmp_path):
                "latency_max_ms": round(1000 * max(latencies)),
                "rss_start_mb": round(rss_start), "rss_peak_mb": round(peak[0]), "rss_end_mb": round(rss_end),
                "rss_limit_mb": RSS_LIMIT_MB, "cpu_count": psutil.cpu_count()}
-    ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
-    ARTIFACT.write_text(json.dumps(figures, indent=2) + "\n")
+    (artifacts_dir / "load.json").write_text(json.dumps(figures, indent=2) + "\n")
     print("\nload test:", json.dumps(figures))
     assert not errors, errors[:5]
     assert len(results) == CLIENTS * REQUESTS and alive

@@ -33,7 +33,8 @@ from medgan.sources.medigan import (IMAGE_TO_IMAGE, MASK_CONDITIONED, MediganSou
 from medgan.sources import NOISE_TO_IMAGE
 from medigan_fixtures import (CHDIR_RANDOM, EXITS, HANGS, IMAGE_TO_IMAGE_IDS, MASK_CONDITIONED_IDS, RAISES,
                               REFERENCE_CATALOGUE, SEGFAULTS, add_foreign_package)
-from training.export_medigan import PACKAGE_INIT, export, medigan_id
+from training import medigan_package
+from training.export_medigan import MEDGAN_DIR, VENDORED, export, medigan_id
 
 MODELS = ["tiny-test", *SHIPPED]  # our models exported as medigan packages: the tiny one and every shipped one
 
@@ -188,16 +189,27 @@ def test_exported_entry_has_medigan_schema_and_our_metrics(tmp_path):
     assert perf["FID_real_vs_real_floor"] == 3.2
     assert json.loads((tmp_path / "out" / f"{mid}.json").read_text()) == {mid: entry}
     with zipfile.ZipFile(zip_path) as zf:
-        assert sorted(zf.namelist()) == [f"{mid}/{n}" for n in
-                                         ("README.md", "__init__.py", "config.json", "model.safetensors")]
-        assert zf.read(f"{mid}/__init__.py").decode() == PACKAGE_INIT.lstrip()
-    # The package's latents are medgan's, index by index (so image i depends only on (seed, i)).
-    namespace: dict = {}
-    exec(compile(PACKAGE_INIT, "package", "exec"), namespace)  # our own template, not foreign code
-    assert np.array_equal(namespace["latents"](5, 3, 100, 2), latents(5, 3, 100, 2))
-    assert "import medgan" not in PACKAGE_INIT and "pickle" not in PACKAGE_INIT.replace("no pickle", "")
+        vendored = [f"_medgan/{m}.py" for m in ("__init__", *VENDORED)]
+        assert sorted(zf.namelist()) == sorted(f"{mid}/{n}" for n in
+                                               ("README.md", "__init__.py", "config.json", "model.safetensors", *vendored))
+        # The package's __init__ is training/medigan_package.py; its inference code is medgan's own modules.
+        assert zf.read(f"{mid}/__init__.py") == Path(medigan_package.__file__).read_bytes()
+        for module in VENDORED:
+            assert zf.read(f"{mid}/_medgan/{module}.py") == (MEDGAN_DIR / f"{module}.py").read_bytes()
+            assert b"import medgan" not in zf.read(f"{mid}/_medgan/{module}.py")
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SHIPPED)
+def test_package_pixels_equal_medgan_on_256_images(name):
+    """The package module (as shipped in the zip) gives MedGAN Studio's exact pixels, 256 images per model."""
+    folder = ROOT / "weights" / name
+    medigan_package._loaded.clear()
+    got = medigan_package.sample(folder / "model.safetensors", 256, seed=7)
+    assert np.array_equal(got, expected(folder, 256, 7))
+
+
+@pytest.mark.slow
 def test_real_medigan_generates_our_packages_offline(exported, tmp_path):
     """medigan 1.0.0 itself (Generators().generate) runs each exported package, in a subprocess."""
     script = textwrap.dedent("""
@@ -229,6 +241,7 @@ def test_real_medigan_generates_our_packages_offline(exported, tmp_path):
 
 # --- end to end through the app -------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_app_generates_medigan_models_in_a_worker_equal_to_ours(exported, tmp_path):
     home = exported["home"]
     chdir_id = add_foreign_package(home, "T_CHDIR", CHDIR_RANDOM)
@@ -266,6 +279,7 @@ def test_app_generates_medigan_models_in_a_worker_equal_to_ours(exported, tmp_pa
 
 # --- faults, in-process registry --------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_faulty_packages_give_clear_errors_and_the_registry_keeps_serving(tmp_path, tiny_model, monkeypatch):
     home = tmp_path / "home"
     ids = {name: add_foreign_package(home, f"T_{name.upper()}", body)

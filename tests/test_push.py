@@ -89,6 +89,7 @@ def test_validation_names_every_problem(model, tmp_path):
         push_mod.check_repo_id("no-slash")
 
 
+@pytest.mark.slow
 def test_push_to_fake_hub_then_pull_from_offline_cache_verified(model, tmp_path, monkeypatch):
     catalogue = tmp_path / "hub.json"
     catalogue.write_text(json.dumps({"models": [{"id": "other", "repo_id": "x/other", "revision": "b" * 40}]}))
@@ -158,6 +159,7 @@ def test_push_to_fake_hub_then_pull_from_offline_cache_verified(model, tmp_path,
         Registry(default_sources()).load("hub-tiny")
 
 
+@pytest.mark.slow
 def test_space_deploy_uploads_the_app_with_models_from_the_catalogue(tmp_path):
     catalogue = tmp_path / "hub.json"
     catalogue.write_text(json.dumps({"models": [{"id": "hub-tiny", "repo_id": REPO, "revision": "c" * 40}]}))

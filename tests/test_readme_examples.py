@@ -39,6 +39,7 @@ def model_setup(tmp_path_factory):
     return "readme-tiny", {"MEDGAN_WEIGHTS_DIRS": str(weights)}
 
 
+@pytest.mark.slow
 def test_use_from_python_client_examples_run_against_the_app(model_setup):
     model_id, env = model_setup
     code = [b for b in blocks(section("Use from Python"), "python") if "gradio_client" in b]

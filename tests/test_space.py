@@ -11,6 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import psutil
+import pytest
 from helpers import ROOT, build_hf_cache, make_model_folder, running_app
 
 from training.push import catalogue_repo_ids, front_matter, gradio_pin
@@ -50,6 +51,7 @@ def test_readme_front_matter_parses_and_agrees_with_requirements_and_catalogue()
     assert set(meta.get("models", [])) <= set(catalogue_repo_ids(ROOT / "weights" / "hub.json"))
 
 
+@pytest.mark.slow
 def test_app_runs_as_a_space_with_zerogpu_wrapper_and_hub_model(tmp_path):
     weights = tmp_path / "weights"
     folder = make_model_folder(weights, "space-tiny")

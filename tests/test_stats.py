@@ -1,6 +1,7 @@
 """Performance numbers: medgan.stats unit behaviour, and the app's /stats API + warm-up through a real server."""
 import time
 
+import pytest
 from gradio_client import Client
 
 from helpers import make_model_folder, running_app
@@ -45,6 +46,7 @@ def test_warm_up_loads_only_the_given_model_and_survives_a_broken_one(tmp_path):
     assert stats.warm_up(None, registry) is None
 
 
+@pytest.mark.slow
 def test_stats_api_and_start_up_warm_up_through_the_app(tmp_path):
     weights = tmp_path / "weights"
     make_model_folder(weights, "aaa-default", resolution=64, base_width=8)

@@ -50,6 +50,7 @@ def make_npz(path: Path, n_train: int = 32, n_heldout: int = 8) -> Path:
     subject = np.where(split == "train", "subj-A", "subj-B")
     ds = SliceDataset(phantom_slices(n), source=np.array([f"{s}.nii.gz" for s in subject]), subject=subject,
                       axis=np.full(n, 2, np.int8), index=np.arange(n, dtype=np.int32), split=split,
+                      level=(np.arange(n) % 5).astype(np.int8),
                       meta={"dataset": "phantom", "size": 32, "axes": [2], "split": "subject",
                             "sources": [{"id": "subj-A.nii.gz", "subject": "subj-A", "licence": "CC0-1.0"},
                                         {"id": "subj-B.nii.gz", "subject": "subj-B", "licence": "CC0-1.0"}],
@@ -73,6 +74,7 @@ def exported(tmp_path_factory, npz) -> Path:
     return root / "weights" / "phantom-gan-32"
 
 
+@pytest.mark.slow
 def test_training_exports_a_loadable_model(exported):
     run = exported.parent.parent / "run"
     for name in ("model.safetensors", "config.json", "samples.png", "loss.png", "README.md"):
@@ -105,9 +107,13 @@ def _checkpoint_tensors(path: Path) -> dict[str, torch.Tensor]:
     return ckpt.load_checkpoint(path)[0]
 
 
-@pytest.mark.parametrize("recipe", ["small-data", "dcgan"])
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["small-data", "dcgan", "style"])
 def test_resume_is_bit_identical(tmp_path, npz, recipe):
-    common = ["--data", str(npz), *TINY, "--recipe", recipe, "--r1-every", "2", "--seed", "7"]
+    """N steps straight == N/2, stop, --resume, N/2 more: weights, optimiser and RNG states (each arch)."""
+    arch = ["--arch", "style", "--condition", "level", "--w-dim", "16"] if recipe == "style" else []
+    recipe = "small-data" if recipe == "style" else recipe
+    common = ["--data", str(npz), *TINY, "--recipe", recipe, "--r1-every", "2", "--seed", "7", *arch]
     if recipe == "small-data":
         common += ["--ada-target", "0.6", "--ada-kimg", "0.05"]  # p moves a lot, and must resume exactly
     assert main([*common, "--steps", "8", "--out", str(tmp_path / "a")]) == 0
@@ -136,6 +142,7 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 
+@pytest.mark.slow
 def test_sigterm_writes_a_checkpoint_and_exits_cleanly(tmp_path, npz):
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "training.train", "--data", str(npz), *TINY, "--steps", "100000",
@@ -163,6 +170,7 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly(tmp_path, npz):
     assert not list(out.glob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_exports(tmp_path, npz):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -187,6 +195,7 @@ def test_torchrun_two_processes_exports(tmp_path, npz):
     assert stdout.count("exported 4 steps") == 1  # only rank 0 writes
 
 
+@pytest.mark.slow
 def test_card_round_trips_through_modelcard(exported, tmp_path):
     """The card of a freshly trained folder (wording is training/card.py's business; facts are checked)."""
     text = render_card(exported)

@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from medgan.imaging import grid
+
 from . import metrics as M
 from .features import FeatureCache, InceptionExtractor, content_hash
 
@@ -397,16 +399,6 @@ def config_metrics(report: dict[str, Any], command: str) -> dict[str, Any]:
     }
 
 
-def _grid(images: np.ndarray, cols: int) -> np.ndarray:
-    n, h, w = images.shape
-    rows = max(1, math.ceil(n / cols))
-    out = np.zeros((rows * h, cols * w), dtype=np.uint8)
-    for i, img in enumerate(images):
-        r, c = divmod(i, cols)
-        out[r * h:(r + 1) * h, c * w:(c + 1) * w] = img
-    return out
-
-
 def save_figure(result: Result, path: Path, title: str) -> Path:
     """NN pairs of the 8 closest synthetic images, and an 8x8 real grid beside an 8x8 SYNTHETIC grid."""
     import matplotlib
@@ -428,7 +420,7 @@ def save_figure(result: Result, path: Path, title: str) -> Path:
     for k, (imgs, label) in enumerate(((result.real[real_pick], "Real (train slices)"),
                                        (result.synthetic[:64], "SYNTHETIC (generated)"))):
         ax = fig.add_subplot(gs[2, 8 * k:8 * k + 8])
-        ax.imshow(_grid(imgs, 8), cmap="gray", vmin=0, vmax=255)
+        ax.imshow(grid(imgs, 8, pad=0), cmap="gray", vmin=0, vmax=255)
         ax.set_title(f"{label}, {len(imgs)} random" if k == 0 else f"{label}, first {len(imgs)}", fontsize=11)
         ax.axis("off")
     fig.suptitle(f"{title}\nTop: the 8 synthetic images closest to a training slice (synthetic | nearest "

@@ -7,8 +7,8 @@ DIR/<model_id>.json = {model_id: entry} in medigan's global.json schema (executi
 description, the keys of the real catalogue), with package_link = the zip's absolute local path, so
 `medigan.Generators().generate(model_id=...)` runs it offline once the entry is in a medigan home's
 config/global.json (`--home` merges it there). The package is self-contained: numpy, torch, safetensors
-(and Pillow to save PNGs); it re-implements the DCGAN forward instead of importing medgan, so a medigan
-user does not need medgan. Same device -> same pixels as medgan's Generator for the same seed.
+(and Pillow); it carries a copy of medgan's inference modules (see training/medigan_package.py), so a medigan
+user does not need medgan, and the pixels are exactly MedGAN Studio's on the same device and torch build.
 """
 from __future__ import annotations
 
@@ -21,127 +21,26 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import medgan
 from medgan import __version__
 from medgan.config import ModelConfig
 from medgan.generator import WEIGHTS_FILE, load_weights
 from medgan.sources.medigan import OUR_TAG, add_to_catalogue
+
+from . import medigan_package
+
+MEDGAN_DIR = Path(medgan.__file__).parent
 
 DEPENDENCIES = ["numpy", "torch", "safetensors", "Pillow"]
 MODALITY_NAMES = {"MR": ["MR", "MRI", "magnetic resonance imaging"], "CT": ["CT", "computed tomography"],
                   "MG": ["MG", "MMG", "Mammography"], "DX": ["DX", "x-ray"], "CR": ["CR", "x-ray"]}
 BASE_ARGS = ["model_file", "num_samples", "output_path", "save_images"]
 
-# The package's __init__.py, shipped as text inside the zip.
-PACKAGE_INIT = r'''
-"""A MedGAN Studio generator packaged for medigan (https://github.com/RichardObi/medigan).
-
-Synthetic images only: for research, education and augmentation, NOT for diagnosis.
-
-    generate(model_file, num_samples, output_path, save_images, seed=0, start=0, device="cpu")
-
-Self-contained: needs numpy, torch and safetensors (Pillow to save PNGs), not medgan. The weights are
-`model.safetensors` (no pickle); the architecture is read from its metadata (config.json beside it too).
-Deterministic: image i depends only on (seed, start + i) - its latent comes from numpy's PCG64 seeded with
-[seed, index], exactly as medgan's Generator, and the forward pass folds BatchNorm the same way, so on the
-same device the pixels equal MedGAN Studio's for the same seed.
-"""
-import json
-import os
-import re
-
-import numpy as np
-import torch
-import torch.nn.functional as F
-
-BATCH_SIZE = 64  # same chunking as medgan's Generator
-BN_EPS = 1e-5    # torch.nn.BatchNorm2d default, used by medgan's DCGAN
-_next_index = {}  # save_images=True: medigan calls us once per batch_<n> folder; indices continue across them
-
-
-def latents(seed, count, latent_dim, start=0):
-    """Latent of image `index` = standard normal from numpy PCG64 seeded [seed, index] (medgan's scheme)."""
-    out = np.empty((count, latent_dim), dtype=np.float32)
-    for row, index in enumerate(range(start, start + count)):
-        out[row] = np.random.default_rng([seed, index]).standard_normal(latent_dim, dtype=np.float32)
-    return out
-
-
-def _read(model_file):
-    from safetensors import safe_open
-
-    with safe_open(str(model_file), framework="pt") as f:
-        state = {k: f.get_tensor(k) for k in f.keys()}
-        meta = f.metadata() or {}
-    if "medgan_config" in meta:
-        config = json.loads(meta["medgan_config"])
-    else:
-        with open(os.path.join(os.path.dirname(str(model_file)), "config.json")) as f:
-            config = json.load(f)
-    return config, state
-
-
-def _layers(state):
-    """[(weight, bias, stride, padding, activation)] with each BatchNorm folded into the conv before it."""
-    convs = sorted(int(m.group(1)) for k in state for m in [re.fullmatch(r"main\.(\d+)\.weight", k)]
-                   if m and state[k].ndim == 4)
-    layers = []
-    for n, i in enumerate(convs):
-        weight, bias = state[f"main.{i}.weight"], None
-        if f"main.{i + 1}.running_var" in state:
-            bn = {k: state[f"main.{i + 1}.{k}"] for k in ("weight", "bias", "running_mean", "running_var")}
-            scale = bn["weight"] / torch.sqrt(bn["running_var"] + BN_EPS)
-            weight = weight * scale.view(1, -1, 1, 1)
-            bias = bn["bias"] - bn["running_mean"] * scale
-        last = n == len(convs) - 1
-        layers.append((weight, bias, 1 if n == 0 else 2, 0 if n == 0 else 1, torch.tanh if last else torch.relu))
-    return layers
-
-
-def _to_uint8(images):
-    pixels = ((images.float() + 1) * 127.5).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
-    return pixels[:, 0] if pixels.shape[1] == 1 else pixels.transpose(0, 2, 3, 1)
-
-
-def sample(model_file, num_samples, seed=0, start=0, device="cpu"):
-    """uint8 array [n, H, W] (grayscale) or [n, H, W, 3]: images start..start+n-1 of `seed`."""
-    config, state = _read(model_file)
-    latent_dim = int(config["generator"]["latent_dim"])
-    layers = [(w.to(device), None if b is None else b.to(device), s, p, act) for w, b, s, p, act in _layers(state)]
-    z = torch.from_numpy(latents(int(seed), int(num_samples), latent_dim, int(start)))
-    chunks = []
-    with torch.inference_mode():
-        for i in range(0, len(z), BATCH_SIZE):
-            x = z[i:i + BATCH_SIZE].to(device).view(-1, latent_dim, 1, 1)
-            for weight, bias, stride, padding, act in layers:
-                x = act(F.conv_transpose2d(x, weight, bias, stride, padding))
-            chunks.append(x)
-    if not chunks:
-        return np.zeros((0, 0, 0), dtype=np.uint8)
-    return _to_uint8(torch.cat(chunks))
-
-
-def generate(model_file, num_samples, output_path, save_images, seed=0, start=0, device="cpu", **kwargs):
-    """medigan's entry point: a list of uint8 arrays, or (save_images) PNG files in output_path."""
-    seed, start, num_samples = int(seed), int(start), int(num_samples)
-    if not save_images:
-        return list(sample(model_file, num_samples, seed, start, device))
-    # medigan saves in batches (output_path = …/batch_<n>/) without telling us the batch offset.
-    parent, folder = os.path.split(os.path.normpath(str(output_path)))
-    batch = re.fullmatch(r"batch_(\d+)", folder)
-    key = (os.path.abspath(parent), str(model_file), seed)
-    first = start if not batch or batch.group(1) == "0" else _next_index.get(key, start)
-    _next_index[key] = first + num_samples
-    if num_samples <= 0:
-        return None
-    from PIL import Image
-
-    os.makedirs(str(output_path), exist_ok=True)
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(__name__).rsplit(".", 1)[-1])
-    for offset, array in enumerate(sample(model_file, num_samples, seed, first, device)):
-        Image.fromarray(array).save(os.path.join(str(output_path),
-                                                 f"synthetic_{name}_seed{seed}_{first + offset:05d}.png"))
-    return None
-'''
+# The package: training/medigan_package.py as its __init__.py, plus these medgan modules in <package>/_medgan/
+# (the exact inference code: networks, fast CPU layouts, tiles, latents), so its pixels are MedGAN Studio's.
+VENDORED = ("config", "errors", "fastnet", "nets", "stylenet", "stylefast", "generator", "limits", "validation",
+            "explore")
+VENDORED_INIT = '"""MedGAN Studio inference modules, vendored into a medigan package (see ../__init__.py)."""\n'
 
 
 def medigan_id(model_id: str) -> str:
@@ -233,7 +132,10 @@ def export(folder: str | Path, out: str | Path, model_id: str | None = None,
     zip_path = (out / f"{mid}.zip").resolve()
     tmp = zip_path.with_suffix(".zip.tmp")
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr(f"{mid}/__init__.py", PACKAGE_INIT.lstrip())
+        zf.write(Path(medigan_package.__file__), f"{mid}/__init__.py")
+        zf.writestr(f"{mid}/_medgan/__init__.py", VENDORED_INIT)
+        for module in VENDORED:
+            zf.write(MEDGAN_DIR / f"{module}.py", f"{mid}/_medgan/{module}.py")
         zf.write(folder / WEIGHTS_FILE, f"{mid}/{WEIGHTS_FILE}")
         zf.write(folder / "config.json", f"{mid}/config.json")
         if (folder / "README.md").is_file():

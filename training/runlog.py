@@ -9,19 +9,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, PngImagePlugin
 
+from medgan.imaging import grid  # noqa: F401 (re-exported: training code imports it from here)
+
 METRIC_KEYS = ("step", "kimg", "time_s", "cpu_s", "loss_d", "loss_g", "d_real", "d_fake", "r1", "aug_p", "rt",
                "img_per_s", "img_per_cpu_s", "fid", "fid_images", "fid_cpu_s")
-
-
-def grid(images: np.ndarray, cols: int = 8, pad: int = 2) -> np.ndarray:
-    """uint8 [n, H, W] -> one uint8 image, `cols` per row, black `pad` pixels between tiles."""
-    n, h, w = images.shape
-    rows = -(-n // cols)
-    out = np.zeros((rows * (h + pad) + pad, cols * (w + pad) + pad), dtype=np.uint8)
-    for i, img in enumerate(images):
-        r, c = divmod(i, cols)
-        out[pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w + pad):pad + c * (w + pad) + w] = img
-    return out
 
 
 def save_synthetic_png(path: str | Path, pixels: np.ndarray, info: dict[str, Any] | None = None) -> Path:

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import limits
 from ..errors import GenerationError, InvalidArgumentError, SourceUnavailableError, UnknownModelError
 from ..validation import check_count, check_seed
 from . import NOISE_TO_IMAGE, ModelInfo
@@ -47,13 +48,6 @@ MODALITY_CODES = {"mmg": "MG", "mammography": "MG", "mri": "MR", "mr": "MR", "t1
 # Generate-argument names that mean "give me an input image / mask" (image-to-image, mask-conditioned).
 INPUT_ARGS = ("input_path", "image_paths_input", "F_img_path", "T1_img_path")
 OUR_TAG = "medgan-studio"  # selection.tags marker of packages written by training.export_medigan
-
-
-def _env_float(name: str, default: float) -> float:
-    try:
-        return float(os.environ.get(name, "") or default)
-    except ValueError:
-        return default
 
 
 def is_offline() -> bool:
@@ -121,14 +115,14 @@ def refresh_catalogue(home: Path, url: str | None = None, timeout_s: float | Non
     if is_offline():
         return "offline"
     path = home / CONFIG_REL
-    max_age_s = _env_float("MEDGAN_MEDIGAN_REFRESH_S", 86400) if max_age_s is None else max_age_s
+    max_age_s = limits.medigan_refresh_s() if max_age_s is None else max_age_s
     try:
         if time.time() - path.stat().st_mtime < max_age_s:
             return "fresh"
     except OSError:
         pass
     url = url or os.environ.get("MEDGAN_MEDIGAN_CONFIG_URL") or CONFIG_URL
-    timeout_s = _env_float("MEDGAN_MEDIGAN_REFRESH_TIMEOUT_S", 3.0) if timeout_s is None else timeout_s
+    timeout_s = limits.medigan_refresh_timeout_s() if timeout_s is None else timeout_s
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 (https or a test URL)
             data = json.loads(response.read(MAX_CATALOGUE_BYTES + 1)[:MAX_CATALOGUE_BYTES])
@@ -398,8 +392,8 @@ def run_worker(home: Path, model_id: str, entry: dict[str, Any], count: int, see
     which `startup_s` (MEDGAN_MEDIGAN_STARTUP_S, default 120) bounds separately.
     """
     label = PREFIX + model_id
-    timeout_s = _env_float("MEDGAN_MEDIGAN_TIMEOUT_S", 120) if timeout_s is None else timeout_s
-    startup_s = _env_float("MEDGAN_MEDIGAN_STARTUP_S", 120) if startup_s is None else startup_s
+    timeout_s = limits.medigan_timeout_s() if timeout_s is None else timeout_s
+    startup_s = limits.medigan_startup_s() if startup_s is None else startup_s
     execution = entry.get("execution") or {}
     if not package_present(home, model_id, execution):
         link = execution.get("package_link")
