@@ -1,7 +1,9 @@
 """MedGAN Studio: a Gradio UI over the `medgan` package. UI only: widgets, wiring, error messages.
 
 Run `python app.py` (honours GRADIO_SERVER_NAME / GRADIO_SERVER_PORT). API names for gradio_client:
-/generate(model, seed, count), /download(model, seed, count, fmt, label), /models().
+/generate(model, seed, count, truncation, label), /download(model, seed, count, fmt, label, truncation, image_class),
+/interpolate(model, seed_a, seed_b, frames, truncation, label), /mix(model, row_seeds, col_seeds, crossover,
+truncation, label), /models(), /stats(model).
 """
 from __future__ import annotations
 
@@ -119,16 +121,47 @@ def _api(fn):
 
 @on_gpu
 @_api
-def generate(model: str, seed: float, count: float):
-    """Generate `count` synthetic images of `model` from `seed`; returns a gallery of (image, caption)."""
-    return limits.run_with_time_limit(service.generate, model, seed, count)
+def generate(model: str, seed: float, count: float, truncation: float = 1.0, label: str = "any"):
+    """Generate `count` synthetic images of `model` from `seed`; returns a gallery of (image, caption).
+    truncation ψ in [0, 2] (1 = none); label: a class of a conditional model, or "any" (a class per image)."""
+    return limits.run_with_time_limit(service.generate, model, seed, count, truncation, label)
 
 
 @on_gpu
 @_api
-def download(model: str, seed: float, count: float, fmt: str = "png", label: bool = False) -> str:
-    """Generate a batch and return the path of a zip (images + metadata.json + README.txt)."""
-    return str(limits.run_with_time_limit(service.export, model, seed, count, fmt, label))
+def download(model: str, seed: float, count: float, fmt: str = "png", label: bool = False,
+             truncation: float = 1.0, image_class: str = "any") -> str:
+    """Generate a batch and return the path of a zip (images + metadata.json + README.txt). `label` burns a
+    visible SYNTHETIC into each image; `image_class` is the class of a conditional model."""
+    return str(limits.run_with_time_limit(service.export, model, seed, count, fmt, label, None, truncation,
+                                          image_class))
+
+
+@on_gpu
+@_api
+def interpolate(model: str, seed_a: float, seed_b: float, frames: float = 8, truncation: float = 1.0,
+                label: str = "any"):
+    """Frames from image 0 of seed_a to image 0 of seed_b: (gallery, animated GIF path, zip path)."""
+    images, gif, archive = limits.run_with_time_limit(service.interpolate, model, seed_a, seed_b, frames,
+                                                      truncation, label)
+    return images, str(gif), str(archive)
+
+
+@on_gpu
+@_api
+def mix(model: str, row_seeds: str, col_seeds: str, crossover: float | None = None, truncation: float = 1.0,
+        label: str = "any"):
+    """Style mixing: (grid PNG path, gallery of cells, zip path). Seeds: "1, 2, 3" or "random 4"."""
+    figure, images, archive = limits.run_with_time_limit(service.mix, model, row_seeds, col_seeds, crossover,
+                                                         truncation, label)
+    return str(figure), images, str(archive)
+
+
+def class_choices(model: str):
+    """The class dropdowns for `model`: shown with "any" + its classes when conditional, else hidden."""
+    classes = service.model_classes(model)
+    update = gr.update(choices=["any", *classes], value="any", visible=bool(classes))
+    return update, update, update
 
 
 @_api
@@ -197,6 +230,12 @@ def build_demo() -> gr.Blocks:
                     random_seed = gr.Button("Random seed", size="sm")
                     count = checked_by_medgan(gr.Slider(1, service.MAX_COUNT, value=8, step=1, label="Count",
                                                         elem_id="count"))
+                    truncation = checked_by_medgan(gr.Slider(0, 2, value=1, step=0.05, label="Truncation ψ (1 = none; "
+                                                             "lower = closer to the average image)",
+                                                             elem_id="truncation"))
+                    classes = service.model_classes(default) if default else []
+                    image_class = checked_by_medgan(gr.Dropdown(["any", *classes], value="any", label="Class",
+                                                                visible=bool(classes), elem_id="class"))
                     go = gr.Button("Generate", variant="primary", elem_id="generate")
                     info = gr.Markdown(service.model_markdown(default) if default else "", elem_id="model-info")
                 with gr.Column(scale=2):
@@ -210,6 +249,47 @@ def build_demo() -> gr.Blocks:
                                 "(off by default, for training use)", elem_id="label")
             build = gr.Button("Prepare download", variant="primary", elem_id="prepare-download")
             archive = gr.File(label="Zip", elem_id="archive")
+        with gr.Tab("Explore"):
+            gr.Markdown("Explore the latent space of the model chosen on the Generate tab. Every image is synthetic.")
+            with gr.Row():
+                with gr.Column(scale=1):
+                    gr.Markdown("### Interpolate")
+                    seed_a = checked_by_medgan(gr.Number(1, label="Seed A", precision=0, elem_id="seed-a"))
+                    seed_b = checked_by_medgan(gr.Number(2, label="Seed B", precision=0, elem_id="seed-b"))
+                    frames = checked_by_medgan(gr.Slider(2, limits.max_frames(), value=8, step=1, label="Frames",
+                                                         elem_id="frames"))
+                    psi_i = checked_by_medgan(gr.Slider(0, 2, value=1, step=0.05, label="Truncation ψ",
+                                                        elem_id="truncation-i"))
+                    class_i = checked_by_medgan(gr.Dropdown(["any", *classes], value="any", label="Class",
+                                                            visible=bool(classes), elem_id="class-i"))
+                    go_i = gr.Button("Interpolate", variant="primary", elem_id="interpolate")
+                with gr.Column(scale=3):
+                    filmstrip = gr.Gallery(label="Frames (SYNTHETIC)", format="png", columns=8, height="auto",
+                                           elem_id="filmstrip")
+                    with gr.Row():
+                        gif = gr.File(label="Animated GIF", elem_id="gif")
+                        zip_i = gr.File(label="Frames (zip + metadata.json)", elem_id="zip-i")
+            with gr.Row():
+                with gr.Column(scale=1):
+                    gr.Markdown("### Style mixing\nRows give the coarse styles (layers below the crossover: "
+                                "overall anatomy), columns the fine ones (texture). Style-based models only.")
+                    row_seeds = checked_by_medgan(gr.Textbox("1, 2, 3", label="Row seeds (or “random 4”)",
+                                                             elem_id="row-seeds"))
+                    col_seeds = checked_by_medgan(gr.Textbox("4, 5, 6, 7", label="Column seeds (or “random 4”)",
+                                                             elem_id="col-seeds"))
+                    crossover = checked_by_medgan(gr.Slider(1, 8, value=2, step=1, label="Crossover layer",
+                                                            elem_id="crossover"))
+                    psi_m = checked_by_medgan(gr.Slider(0, 2, value=1, step=0.05, label="Truncation ψ",
+                                                        elem_id="truncation-m"))
+                    class_m = checked_by_medgan(gr.Dropdown(["any", *classes], value="any", label="Class",
+                                                            visible=bool(classes), elem_id="class-m"))
+                    go_m = gr.Button("Mix styles", variant="primary", elem_id="mix")
+                with gr.Column(scale=3):
+                    grid_image = gr.Image(label="Style-mixing grid (SYNTHETIC)", type="filepath", format="png",
+                                          elem_id="mix-grid")
+                    cells = gr.Gallery(label="Cells", format="png", columns=8, height="auto", visible=False,
+                                       elem_id="mix-cells")
+                    zip_m = gr.File(label="Cells (zip + metadata.json)", elem_id="zip-m")
         with gr.Tab("Models"):
             notices = gr.Markdown(source_notices(), elem_id="source-notices")
             table = gr.Dataframe(value=models_rows(), headers=MODEL_COLUMNS, interactive=False, wrap=True,
@@ -225,8 +305,13 @@ def build_demo() -> gr.Blocks:
 
         random_seed.click(lambda: random.randint(0, UI_MAX_SEED), outputs=seed, api_visibility="private")
         model.change(model_info, inputs=model, outputs=info, api_visibility="private")
-        # One shared pool of MEDGAN_CONCURRENCY workers for both heavy events.
-        go.click(generate, inputs=[model, seed, count], outputs=gallery, api_name="generate",
+        model.change(class_choices, inputs=model, outputs=[image_class, class_i, class_m], api_visibility="private")
+        # One shared pool of MEDGAN_CONCURRENCY workers for every heavy event.
+        go_i.click(interpolate, inputs=[model, seed_a, seed_b, frames, psi_i, class_i], outputs=[filmstrip, gif, zip_i],
+                   api_name="interpolate", concurrency_limit=limits.concurrency(), concurrency_id="generation")
+        go_m.click(mix, inputs=[model, row_seeds, col_seeds, crossover, psi_m, class_m], outputs=[grid_image, cells, zip_m],
+                   api_name="mix", concurrency_limit=limits.concurrency(), concurrency_id="generation")
+        go.click(generate, inputs=[model, seed, count, truncation, image_class], outputs=gallery, api_name="generate",
                  concurrency_limit=limits.concurrency(), concurrency_id="generation").success(
             lambda m, sess: performance_panel(m, sess, True), inputs=[model, perf_session],
             outputs=[perf_summary, perf_plot, perf_session], api_visibility="private")
@@ -235,7 +320,8 @@ def build_demo() -> gr.Blocks:
             api_visibility="private")
         demo.load(performance_panel, inputs=[model, perf_session], outputs=[perf_summary, perf_plot, perf_session],
                   api_visibility="private")
-        build.click(download, inputs=[model, seed, count, fmt, label], outputs=archive, api_name="download",
+        build.click(download, inputs=[model, seed, count, fmt, label, truncation, image_class], outputs=archive,
+                    api_name="download",
                     concurrency_limit=limits.concurrency(), concurrency_id="generation")
         demo.load(models, outputs=listing, api_name="models")
         demo.load(models_rows, outputs=table, api_visibility="private")

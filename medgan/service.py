@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from . import __version__, limits
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, UnknownModelError
 from .export import Provenance, atomic_write, check_format, file_stem, label_image, png_bytes, write_zip
 from .imaging import mixing_figure
 from .registry import Registry, get_registry
@@ -50,8 +50,16 @@ def model_choices(registry: Registry | None = None) -> list[tuple[str, str]]:
 
 def models_json(registry: Registry | None = None) -> list[dict[str, Any]]:
     keys = ("id", "title", "modality", "organ", "plane", "resolution", "source", "license", "metrics",
-            "architecture", "dataset", "kind", "generatable", "revision", "notice")
+            "architecture", "dataset", "kind", "generatable", "revision", "notice", "classes")
     return [{k: m.to_dict()[k] for k in keys} for m in models(registry)]
+
+
+def model_classes(model_id: object, registry: Registry | None = None) -> list[str]:
+    """Class names of a conditional model ([] for others or unknown ids); from its listing, nothing loaded."""
+    try:
+        return list(_registry(registry).info(check_model_id(model_id)).classes)
+    except (InvalidArgumentError, UnknownModelError):
+        return []
 
 
 def source_notices(registry: Registry | None = None) -> list[str]:

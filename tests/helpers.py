@@ -40,6 +40,26 @@ def make_model_folder(parent: Path, model_id: str, resolution: int = 32, base_wi
     return folder
 
 
+def make_style_folder(parent: Path, model_id: str = "style-tiny", classes: tuple[str, ...] = ("dark", "bright"),
+                      resolution: int = 32, seed: int = 0) -> Path:
+    """A tiny random style-based (conditional unless classes=()) model folder, parameters moved off init."""
+    from medgan.stylenet import StyleGenerator
+    gen = GeneratorConfig(arch="style", latent_dim=16, resolution=resolution, base_width=4, max_width=32, w_dim=16,
+                          classes=list(classes), condition="level" if classes else "")
+    cfg = ModelConfig(id=model_id, title=f"Tiny style {model_id}", modality="MR", organ="brain", plane="axial",
+                      generator=gen)
+    torch.manual_seed(seed)
+    net = StyleGenerator(gen)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+        net.mapping.w_avg.normal_()
+    folder = parent / model_id
+    save_model_folder(folder, cfg, net.eval())
+    (folder / "README.md").write_text(f"---\nlicense: mit\n---\n# {model_id}\n\nA tiny random style model.\n")
+    return folder
+
+
 def build_hf_cache(cache_dir: Path, repo_id: str, files: dict[str, bytes], commit: str = "a" * 40) -> str:
     """The layout hf_hub_download reads offline: models--ORG--NAME/{refs/main, blobs/<sha256>, snapshots/...}."""
     repo = cache_dir / f"models--{repo_id.replace('/', '--')}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 import medgan
-from helpers import ROOT, SHIPPED, build_hf_cache
+from helpers import ROOT, SHIPPED, build_hf_cache, make_style_folder
 from medgan.config import GeneratorConfig, ModelConfig
 from medgan.errors import ConfigError, InvalidArgumentError
 from medgan.generator import Generator, save_model_folder
@@ -26,28 +27,18 @@ from training.train import main
 CLASSES = ["dark", "bright"]
 
 
-def style_config(classes=CLASSES, resolution=32, model_id="style-tiny") -> ModelConfig:
-    gen = GeneratorConfig(arch="style", latent_dim=16, resolution=resolution, base_width=4, max_width=32,
-                          w_dim=16, classes=list(classes), condition="level" if classes else "")
-    return ModelConfig(id=model_id, title="Tiny style", modality="MR", organ="brain", generator=gen)
+def style_config(classes=CLASSES) -> ModelConfig:
+    return ModelConfig.load(make_style_folder(Path(tempfile.mkdtemp()), classes=tuple(classes)))
 
 
-def random_style_net(config: ModelConfig, seed: int = 0) -> StyleGenerator:
-    torch.manual_seed(seed)
-    net = StyleGenerator(config.generator)
-    with torch.no_grad():  # move every parameter off its init, so folding and biases are exercised
-        for p in net.parameters():
-            p.add_(torch.randn_like(p) * 0.2)
-        net.mapping.w_avg.normal_()
-    return net.eval()
+def random_style_net(config: ModelConfig) -> StyleGenerator:
+    folder = make_style_folder(Path(tempfile.mkdtemp()), classes=tuple(config.generator.classes))
+    return Generator.from_folder(folder, device="cpu").reference_net
 
 
 @pytest.fixture(scope="module")
 def style_folder(tmp_path_factory) -> Path:
-    config = style_config()
-    folder = save_model_folder(tmp_path_factory.mktemp("style") / config.id, config, random_style_net(config))
-    (folder / "README.md").write_text("---\nlicense: mit\n---\n# style-tiny\n\nA tiny random style model.\n")
-    return folder
+    return make_style_folder(tmp_path_factory.mktemp("style"))
 
 
 def test_param_count_matches_the_module_and_config_round_trips():

@@ -35,6 +35,8 @@ class ModelInfo:
     card_summary: str = ""
     revision: str = ""
     notice: str = ""                     # e.g. "not in the local cache", "image-to-image: not offered"
+    classes: tuple[str, ...] = ()        # class names of a conditional model
+    arch: str = ""                       # generator.arch of MedGAN Studio models ("dcgan", "style")
 
     @property
     def generatable(self) -> bool:
@@ -57,7 +59,8 @@ class ModelInfo:
                    resolution=config.generator.resolution, channels=config.generator.channels,
                    architecture=config.extra.get("architecture", "DCGAN"),
                    dataset=str(data.get("name", "")), license=config.license, metrics=dict(config.metrics),
-                   description=config.description, card_summary=card_summary, revision=revision, notice=notice)
+                   description=config.description, card_summary=card_summary, revision=revision, notice=notice,
+                   classes=tuple(config.generator.classes), arch=config.generator.arch)
 
 
 @runtime_checkable
