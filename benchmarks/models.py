@@ -78,8 +78,10 @@ def standin_models(resolutions: tuple[int, ...] = (64, 128)) -> list[BenchModel]
 
 
 def bench_models(quick: bool = False) -> list[BenchModel]:
-    """Shipped models (one per resolution in quick mode), or stand-ins when none are shipped."""
-    models = shipped_models() or standin_models((64,) if quick else (64, 128))
+    """Shipped DCGAN models (one per resolution in quick mode), or stand-ins when none are shipped."""
+    # The DCGAN sections compare with the PyTorch-examples DCGAN: style models have their own section.
+    models = [m for m in shipped_models() if m.config.generator.arch == "dcgan"] or \
+        standin_models((64,) if quick else (64, 128))
     if quick:
         by_res: dict[int, BenchModel] = {}
         for m in models:

@@ -33,6 +33,18 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                        8, False, "s"))
     out.append(_target("app RSS with all local models loaded", cold.get("max_rss_all_models_loaded_mb"),
                        1536, False, "MiB"))
+    style = s.get("style", {})
+    row = next(iter(style.get("vs_reference", [])[-1:]), None)
+    out.append(_target(f"style generate vs its plain reference, batch {row['batch'] if row else '?'}",
+                       row["ratio"] if row else None, 1.3, True, "x"))
+    out.append(_target("  same, 1 thread, CPU time (noise-robust)", row["ratio_1thread_cpu"] if row else None, 1.3,
+                       True, "x"))
+    row = next(iter(style.get("vs_dcgan", [])), None)
+    out.append(_target("style time per image / DCGAN's, 1 thread CPU time", row["ratio_1thread_cpu"] if row else None,
+                       2.0, False, "x"))
+    for row in style.get("explore", []):
+        out.append(_target(f"{row['call']} time / generate of the same {row['images']} images",
+                           row["ratio_1thread_cpu"], 1.5, False, "x"))
     train = next((r for r in s.get("training", {}).get("rows", []) if r["contender"] == "medgan dcgan"), None)
     out.append(_target("training img/s vs reference loop (dcgan recipe)", train["vs_reference"] if train else None,
                        1.0, True, "x"))
@@ -124,6 +136,20 @@ def print_report(results: dict[str, Any]) -> None:
         e = s["export"]
         rows = [[r["workers"], r["seconds"], r["images_per_min"]] for r in e["rows"]]
         _section(f"Dataset export, {e['count']} PNGs (whole command)", _table(["workers", "s", "images/min"], rows))
+    if "vs_reference" in s.get("style", {}):
+        st = s["style"]
+        rows = [[f"batch {r['batch']}", "medgan vs plain", r["medgan"]["median_ms"], r["reference"]["median_ms"],
+                 f"{r['ratio']}x", f"{r['ratio_1thread_cpu']}x"] for r in st["vs_reference"]]
+        rows += [[f"batch {r['batch']}", f"style vs DCGAN ({st['dcgan_model']})", r["style"]["median_ms"],
+                  r["dcgan"]["median_ms"], f"{r['ratio']}x", f"{r['ratio_1thread_cpu']}x"] for r in st["vs_dcgan"]]
+        rows += [[f"{r['images']} images", f"{r['call']} vs generate", r[r["call"]]["median_ms"],
+                  r["generate"]["median_ms"], f"{r['ratio']}x", f"{r['ratio_1thread_cpu']}x"] for r in st["explore"]]
+        _section(f"Style generator ({st['model']})", _table(["", "pair", "A ms", "B ms", "A/B or B/A", "1 thread CPU"], rows))
+    if "rows" in s.get("training_arch", {}):
+        rows = [[r["arch"], f"{r['size']}²", r["batch"], r["cpu_s_per_step"], r["kimg_per_cpu_hour"]]
+                for r in s["training_arch"]["rows"]]
+        _section("Training throughput per architecture (small-data recipe, 1 thread)",
+                 _table(["arch", "size", "batch", "CPU s/step", "kimg per CPU-hour"], rows))
     if "compile_seconds" in s.get("compile", {}):
         c = s["compile"]
         _section("torch.compile", f"compile {c['compile_seconds']} s; compiled vs FastDCGAN: {c['compiled_vs_fast']}x")

@@ -29,7 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from benchmarks import app_bench, export_bench, inference, roofline, training_bench  # noqa: E402
+from benchmarks import app_bench, export_bench, inference, roofline, style_bench, training_bench  # noqa: E402
 from benchmarks.harness import machine  # noqa: E402
 from benchmarks.models import ROOT, BenchModel, bench_models  # noqa: E402
 from benchmarks.report import print_report, targets  # noqa: E402
@@ -46,6 +46,8 @@ SECTIONS: dict[str, Callable[[list[BenchModel], bool], dict[str, Any]]] = {
     "app": app_bench.run_app,
     "training": lambda models, quick: training_bench.run_training(quick),
     "export": export_bench.run_export,
+    "style": style_bench.run_style,
+    "training_arch": style_bench.run_training_arch,
     "compile": inference.run_compile,
 }
 ALL_KEYS = [*SECTIONS, "cold_start"]

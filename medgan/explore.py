@@ -1,8 +1,10 @@
 """Latent-space controls beyond generate(): interpolation and style mixing (behind `Generator.interpolate/mix`).
 
 Both run like generate(): under the generator's lock, in fixed tiles of `gen.tile` inputs (the last tile padded
-with copies), so the same arguments always give the same pixels. The end frames of an interpolation are
-computed by generate() itself, so they equal `generate(index + 1, seed)[index]` exactly.
+with copies), so the same arguments always give the same pixels. A (seed, index)'s w (or z) is computed on the
+same aligned tile of latents generate() maps, and every synthesis runs on tiles of the same shape as
+generate()'s; a row's result then does not depend on its neighbours' values, so the end frames of an
+interpolation equal `generate(index + 1, seed)[index]` exactly (tested), without generating them again.
 """
 from __future__ import annotations
 
@@ -71,17 +73,26 @@ def run_tiles(gen: "Generator", inputs: torch.Tensor, fn: Callable[[torch.Tensor
     return np.concatenate(parts)
 
 
-def style_ws(gen: "Generator", seeds: list[int], indices: list[int], truncation: float,
-             label: int | None) -> tuple[torch.Tensor, np.ndarray]:
-    """w [n, w_dim] and class index per (seed, index) — the same w generate() uses for that image."""
+def tile_latents(gen: "Generator", seed: int, index: int, label: int | None) -> tuple[torch.Tensor, np.ndarray]:
+    """z and classes of the aligned tile holding `index` (what generate() feeds its network), and the row."""
     from .generator import latents
 
-    dim = gen.config.generator.latent_dim
-    z = torch.from_numpy(np.concatenate([latents(s, 1, dim, i) for s, i in zip(seeds, indices)]))
-    classes = np.concatenate([gen._class_indices(1, s, i, label) for s, i in zip(seeds, indices)])
-    labels = torch.from_numpy(classes) if gen.classes else None
-    return gen.net.mapping(z.to(gen.device), labels.to(gen.device) if labels is not None else None,
-                           truncation), classes
+    first = index - index % gen.tile
+    z = torch.from_numpy(latents(seed, gen.tile, gen.config.generator.latent_dim, first))
+    return z, gen._class_indices(gen.tile, seed, first, label)
+
+
+def style_ws(gen: "Generator", seeds: list[int], indices: list[int], truncation: float,
+             label: int | None) -> tuple[torch.Tensor, np.ndarray]:
+    """w [n, w_dim] and class index per (seed, index): the very w generate() uses for that image (mapped on
+    the same tile of latents)."""
+    rows, classes = [], []
+    for seed, index in zip(seeds, indices):
+        z, tile_classes = tile_latents(gen, seed, index, label)
+        labels = torch.from_numpy(tile_classes).to(gen.device) if gen.classes else None
+        rows.append(gen.net.mapping(z.to(gen.device), labels, truncation)[index % gen.tile])
+        classes.append(tile_classes[index % gen.tile] if gen.classes else -1)
+    return torch.stack(rows), np.array(classes if gen.classes else [], dtype=np.int64)
 
 
 def interpolate(gen: "Generator", seed_a: object, seed_b: object, frames: object = 8, *, index_a: object = 0,
@@ -94,18 +105,21 @@ def interpolate(gen: "Generator", seed_a: object, seed_b: object, frames: object
     truncation, label = check_truncation(truncation), check_label(label, gen.classes, gen.id)
     t = torch.linspace(0, 1, frames)
     with gen._lock, torch.inference_mode():
+        from .generator import latents  # noqa: F811 (DCGAN branch)
         if gen.arch == "style":
             w, classes = style_ws(gen, [seed_a, seed_b], [index_a, index_b], truncation, label)
             path = w[:1] + t[:, None].to(w.device) * (w[1:] - w[:1])          # linear in w
+            path[0], path[-1] = w[0], w[1]                                     # exactly, not up to rounding
             images = run_tiles(gen, path, lambda ws: gen.net.synthesis(ws.unsqueeze(1).expand(-1, gen.net.num_ws, -1)))
         else:
             dim = gen.config.generator.latent_dim
-            za, zb = (torch.from_numpy(latents(s, 1, dim, i)) * truncation for s, i in ((seed_a, index_a), (seed_b, index_b)))
-            images = run_tiles(gen, slerp(za, zb, t), lambda z: gen.net(z.view(z.shape[0], -1, 1, 1)))
+            za, zb = (torch.from_numpy(latents(s, 1, dim, i)) for s, i in ((seed_a, index_a), (seed_b, index_b)))
+            if truncation != 1.0:
+                za, zb = za * truncation, zb * truncation
+            path = slerp(za, zb, t)
+            path[0], path[-1] = za[0], zb[0]
+            images = run_tiles(gen, path, lambda z: gen.net(z.view(z.shape[0], -1, 1, 1)))
             classes = np.empty(0, dtype=np.int64)
-    # The ends come from generate() itself: exactly its pixels, whatever the tile context here.
-    for frame, seed, index in ((0, seed_a, index_a), (frames - 1, seed_b, index_b)):
-        images[frame] = gen.generate(1, seed, start=index, truncation=truncation, label=label, output_type="np")[0]
     names = gen.class_names(classes)
     meta = {"kind": "interpolation", "seed_a": seed_a, "seed_b": seed_b, "index_a": index_a, "index_b": index_b,
             "truncation": truncation, "space": "w (linear)" if gen.arch == "style" else "z (spherical)",

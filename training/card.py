@@ -24,7 +24,8 @@ from medgan.config import ModelConfig
 TASK = "unconditional-image-generation"
 INDEX_METRICS = {"fid": "FID", "kid": "KID", "precision": "Precision", "recall": "Recall"}
 FLOOR_KEYS = ("floor", "real_vs_real", "floor_real_vs_real")
-BASE_TAGS = ["medical-imaging", "gan", "dcgan", "synthetic-data", "medgan"]
+BASE_TAGS = ["medical-imaging", "gan", "synthetic-data", "medgan"]
+ARCH_TAGS = {"dcgan": ["dcgan"], "style": ["stylegan2", "style-based", "conditional"]}
 MODALITY_NAMES = {"MR": "MRI", "CT": "CT", "CR": "X-ray", "DX": "X-ray", "MG": "mammography", "US": "ultrasound",
                   "PT": "PET", "OT": ""}
 SAMPLES_FILE, SAMPLES_COUNT, SAMPLES_SEED = "samples.png", 64, 0
@@ -107,7 +108,7 @@ def card_data(config: ModelConfig, evaluation: dict[str, Any]) -> ModelCardData:
 
     No `datasets:` key: it may only name Hugging Face Hub datasets, and ours are local scans (named in the text).
     """
-    tags = list(BASE_TAGS)
+    tags = list(BASE_TAGS) + ARCH_TAGS.get(config.generator.arch, [])[:2 + bool(config.generator.classes)]
     tags += [_slug(t) for t in (_modality(config), config.organ, config.plane) if t and _slug(t) not in tags]
     data_name = _eval_dataset(config, evaluation)
     results = []
@@ -126,9 +127,18 @@ def _summary(config: ModelConfig) -> str:
     g = config.generator
     what = " ".join(t for t in (config.plane, _modality(config), config.organ) if t) or "medical"
     kind = "grayscale" if g.channels == 1 else f"{g.channels}-channel"
-    return (f"`{config.id}` is a DCGAN that generates synthetic {g.resolution}×{g.resolution} {kind} {what} "
-            f"image slices from random noise. Every image it produces is synthetic: it depicts no real "
-            f"patient and carries no clinical information.")
+    if g.arch == "style":
+        model = ("a class-conditional style-based generator (a compact StyleGAN2: mapping network, modulated "
+                 "convolutions, per-layer styles)" if g.classes else "a style-based generator (a compact StyleGAN2)")
+        classes = (f" Conditioned on the slice's {g.condition or 'class'}: {', '.join(f'`{c}`' for c in g.classes)} "
+                   "(`generate(label=…)`; by default a class is drawn per image)." if g.classes else "")
+        controls = (" Supports truncation (ψ, towards the stored mean w of each class), interpolation in w and "
+                    "style mixing.")
+    else:
+        model, classes, controls = "a DCGAN", "", ""
+    return (f"`{config.id}` is {model} that generates synthetic {g.resolution}×{g.resolution} {kind} {what} "
+            f"image slices from random noise.{classes}{controls} Every image it produces is synthetic: it depicts "
+            f"no real patient and carries no clinical information.")
 
 
 def _training_data(config: ModelConfig) -> str:
@@ -194,9 +204,9 @@ def _training_procedure(config: ModelConfig) -> str:
              else None),
             ("hardware", ", ".join(f"{k} {v}" for k, v in hw.items() if v is not None) if hw else None),
             ("final losses", t.get("final_losses"))]
-    keys = ("loss", "batch_size", "lr_g", "lr_d", "beta1", "beta2", "augment", "augment_policy", "ada_target",
-            "hflip", "spectral_norm", "d_batchnorm", "r1", "r1_every", "ema", "latent_dim", "base_width",
-            "d_width", "seed")
+    keys = ("arch", "condition", "loss", "batch_size", "lr_g", "lr_d", "beta1", "beta2", "augment", "augment_policy",
+            "ada_target", "hflip", "spectral_norm", "d_batchnorm", "r1", "r1_every", "ema", "latent_dim", "w_dim",
+            "mapping_layers", "style_mixing", "base_width", "d_width", "seed")
     rows += [(k, cfg[k]) for k in keys if k in cfg]
     out += ["", _table([r for r in rows if r[1] is not None], ("setting", "value"))]
     if t.get("ema"):
@@ -348,6 +358,10 @@ def _images(folder: Path) -> list[str]:
         out.append("No sample grid in this folder (`write_card` creates one).")
     if (folder / "loss.png").is_file():
         out += ["## Loss curve", "![loss curve](loss.png)"]
+    if (folder / "fid.png").is_file():
+        out += ["## Quality vs CPU time", "FID logged during training (every few minutes, a fixed set of "
+                "256 EMA samples against all training slices: biased upward at that size, so read the trend, and "
+                "the full 2,000-image evaluation above for the number):\n\n![FID vs training CPU minutes](fid.png)"]
     return out
 
 
@@ -386,7 +400,9 @@ def render_card(folder: str | Path) -> str:
         "- With small training sets GANs can memorise: some samples may closely resemble training slices "
         "(see the memorisation check under Evaluation). Do not treat outputs as de-identified by "
         "construction.\n"
-        "- 2-D slices only, at low resolution; no 3-D consistency, no calibrated intensities, no labels.\n"
+        "- 2-D slices only, at low resolution; no 3-D consistency, no calibrated intensities"
+        + (f"; the {config.generator.condition or 'class'} labels are coarse bands computed from slice positions, "
+           "not expert annotations.\n" if config.generator.classes else ", no labels.\n") +
         "- GAN failure modes (mode collapse, artefacts) may occur; inspect samples before use.",
         "## How to use",
         _how_to_use(config.id),

@@ -549,6 +549,10 @@ def export_model(trainer: Trainer, folder: Path, data_info: dict[str, Any], hw: 
                 "images_seen": trainer.step * cfg.batch_size, "wall_time_s": round(trainer.elapsed, 1),
                 "cpu_time_s": round(trainer.cpu_elapsed, 1),
                 "hardware": hw, "final_losses": trainer.last, "ema": cfg.ema > 0, "config": asdict(cfg)}
+    curve = fid_records(run_dir)
+    if curve:  # the cheap FID's quality-vs-CPU-time curve (training CPU minutes, FID on fid_images samples)
+        training["fid_curve"] = [{"step": r["step"], "cpu_min": round(r["cpu_s"] / 60, 2), "fid": r["fid"],
+                                  "images": r.get("fid_images")} for r in curve]
     axes = data_info.get("axes") or cfg.axes
     plane = cfg.plane or ({0: "sagittal", 1: "coronal", 2: "axial"}.get(axes[0], "") if len(axes) == 1 else "mixed")
     config = ModelConfig(id=model_id, title=cfg.title or model_id, modality=cfg.modality or data_info.get("modality", ""),
@@ -560,6 +564,7 @@ def export_model(trainer: Trainer, folder: Path, data_info: dict[str, Any], hw: 
     images = Generator.from_folder(folder, device="cpu").generate(64, seed=cfg.sample_seed, output_type="np")
     save_synthetic_png(folder / "samples.png", grid(images), {"model_id": model_id, "seed": str(cfg.sample_seed)})
     MetricsLog(run_dir).plot(folder / "loss.png", title=model_id)
+    plot_fid_curves(folder / "fid.png", {ARCH_NAMES[cfg.arch]: curve}, title=f"{model_id}: quality vs CPU time")
     write_card(folder)
     return folder
 
