@@ -10,13 +10,14 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, SHIPPED, make_model_folder, running_app
+from helpers import ROOT, SHIPPED, make_model_folder, make_style_folder, running_app
 from PIL import Image
 
 import medgan.registry
 
 README = (ROOT / "README.md").read_text()
-DOC_URL, DOC_MODEL = "http://127.0.0.1:7860", "brain-t1-dcgan-64"
+DOC_URL, DOC_MODEL, DOC_STYLE = "http://127.0.0.1:7860", "brain-t1-dcgan-64", "brain-t1-style-64"
+LEVELS = ("inferior", "lower", "middle", "upper", "superior")
 
 
 def section(title: str) -> str:
@@ -32,9 +33,12 @@ def blocks(text: str, lang: str) -> list[str]:
 @pytest.fixture(scope="module")
 def model_setup(tmp_path_factory):
     """The README's model when shipped, else a tiny 64² stand-in under another id (the README's id substituted)."""
-    if DOC_MODEL in SHIPPED:
-        return DOC_MODEL, {}
     weights = tmp_path_factory.mktemp("readme") / "weights"
+    if DOC_STYLE not in SHIPPED:  # a tiny stand-in under the README's id, with the shipped model's classes
+        make_style_folder(weights, DOC_STYLE, classes=LEVELS, resolution=64)
+    env = {} if DOC_STYLE in SHIPPED else {"MEDGAN_WEIGHTS_DIRS": str(weights)}
+    if DOC_MODEL in SHIPPED:
+        return DOC_MODEL, env
     make_model_folder(weights, "readme-tiny", resolution=64, base_width=8)
     return "readme-tiny", {"MEDGAN_WEIGHTS_DIRS": str(weights)}
 
@@ -77,6 +81,14 @@ def test_use_from_python_client_examples_run_against_the_app(model_setup):
         assert set(re.findall(r'"(\w+)": ', shown)) - history_keys <= set(stats)
         assert stats["model"] == model_id and stats["loaded"] is True
         assert history_keys <= set(stats["history"][-1]) and stats["history"][-1]["count"] == 4
+    # steering, interpolation and mixing, as the comments say
+    assert [g["caption"] for g in namespace["steered"]] == [
+        f"SYNTHETIC · {DOC_STYLE} · seed 42 · #{i} · superior · ψ 0.7" for i in range(4)]
+    assert len(namespace["frames"]) == 8 and namespace["frames"][0]["caption"] == f"SYNTHETIC · {DOC_STYLE} · 1→2 · t 0.00"
+    with Image.open(namespace["gif_path"]) as gif:
+        assert gif.n_frames == 8
+    assert len(namespace["cells"]) == 12 and Path(namespace["grid_png"]).suffix == ".png"
+    assert zipfile.is_zipfile(namespace["frames_zip"]) and zipfile.is_zipfile(namespace["cells_zip"])
 
 
 def test_use_from_python_medgan_examples_run_locally(model_setup, monkeypatch, capsys):
@@ -94,6 +106,10 @@ def test_use_from_python_medgan_examples_run_locally(model_setup, monkeypatch, c
     assert len(images) == 16 and all(isinstance(i, Image.Image) for i in images)
     shape = tuple(int(x) for x in re.search(r"# uint8 \[(\d+), (\d+), (\d+)\]", code[0]).groups())
     assert arrays.dtype.name == "uint8" and arrays.shape == shape
+    style = namespace["style"]
+    assert style.classes == list(LEVELS) and namespace["upper"].shape == (8, 64, 64)
+    assert namespace["frames"].shape == (8, 64, 64) and namespace["grid"].shape == (3, 4, 64, 64)
+    assert namespace["drawn"].shape == (8,)
 
 
 def test_publish_section_commands_parse_with_the_real_clis():
