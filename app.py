@@ -264,7 +264,7 @@ def build_demo() -> gr.Blocks:
                                                             visible=bool(classes), elem_id="class-i"))
                     go_i = gr.Button("Interpolate", variant="primary", elem_id="interpolate")
                 with gr.Column(scale=3):
-                    filmstrip = gr.Gallery(label="Frames (SYNTHETIC)", format="png", columns=8, height="auto",
+                    filmstrip = gr.Gallery(label="Frames (SYNTHETIC)", format="png", columns=8, height=240,
                                            elem_id="filmstrip")
                     with gr.Row():
                         gif = gr.File(label="Animated GIF", elem_id="gif")
