@@ -47,7 +47,7 @@ SETTINGS = check_settings()
 import gradio as gr  # noqa: E402 (after the settings check: a bad setting fails fast, before this slow import)
 
 from medgan import service  # noqa: E402 (reads MEDGAN_MAX_COUNT at import; checked above)
-from medgan import stats as perf  # noqa: E402
+from medgan import perf  # noqa: E402
 from medgan.export import WRITERS  # noqa: E402
 
 TITLE = "MedGAN Studio"
@@ -180,14 +180,33 @@ def models_rows() -> list[list]:
         value = m["metrics"].get(key)
         return round(value, 3) if isinstance(value, (int, float)) else ""
     return [[m["id"], m["title"], m["modality"], m["organ"], m["plane"], m["resolution"], m["source"], m["kind"],
-             metric(m, "fid"), metric(m, "kid"), metric(m, "precision"), metric(m, "recall"), m["license"]]
-            for m in service.models_json()]
+             metric(m, "fid"), metric(m, "kid"), metric(m, "precision"), metric(m, "recall"), *downstream_cells(m),
+             m["license"]] for m in service.models_json()]
+
+
+def downstream_cells(m: dict) -> list[str]:
+    """Balanced accuracy on held-out subjects: real-only (TRTR), synthetic-only (TSTR), and the gain from adding
+    synthetic images to 10 % of the real slices, with 95 % CIs; from config.json metrics["downstream"]."""
+    d = m["metrics"].get("downstream")
+    if not isinstance(d, dict):
+        return ["", "", ""]
+    row = (d.get("by_classifier") or {}).get(d.get("headline_classifier"), {})
+
+    def cell(key: str) -> str:
+        value, ci = row.get(key), row.get(f"{key}_ci95")
+        if not isinstance(value, (int, float)):
+            return ""
+        text = f"{value:+.3f}" if key.endswith("gain") else f"{value:.3f}"
+        if isinstance(ci, list) and len(ci) == 2:
+            text += f" [{ci[0]:.2f}, {ci[1]:.2f}]"
+        return text + (" (quick)" if d.get("quick") else "")
+    return [cell("trtr"), cell("tstr"), cell("low10_gain")]
 
 
 @_api
 def stats(model: str | None = None) -> dict:
     """Performance of `model` (optional) and of the server: last/p50/p95 model time, images/s, load time,
-    RSS, device. Fields are documented in medgan/stats.py; describing a model never loads it."""
+    RSS, device. Fields are documented in medgan/perf.py; describing a model never loads it."""
     return perf.model_stats(model)
 
 
@@ -208,7 +227,7 @@ def source_notices() -> str:
 
 
 MODEL_COLUMNS = ["id", "title", "modality", "organ", "plane", "resolution", "source", "kind", "FID", "KID",
-                 "precision", "recall", "licence"]
+                 "precision", "recall", "TRTR", "TSTR", "low-data Δ (10 %)", "licence"]
 
 
 def build_demo() -> gr.Blocks:

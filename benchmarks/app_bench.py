@@ -11,68 +11,28 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+
+from medgan.testing import launched_app, wait_for_port
 
 from .harness import percentile
-from .models import ROOT, BenchModel
+from .models import BenchModel
 
 COUNT = 16
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def app_env(models: list[BenchModel], tmp: Path) -> dict[str, str]:
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
-           "GRADIO_TEMP_DIR": str(tmp / "gradio"), "MEDGAN_EXPORT_DIR": str(tmp / "exports"), "PYTHONUNBUFFERED": "1"}
+    """What the benchmarked app gets on top of this process's environment (medgan.testing.launched_app)."""
+    env = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
+           "GRADIO_TEMP_DIR": str(tmp / "gradio"), "MEDGAN_EXPORT_DIR": str(tmp / "exports")}
     extra = sorted({str(m.folder.parent) for m in models if not m.shipped})
     if extra:
         env["MEDGAN_WEIGHTS_DIRS"] = os.pathsep.join(extra)
     return env
-
-
-@contextlib.contextmanager
-def launched(env: dict[str, str], lifetime: int = 900) -> Iterator[tuple[subprocess.Popen, str, float]]:
-    """`python app.py` on a free 127.0.0.1 port (stopped by coreutils `timeout` even if we die);
-    yields (process, url, spawn time)."""
-    port = free_port()
-    env = {**env, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port)}
-    log = Path(env["GRADIO_TEMP_DIR"]).parent / f"app-{port}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    spawned = time.perf_counter()
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(["timeout", str(lifetime), sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
-    try:
-        yield proc, f"http://127.0.0.1:{port}", spawned
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        proc.log = log  # type: ignore[attr-defined]
-
-
-def wait_port(proc: subprocess.Popen, url: str, timeout: float = 120) -> None:
-    port = int(url.rsplit(":", 1)[1])
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"app exited with status {proc.returncode}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return
-        time.sleep(0.02)
-    raise RuntimeError(f"app did not open {url} within {timeout} s")
 
 
 def app_cpu_seconds(proc: subprocess.Popen) -> float:
@@ -110,8 +70,9 @@ def run_app(models: list[BenchModel], quick: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="medgan-bench-app-") as tmp:
         env = app_env(models, Path(tmp))
         for start in range(starts):
-            with launched(env) as (proc, url, spawned):
-                wait_port(proc, url)
+            with launched_app(env, lifetime=900) as proc:
+                url, spawned = proc.url, proc.spawned
+                wait_for_port(proc, timeout=120, poll=0.02)  # fine-grained: the time to the port is measured
                 port_s = time.perf_counter() - spawned
                 rss_port, cpu_port = app_rss(proc), app_cpu_seconds(proc)
                 answer = client(url)

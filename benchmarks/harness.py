@@ -14,6 +14,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from medgan.perf import cpu_name
+
 
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=float), q)) if values else math.nan
@@ -54,17 +56,6 @@ def summary(seconds: list[float], items: int = 1) -> dict[str, float]:
     med = statistics.median(seconds)
     return {"median_ms": round(med * 1e3, 3), "p95_ms": round(percentile(seconds, 95) * 1e3, 3),
             "min_ms": round(min(seconds) * 1e3, 3), "items_per_s": round(items / med, 1), "samples": len(seconds)}
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine() -> dict[str, Any]:

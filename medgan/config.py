@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .files import atomic_write
 
 FORMAT_VERSION = 1
 _JSON_TYPES = {"str": str, "int": int, "dict[str, Any]": dict}  # annotation -> JSON type of config fields
@@ -153,10 +154,7 @@ class ModelConfig:
     def save(self, folder: str | Path) -> Path:
         path = Path(folder) / "config.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(self.to_json())
-        tmp.replace(path)
-        return path
+        return atomic_write(path, self.to_json())
 
     @classmethod
     def load(cls, folder: str | Path) -> "ModelConfig":

@@ -16,6 +16,7 @@ import torch
 
 from . import limits
 from .errors import InvalidArgumentError
+from .latent import latents, to_uint8
 from .validation import as_int, check_label, check_seed, check_truncation
 
 if TYPE_CHECKING:
@@ -62,8 +63,6 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 def run_tiles(gen: "Generator", inputs: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> np.ndarray:
     """fn over fixed tiles of gen.tile rows (last one padded with copies) -> uint8 images [n, …]."""
-    from .generator import to_uint8
-
     tile, n, parts = gen.tile, inputs.shape[0], []
     for t0 in range(0, n, tile):
         chunk = inputs[t0:t0 + tile]
@@ -75,8 +74,6 @@ def run_tiles(gen: "Generator", inputs: torch.Tensor, fn: Callable[[torch.Tensor
 
 def tile_latents(gen: "Generator", seed: int, index: int, label: int | None) -> tuple[torch.Tensor, np.ndarray]:
     """z and classes of the aligned tile holding `index` (what generate() feeds its network), and the row."""
-    from .generator import latents
-
     first = index - index % gen.tile
     z = torch.from_numpy(latents(seed, gen.tile, gen.config.generator.latent_dim, first))
     return z, gen._class_indices(gen.tile, seed, first, label)
@@ -98,14 +95,11 @@ def style_ws(gen: "Generator", seeds: list[int], indices: list[int], truncation:
 def interpolate(gen: "Generator", seed_a: object, seed_b: object, frames: object = 8, *, index_a: object = 0,
                 index_b: object = 0, truncation: object = 1.0, label: object = None) -> tuple[np.ndarray, dict]:
     """uint8 frames [frames, H, W] and their metadata (t, seeds, indices, classes, truncation)."""
-    from .generator import latents
-
     seed_a, seed_b, frames = check_seed(seed_a), check_seed(seed_b), check_frames(frames)
     index_a, index_b = _index("index_a", index_a), _index("index_b", index_b)
     truncation, label = check_truncation(truncation), check_label(label, gen.classes, gen.id)
     t = torch.linspace(0, 1, frames)
     with gen._lock, torch.inference_mode():
-        from .generator import latents  # noqa: F811 (DCGAN branch)
         if gen.arch == "style":
             w, classes = style_ws(gen, [seed_a, seed_b], [index_a, index_b], truncation, label)
             path = w[:1] + t[:, None].to(w.device) * (w[1:] - w[:1])          # linear in w

@@ -23,12 +23,14 @@ from safetensors.torch import save_file
 from . import limits
 from .config import GeneratorConfig, ModelConfig
 from .errors import ConfigError, InvalidArgumentError, WeightsError
+from .files import atomic_path
+from .latent import latents, sample_labels, to_uint8  # noqa: F401 (re-exported)
 from .fastnet import FastDCGAN
 from .nets import DCGANGenerator, build_generator, param_count
 from .validation import MAX_SEED, as_int, check_count, check_label, check_seed, check_truncation
 
 WEIGHTS_FILE = "model.safetensors"
-PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle", ".joblib", ".npy")
 OUTPUT_TYPES = ("pil", "np", "pt")
 BATCH_SIZE = 64  # largest forward pass on GPU (see TILE)
 # Forward passes run on fixed tiles of images aligned to absolute indices (tile k = images k*T..k*T+T-1),
@@ -44,27 +46,6 @@ def default_device() -> torch.device:
     if wanted:
         return torch.device(wanted)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def latents(seed: int, count: int, latent_dim: int, start: int = 0) -> np.ndarray:
-    """Latent vectors for indices start..start+count-1: one independent PCG64 stream per (seed, index)."""
-    seed = check_seed(seed)
-    out = np.empty((count, latent_dim), dtype=np.float32)
-    for row, index in enumerate(range(start, start + count)):
-        out[row] = np.random.default_rng([seed, index]).standard_normal(latent_dim, dtype=np.float32)
-    return out
-
-
-def sample_labels(seed: int, count: int, num_classes: int, start: int = 0) -> np.ndarray:
-    """A class per index for label=None: its own PCG64 stream per (seed, index), apart from the latent's."""
-    return np.array([np.random.default_rng([seed, index, 1]).integers(num_classes)
-                     for index in range(start, start + count)], dtype=np.int64)
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[-1, 1] float [n, C, H, W] -> uint8 [n, H, W] (grayscale) or [n, H, W, C]."""
-    pixels = ((images.float() + 1) * 127.5).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
-    return pixels[:, 0] if pixels.shape[1] == 1 else pixels.transpose(0, 2, 3, 1)
 
 
 def fold_batchnorm(net: DCGANGenerator) -> torch.nn.Sequential:
@@ -112,9 +93,7 @@ def inference_net(net: torch.nn.Module, device: torch.device, optimize: bool = T
 
 @dataclass
 class GenerationStats:
-    """Timings of the last call, for the app's performance panel."""
-    seconds: float = 0.0
-    count: int = 0
+    """Timings of recent calls, for the app's performance panel (medgan.perf)."""
     history: list[tuple[float, int, float]] = field(default_factory=list)  # (unix time, count, seconds)
 
 
@@ -263,7 +242,6 @@ class Generator:
         return out
 
     def _record(self, count: int, seconds: float) -> None:
-        self.stats.seconds, self.stats.count = seconds, count
         self.stats.history = (self.stats.history + [(time.time(), count, seconds)])[-100:]
 
 
@@ -327,9 +305,8 @@ def save_model_folder(folder: str | Path, config: ModelConfig, net: torch.nn.Mod
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()
              if not k.endswith("num_batches_tracked")}
-    tmp = folder / (WEIGHTS_FILE + ".tmp")
-    save_file(state, str(tmp), metadata={"format": "pt", "medgan_config": json.dumps(config.to_dict())})
-    tmp.replace(folder / WEIGHTS_FILE)
+    with atomic_path(folder / WEIGHTS_FILE) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt", "medgan_config": json.dumps(config.to_dict())})
     config.save(folder)
     return folder
 

@@ -211,7 +211,8 @@ def test_limits_come_from_the_environment(monkeypatch):
                                 "export_retention_s": 60.0, "max_loaded_models": 4, "max_params": 1000,
                                 "gradio_cache": (7, 8), "max_count_per_call": 4096, "max_upload_bytes": 2**20,
                                 "gpu_duration_s": 60, "medigan_timeout_s": 120.0, "medigan_startup_s": 120.0,
-                                "medigan_refresh_s": 86400.0, "medigan_refresh_timeout_s": 3.0}
+                                "medigan_refresh_s": 86400.0, "medigan_refresh_timeout_s": 3.0, "max_frames": 64,
+                                "max_grid": 8}
 
 
 # --- through a real app ------------------------------------------------------------------------------

@@ -1,11 +1,11 @@
-"""Performance numbers: medgan.stats unit behaviour, and the app's /stats API + warm-up through a real server."""
+"""Performance numbers: medgan.perf unit behaviour, and the app's /stats API + warm-up through a real server."""
 import time
 
 import pytest
 from gradio_client import Client
 
 from helpers import make_model_folder, running_app
-from medgan import stats
+from medgan import perf
 from medgan.registry import Registry, default_sources
 
 FIELDS = {"model", "loaded", "load_seconds", "last_seconds", "last_count", "images_per_s", "p50_seconds",
@@ -16,34 +16,34 @@ FIELDS = {"model", "loaded", "load_seconds", "last_seconds", "last_count", "imag
 def test_model_stats_never_loads_and_reports_calls(tmp_path):
     make_model_folder(tmp_path, "tiny-a")
     registry = Registry(default_sources([tmp_path]))
-    before = stats.model_stats("tiny-a", registry)
+    before = perf.model_stats("tiny-a", registry)
     assert set(before) == FIELDS
     assert before["loaded"] is False and before["last_seconds"] is None and before["history"] == []
     assert registry.loaded_ids() == []  # describing a model did not load it
     gen = registry.load("tiny-a")
     gen.generate(5, 0, output_type="np")
     gen.generate(3, 1, output_type="np")
-    after = stats.model_stats("tiny-a", registry)
+    after = perf.model_stats("tiny-a", registry)
     assert after["loaded"] and after["load_seconds"] > 0 and after["loaded_models"] == ["tiny-a"]
     assert after["last_count"] == 3 and after["last_seconds"] > 0
     assert after["images_per_s"] == round(3 / after["last_seconds"], 1)
     assert [h["count"] for h in after["history"]] == [5, 3]
     assert after["p50_seconds"] <= after["p95_seconds"] and after["rss_mb"] > 50
     assert after["device"] == "cpu" and after["device_name"] and after["precision"] == "fp32" and after["optimized"]
-    text = stats.panel_markdown(after, [after["history"][-1]])
+    text = perf.panel_markdown(after, [after["history"][-1]])
     assert "Your last generation" in text and "for 3 images" in text and "MiB" in text
-    assert stats.model_stats(None, registry)["model"] is None
+    assert perf.model_stats(None, registry)["model"] is None
 
 
 def test_warm_up_loads_only_the_given_model_and_survives_a_broken_one(tmp_path):
     make_model_folder(tmp_path, "tiny-a")
     make_model_folder(tmp_path, "tiny-b")
     registry = Registry(default_sources([tmp_path]))
-    assert stats.warm_up("tiny-b", registry) > 0
+    assert perf.warm_up("tiny-b", registry) > 0
     assert registry.loaded_ids() == ["tiny-b"]
     (tmp_path / "tiny-a" / "model.safetensors").write_bytes(b"broken")
-    assert stats.warm_up("tiny-a", registry) is None
-    assert stats.warm_up(None, registry) is None
+    assert perf.warm_up("tiny-a", registry) is None
+    assert perf.warm_up(None, registry) is None
 
 
 @pytest.mark.slow
@@ -69,3 +69,8 @@ def test_stats_api_and_start_up_warm_up_through_the_app(tmp_path):
         assert default in s["loaded_models"] and other not in s["loaded_models"]
         assert client.predict(api_name="/stats")["model"] == default  # optional input: the dropdown's default
         assert client.predict("no-such-model", api_name="/stats")["loaded"] is False
+
+
+def test_cpu_name_is_one_line_and_names_the_cpu_device():
+    name = perf.cpu_name()
+    assert name and "\n" not in name and perf.device_name("cpu").startswith(name)

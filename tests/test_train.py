@@ -262,12 +262,11 @@ def test_diff_augment_is_differentiable_and_black_filled():
 
 def test_adaptive_p_follows_the_overfitting_heuristic():
     ada = AdaptiveP(target=0.6, speed_kimg=1.0, interval=4)
-    for _ in range(3):
-        ada.accumulate(torch.ones(64))  # D sure every real is real: r_t = 1 > 0.6
+    for _ in range(3):  # the trainer adds sum(sign(D(real))) and the count to sign_sum / count
+        ada.sign_sum, ada.count = 64.0, 64  # D sure every real is real: r_t = 1 > 0.6
         ada.update(batch_size=64)
     assert ada.rt == 1.0 and ada.p == pytest.approx(3 * 64 * 4 / 1000)
-    ada.accumulate(-torch.ones(64))
-    ada.update(batch_size=64)
+    ada.update(batch_size=64, sign_sum=-64.0, count=64)  # all-reduced sums, as under DDP
     assert ada.p == pytest.approx(2 * 64 * 4 / 1000)
 
 

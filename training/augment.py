@@ -106,10 +106,6 @@ class AdaptiveP:
         self.target, self.speed_kimg, self.interval, self.p = target, speed_kimg, interval, p
         self.sign_sum, self.count, self.rt = 0.0, 0, 0.0
 
-    def accumulate(self, real_logits: torch.Tensor) -> None:
-        self.sign_sum += float(torch.sign(real_logits.detach()).sum())
-        self.count += real_logits.numel()
-
     def update(self, batch_size: int, sign_sum: float | None = None, count: int | None = None) -> None:
         """Adjust p from the accumulated stats (pass all-reduced sums under DDP)."""
         sign_sum = self.sign_sum if sign_sum is None else sign_sum

@@ -20,10 +20,10 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from medgan.config import ModelConfig
+from medgan.files import atomic_write
 
 TASK = "unconditional-image-generation"
 INDEX_METRICS = {"fid": "FID", "kid": "KID", "precision": "Precision", "recall": "Recall"}
-FLOOR_KEYS = ("floor", "real_vs_real", "floor_real_vs_real")
 BASE_TAGS = ["medical-imaging", "gan", "synthetic-data", "medgan"]
 ARCH_TAGS = {"dcgan": ["dcgan"], "style": ["stylegan2", "style-based", "conditional"]}
 MODALITY_NAMES = {"MR": "MRI", "CT": "CT", "CR": "X-ray", "DX": "X-ray", "MG": "mammography", "US": "ultrasound",
@@ -217,7 +217,8 @@ def _training_procedure(config: ModelConfig) -> str:
 # --- evaluation: eval.json (full report) or config.json metrics (its summary), normalised -------------------
 
 def _floor(evaluation: dict[str, Any]) -> dict[str, Any]:
-    return next((evaluation[k] for k in FLOOR_KEYS if isinstance(evaluation.get(k), dict)), {})
+    floor = evaluation.get("floor")
+    return floor if isinstance(floor, dict) else {}
 
 
 def _memorization(evaluation: dict[str, Any]) -> dict[str, Any]:
@@ -371,6 +372,22 @@ def _ablation(config: ModelConfig) -> list[str]:
     return ["### Ablation", str(text)] if text else []
 
 
+# --- Downstream usefulness (training/downstream.py writes downstream.json; the text comes from there) ----------
+def _downstream(folder: Path) -> list[str]:
+    """The "Downstream usefulness" section from downstream.json; nothing when it is absent or unreadable."""
+    path = folder / "downstream.json"
+    try:
+        report = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        report = None
+    if not isinstance(report, dict):
+        return []
+    from .downstream_card import card_section
+    text = card_section(report)
+    return ["## Downstream usefulness", text] if text else []
+# --- end Downstream usefulness ---------------------------------------------------------------------------------
+
+
 def render_card(folder: str | Path) -> str:
     """The card text of a model folder (pure: reads config.json, eval.json and which images exist)."""
     folder = Path(folder)
@@ -394,6 +411,7 @@ def render_card(folder: str | Path) -> str:
         "## Evaluation",
         _evaluation(evaluation, folder),
         *_ablation(config),
+        *_downstream(folder),
         "## Limitations and biases",
         f"- Trained on {_subjects(config)}: the images reflect their anatomy, scanner and protocol, not a "
         "population; pathology, age, sex and ethnic variation are under-represented or absent.\n"
@@ -438,10 +456,7 @@ def write_card(folder: str | Path) -> Path:
     path = folder / "README.md"
     text = render_card(folder)
     check_card_text(text)  # fails here rather than on the Hub
-    tmp = path.with_name("README.md.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
+    return atomic_write(path, text)
 
 
 REQUIRED_TAGS = ("medical-imaging", "gan", "synthetic-data")

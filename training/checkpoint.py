@@ -8,7 +8,6 @@ signal mid-write never leaves a truncated checkpoint behind.
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,8 @@ import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+
+from medgan.files import atomic_path
 
 FORMAT = "medgan-train-checkpoint/1"
 FILENAME = "checkpoint.safetensors"
@@ -82,9 +83,8 @@ def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: di
     path.parent.mkdir(parents=True, exist_ok=True)
     # safetensors refuses tensors that share storage (e.g. EMA buffers aliasing G's): clone all.
     flat = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(flat, str(tmp), metadata={"format": FORMAT, "meta": json.dumps(meta)})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(flat, str(tmp), metadata={"format": FORMAT, "meta": json.dumps(meta)})
     return path
 
 

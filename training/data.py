@@ -34,7 +34,6 @@ import importlib.util
 import json
 import os
 import sys
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,6 +43,7 @@ import numpy as np
 from PIL import Image
 
 from medgan.errors import MedganError
+from medgan.files import atomic_path
 from training import readers as R
 
 PIPELINE_VERSION = 2  # bump when preprocessing changes: cached built-ins are keyed by it
@@ -116,14 +116,9 @@ class SliceDataset:
         """Write atomically (a temp file then rename), so a reader never sees half a file."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, **{a: getattr(self, a) for a in (*ARRAYS, *OPTIONAL_ARRAYS)},
-                                    meta=np.array(json.dumps(self.meta)))
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **{a: getattr(self, a) for a in (*ARRAYS, *OPTIONAL_ARRAYS)},
+                                meta=np.array(json.dumps(self.meta)))
         return path
 
     @classmethod

@@ -18,6 +18,7 @@ What is compared (all recorded in eval.json):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import inspect
 import json
@@ -28,10 +29,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
+from medgan.files import atomic_write
 from medgan.imaging import grid
 
 from . import metrics as M
@@ -55,27 +57,10 @@ class RealData:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def _npz_fallback(path: Path, size: int) -> RealData:
-    """Minimal reader for a slices npz (images [n,(1,)N,N] uint8, split, subject) if training.data is absent."""
-    with np.load(path, allow_pickle=False) as data:
-        images = data["images"]
-        n = len(images)
-        split = data["split"].astype(str) if "split" in data else np.full(n, "train")
-        subject = data["subject"].astype(str) if "subject" in data else np.arange(n).astype(str)
-    if images.shape[-1] != size:
-        raise ValueError(f"{path.name}: slices are {images.shape[-1]}², the model makes {size}²")
-    return RealData(images, split, subject, path.stem, {"name": path.stem, "path": str(path)})
-
-
 def load_real(dataset: str, size: int) -> RealData:
-    """Slices of `dataset` (registry name or .npz path) at `size`², via training.data when present."""
-    try:
-        from .data import load_dataset
-    except ImportError:
-        path = Path(dataset)
-        if not path.is_file():
-            raise SystemExit(f"training.data is not available and {dataset!r} is not an .npz file") from None
-        return _npz_fallback(path, size)
+    """Slices of `dataset` (registry name or .npz path) at `size`², via training.data."""
+    from .data import load_dataset
+
     ds = load_dataset(dataset, size)
     images = np.asarray(ds.images)
     if images.ndim == 4:
@@ -187,8 +172,46 @@ class Result:
     syn_nn_idx: np.ndarray         # dataset index of that train slice
 
 
+@dataclass
+class Sets:
+    """Which real slices an evaluation uses (dataset indices), and the synthetic images."""
+    train_idx: np.ndarray          # every train slice (pixel-space nearest neighbours search all of them)
+    held_idx: np.ndarray
+    train_used: np.ndarray         # the embedded train slices (FID/KID/PR, floor, diversity)
+    held_used: np.ndarray
+    synthetic: np.ndarray
+
+
+@dataclass
+class Features:
+    """Inception features of the sets, and what the cache did."""
+    train: np.ndarray
+    held: np.ndarray
+    synthetic: np.ndarray
+    cache: FeatureCache
+    embedded_now: int              # real slices embedded in this run (the rest came from the cache)
+    seconds_per_image: float       # Inception time per synthetic image
+
+
+@dataclass
+class Memorisation:
+    block: dict[str, Any]          # eval.json's "memorization"
+    distances: np.ndarray          # pixel distance of each synthetic image to its nearest train slice
+    nearest: np.ndarray            # that slice's position in train_idx
+    pixel_side: float              # side of the area-averaged images the distances are measured on
+
+
+@contextlib.contextmanager
+def _timed(timing: dict[str, float], key: str) -> Iterator[None]:
+    began = time.perf_counter()
+    yield
+    timing[key] = time.perf_counter() - began
+
+
 def evaluate(gen: Any, real: RealData, num: int = 2000, seed: int = 0, batch: int = 32, num_real: int = 10000,
              extractor: InceptionExtractor | None = None, model_id: str = "") -> Result:
+    """Every metric of the module docstring, stage by stage: generate, embed, headline, floor, diversity,
+    memorisation, then the report (eval.json)."""
     t0 = time.perf_counter()
     timing: dict[str, float] = {}
     extractor = extractor or InceptionExtractor(batch=batch)
@@ -201,32 +224,47 @@ def evaluate(gen: Any, real: RealData, num: int = 2000, seed: int = 0, batch: in
     train_used = sample(train_idx, num_real, rng)
     held_used = sample(held_idx, num_real, rng)
 
-    began = time.perf_counter()
-    synthetic = generate_images(gen, num, seed)
-    timing["generate_s"] = time.perf_counter() - began
+    with _timed(timing, "generate_s"):
+        synthetic = generate_images(gen, num, seed)
     if synthetic.shape[1:] != real.images.shape[1:]:
         raise ValueError(f"synthetic images are {synthetic.shape[1:]}, real slices {real.images.shape[1:]}")
+    sets = Sets(train_idx, held_idx, train_used, held_used, synthetic)
 
-    # Inception features: real ones through the per-dataset cache, synthetic ones always fresh.
-    began = time.perf_counter()
-    cache = FeatureCache(real.images, extractor, real.name)
-    f_train, new_train = cache.get(train_used, desc="Inception (real train)")
-    f_held, new_held = (cache.get(held_used, desc="Inception (real heldout)") if len(held_used)
-                        else (np.zeros((0, f_train.shape[1]), np.float32), 0))
-    timing["embed_real_s"] = time.perf_counter() - began
-    began = time.perf_counter()
-    n_before, s_before = extractor.count, extractor.seconds
-    f_syn = extractor(synthetic, desc="Inception (synthetic)")
-    timing["embed_synthetic_s"] = time.perf_counter() - began
+    features = embed(real, sets, extractor, timing)
+    with _timed(timing, "feature_metrics_s"):
+        headline = feature_metrics(features.synthetic, features.train, seed)
+    with _timed(timing, "floor_s"):
+        floor = floor_stage(real, sets, features, num, seed)
+    with _timed(timing, "ms_ssim_s"):
+        diversity = diversity_stage(real, sets, seed)
+    with _timed(timing, "memorization_s"):
+        memo = memorisation_stage(real, sets, features)
+    timing["total_s"] = time.perf_counter() - t0
+
+    report = build_report(real, sets, features, headline=headline, floor=floor, diversity=diversity, memo=memo,
+                          extractor=extractor, timing=timing, num=num, seed=seed,
+                          model_id=model_id or getattr(gen, "id", ""))
+    return Result(report, synthetic, real.images, train_idx, memo.distances, train_idx[memo.nearest])
+
+
+def embed(real: RealData, sets: Sets, extractor: InceptionExtractor, timing: dict[str, float]) -> Features:
+    """Inception features: real ones through the per-dataset cache, synthetic ones always fresh."""
+    with _timed(timing, "embed_real_s"):
+        cache = FeatureCache(real.images, extractor, real.name)
+        f_train, new_train = cache.get(sets.train_used, desc="Inception (real train)")
+        f_held, new_held = (cache.get(sets.held_used, desc="Inception (real heldout)") if len(sets.held_used)
+                            else (np.zeros((0, f_train.shape[1]), np.float32), 0))
+    with _timed(timing, "embed_synthetic_s"):
+        n_before, s_before = extractor.count, extractor.seconds
+        f_syn = extractor(sets.synthetic, desc="Inception (synthetic)")
     syn_spi = (extractor.seconds - s_before) / max(1, extractor.count - n_before)
+    return Features(f_train, f_held, f_syn, cache, int(new_train + new_held), syn_spi)
 
-    began = time.perf_counter()
-    headline = feature_metrics(f_syn, f_train, seed)
-    timing["feature_metrics_s"] = time.perf_counter() - began
 
-    # Floor: two real halves split by subject (from the train slices used), equal n, + model at that n.
-    began = time.perf_counter()
-    subj_train = real.subject[train_used]
+def floor_stage(real: RealData, sets: Sets, features: Features, num: int, seed: int) -> dict[str, Any]:
+    """Two real halves split by subject (from the train slices used), equal n, and the model at that n."""
+    subj_train = real.subject[sets.train_used]
+    f_train, f_held = features.train, features.held
     if len(np.unique(subj_train)) >= 2:
         mask_a, mask_b = subject_halves(subj_train, seed)
         fa, fb = f_train[mask_a], f_train[mask_b]
@@ -238,14 +276,14 @@ def evaluate(gen: Any, real: RealData, num: int = 2000, seed: int = 0, batch: in
         floor_split = ("FALLBACK: the train split has fewer than 2 subjects, so A = train split, "
                        "B = heldout split (the dataset's own split)")
         fallback = True
-        subjects_ab = [int(len(np.unique(subj_train))), int(len(np.unique(real.subject[held_used])))]
+        subjects_ab = [int(len(np.unique(subj_train))), int(len(np.unique(real.subject[sets.held_used])))]
     n_floor = min(len(fa), len(fb), num)
     floor: dict[str, Any] = {"split": floor_split, "fallback": fallback, "subjects": subjects_ab, "n": n_floor}
     if n_floor >= PR_K + 2:
         frng = np.random.default_rng(seed + 1)
         a_n = fa[sample(np.arange(len(fa)), n_floor, frng)]
         b_n = fb[sample(np.arange(len(fb)), n_floor, frng)]
-        s_n = f_syn[:n_floor]
+        s_n = features.synthetic[:n_floor]
         real_real = feature_metrics(a_n, b_n, seed)
         model_same = feature_metrics(s_n, b_n, seed)
         floor.update(_headline(real_real))
@@ -254,31 +292,34 @@ def evaluate(gen: Any, real: RealData, num: int = 2000, seed: int = 0, batch: in
                         f"synthetic images vs the same B — compare these two")
     else:
         floor["note"] = f"halves too small for a floor (n={n_floor})"
-    timing["floor_s"] = time.perf_counter() - began
+    return floor
 
-    # Diversity: MS-SSIM over random pairs, synthetic and real (train) alike.
-    began = time.perf_counter()
-    size = synthetic.shape[-1]
-    scales = M.ms_ssim_scales(size)
-    # The same number of pairs on both sides; no more than the distinct pairs the smaller set has.
-    n_small = min(len(synthetic), len(train_used))
+
+def diversity_stage(real: RealData, sets: Sets, seed: int) -> dict[str, Any]:
+    """MS-SSIM over random pairs, synthetic and real (train) alike, the same number of pairs on both sides
+    (no more than the distinct pairs the smaller set has)."""
+    synthetic = sets.synthetic
+    n_small = min(len(synthetic), len(sets.train_used))
     n_pairs = min(MS_SSIM_PAIRS, n_small * (n_small - 1) // 2)
-    ms_syn = M.mean_pairwise_ms_ssim(synthetic, n_pairs, seed=seed)
-    ms_real = M.mean_pairwise_ms_ssim(real.images[train_used], n_pairs, seed=seed)
-    timing["ms_ssim_s"] = time.perf_counter() - began
+    return {"scales": M.ms_ssim_scales(synthetic.shape[-1]), "pairs": n_pairs,
+            "synthetic": M.mean_pairwise_ms_ssim(synthetic, n_pairs, seed=seed),
+            "real": M.mean_pairwise_ms_ssim(real.images[sets.train_used], n_pairs, seed=seed)}
 
-    # Memorization: nearest TRAIN slice (all of them, pixel space; the embedded ones, feature space).
-    began = time.perf_counter()
+
+def memorisation_stage(real: RealData, sets: Sets, features: Features) -> Memorisation:
+    """Nearest TRAIN slice of each synthetic (and held-out) image: all train slices in pixel space, the
+    embedded ones in feature space."""
+    train_idx, held_used = sets.train_idx, sets.held_used
     px_train = M.downsample_pixels(real.images[train_idx], MEMO_PIXEL_SIZE)
     scale = 1 / math.sqrt(px_train.shape[1])      # L2 -> RMS per pixel, comparable across resolutions
-    px_syn = M.downsample_pixels(synthetic, MEMO_PIXEL_SIZE)
+    px_syn = M.downsample_pixels(sets.synthetic, MEMO_PIXEL_SIZE)
     syn_d, syn_i = M.nearest_neighbours(px_syn, px_train)
     syn_d = syn_d * scale
     held_d = None
     if len(held_used):
         held_d = M.nearest_neighbours(M.downsample_pixels(real.images[held_used], MEMO_PIXEL_SIZE), px_train)[0] * scale
-    fsyn_d = M.nearest_neighbours(f_syn, f_train)[0]
-    fheld_d = M.nearest_neighbours(f_held, f_train)[0] if len(f_held) else None
+    fsyn_d = M.nearest_neighbours(features.synthetic, features.train)[0]
+    fheld_d = M.nearest_neighbours(features.held, features.train)[0] if len(features.held) else None
     pixel_side = px_train.shape[1] ** 0.5
     pixel = memo_block(syn_d, held_d)
     # Context: how close the training slices are to each other (neighbouring slices of one volume are).
@@ -298,19 +339,26 @@ def evaluate(gen: Any, real: RealData, num: int = 2000, seed: int = 0, batch: in
         **pixel,
         "n_heldout_queries": int(len(held_used)),
         "inception": {**memo_block(fsyn_d, fheld_d), "distance": "L2 between Inception pool features, to the "
-                      f"nearest of the {len(train_used)} embedded train slices"},
+                      f"nearest of the {len(sets.train_used)} embedded train slices"},
     }
-    timing["memorization_s"] = time.perf_counter() - began
-    timing["total_s"] = time.perf_counter() - t0
+    return Memorisation(memo, syn_d, syn_i, pixel_side)
 
-    report = {
-        # Headline (synthetic vs the real TRAIN slices); `floor` holds the same keys for real vs real.
+
+def build_report(real: RealData, sets: Sets, features: Features, *, headline: dict[str, Any],
+                 floor: dict[str, Any], diversity: dict[str, Any], memo: Memorisation, extractor: InceptionExtractor,
+                 timing: dict[str, float], num: int, seed: int, model_id: str) -> dict[str, Any]:
+    """eval.json: the headline (synthetic vs the real TRAIN slices); `floor` holds the same keys for real vs
+    real; then what was compared, how, and how long it took."""
+    train_idx, held_idx, train_used, held_used = sets.train_idx, sets.held_idx, sets.train_used, sets.held_used
+    size, pixel_side = sets.synthetic.shape[-1], memo.pixel_side
+    syn_d, syn_i = memo.distances, memo.nearest
+    return {
         "fid": headline["fid"],
         "kid": {"mean": headline["kid"], "std": headline["kid_std"]},
         "precision": headline["precision"], "recall": headline["recall"],
-        "ms_ssim_synthetic": ms_syn, "ms_ssim_real": ms_real,
+        "ms_ssim_synthetic": diversity["synthetic"], "ms_ssim_real": diversity["real"],
         "floor": floor,
-        "memorization": memo,
+        "memorization": memo.block,
         "samples": {"n_synthetic": int(num), "synthetic_seed": int(seed),
                     "synthetic": f"gen.generate(count={num}, seed={seed}, output_type='np'): images 0..{num - 1}",
                     "n_real": int(len(train_used)),
@@ -326,13 +374,13 @@ def evaluate(gen: Any, real: RealData, num: int = 2000, seed: int = 0, batch: in
                       "heldout_subjects": int(len(np.unique(real.subject[held_idx]))),
                       "split": str(real.meta.get("split", "")) or "as stored"},
         "diversity": {"metric": "mean MS-SSIM over random pairs of distinct images (lower = more diverse)",
-                      "pairs": n_pairs, "real_pairs_from": "the train slices used",
-                      "window": "7x7 Gaussian, sigma 1.5", "scales": scales,
+                      "pairs": diversity["pairs"], "real_pairs_from": "the train slices used",
+                      "window": "7x7 Gaussian, sigma 1.5", "scales": diversity["scales"],
                       "weights": "the first scales of Wang et al. 2003's (0.0448, 0.2856, 0.3001, 0.2363, "
                                  "0.1333), renormalised to sum to 1",
                       "why": "the standard 5 scales with an 11x11 window need images of at least 176²"},
         "feature_extractor": extractor.info(),
-        "setup": {"model_id": model_id or getattr(gen, "id", ""), "resolution": int(size),
+        "setup": {"model_id": model_id, "resolution": int(size),
                   "resolution_handling": (f"synthetic and real slices are both {size}² uint8 grayscale; for "
                                           "Inception the channel is repeated 3x and bilinearly resized to 299² "
                                           "(StyleGAN3 detector resampling); for pixel NN distances "
@@ -342,14 +390,13 @@ def evaluate(gen: Any, real: RealData, num: int = 2000, seed: int = 0, batch: in
         "nearest_pairs": {"figure": "eval.png (top rows)",
                           "closest": [{"synthetic": int(i), "train_slice": int(train_idx[syn_i[i]]),
                                        "distance": round(float(syn_d[i]), 5)} for i in np.argsort(syn_d)[:8]]},
-        "cache": {"file": cache.path.name, "real_embedded_now": int(new_train + new_held),
-                  "real_from_cache": int(len(train_used) + len(held_used) - new_train - new_held)},
+        "cache": {"file": features.cache.path.name, "real_embedded_now": features.embedded_now,
+                  "real_from_cache": int(len(train_used) + len(held_used) - features.embedded_now)},
         "timing": {**{k: round(v, 3) for k, v in timing.items()},
-                   "inception_s_per_image": round(syn_spi, 4), "inception_batch": extractor.batch,
+                   "inception_s_per_image": round(features.seconds_per_image, 4), "inception_batch": extractor.batch,
                    "torch_threads": _threads()},
         "versions": versions(),
     }
-    return Result(report, synthetic, real.images, train_idx, syn_d, train_idx[syn_i])
 
 
 def _threads() -> int:
@@ -433,9 +480,7 @@ def save_figure(result: Result, path: Path, title: str) -> Path:
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_jsonable) + "\n")
-    tmp.replace(path)
+    atomic_write(path, json.dumps(data, indent=2, default=_jsonable) + "\n")
 
 
 def _jsonable(value: Any) -> Any:
@@ -453,11 +498,8 @@ def update_model_folder(folder: Path, report: dict[str, Any], command: str) -> s
     config = ModelConfig.load(folder)
     config.metrics = {**config.metrics, **config_metrics(report, command)}
     config.save(folder)
-    try:
-        from .card import write_card
-    except ImportError:
-        # TODO(card): training.card is not in this checkout yet; re-run once it lands to refresh README.md.
-        return "not regenerated: training.card is not available"
+    from .card import write_card
+
     write_card(folder)
     return "regenerated"
 

@@ -24,6 +24,7 @@ from typing import Any
 import medgan
 from medgan import __version__
 from medgan.config import ModelConfig
+from medgan.files import atomic_path
 from medgan.generator import WEIGHTS_FILE, load_weights
 from medgan.sources.medigan import OUR_TAG, add_to_catalogue
 
@@ -38,8 +39,9 @@ BASE_ARGS = ["model_file", "num_samples", "output_path", "save_images"]
 
 # The package: training/medigan_package.py as its __init__.py, plus these medgan modules in <package>/_medgan/
 # (the exact inference code: networks, fast CPU layouts, tiles, latents), so its pixels are MedGAN Studio's.
+# `files` (atomic writes, digests) is vendored so that config.py and generator.py may use it.
 VENDORED = ("config", "errors", "fastnet", "nets", "stylenet", "stylefast", "generator", "limits", "validation",
-            "explore")
+            "explore", "files", "latent")
 VENDORED_INIT = '"""MedGAN Studio inference modules, vendored into a medigan package (see ../__init__.py)."""\n'
 
 
@@ -130,8 +132,7 @@ def export(folder: str | Path, out: str | Path, model_id: str | None = None,
         raise SystemExit(f"--model-id must be letters, digits and underscores (medigan imports it), got {mid!r}")
     out.mkdir(parents=True, exist_ok=True)
     zip_path = (out / f"{mid}.zip").resolve()
-    tmp = zip_path.with_suffix(".zip.tmp")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+    with atomic_path(zip_path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.write(Path(medigan_package.__file__), f"{mid}/__init__.py")
         zf.writestr(f"{mid}/_medgan/__init__.py", VENDORED_INIT)
         for module in VENDORED:
@@ -140,7 +141,6 @@ def export(folder: str | Path, out: str | Path, model_id: str | None = None,
         zf.write(folder / "config.json", f"{mid}/config.json")
         if (folder / "README.md").is_file():
             zf.write(folder / "README.md", f"{mid}/README.md")
-    tmp.replace(zip_path)
     entry = medigan_entry(config, mid, str(zip_path))
     (out / f"{mid}.json").write_text(json.dumps({mid: entry}, indent=2) + "\n")
     if home:

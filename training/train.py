@@ -46,10 +46,11 @@ from medgan.config import GeneratorConfig, ModelConfig
 from medgan.errors import MedganError
 from medgan.generator import Generator, latents, sample_labels, save_model_folder, to_uint8
 from medgan.nets import DCGANGenerator, build_generator
+from medgan.perf import cpu_name
 
 from . import checkpoint as ckpt
 from .augment import AdaptiveP, diff_augment, hflip, parse_policy
-from .nets_d import DCGANDiscriminator, dcgan_init
+from .discriminator import DCGANDiscriminator, dcgan_init
 from .fidlog import TrainFID
 from .runlog import MetricsLog, fid_records, grid, plot_fid_curves, save_synthetic_png
 
@@ -521,15 +522,7 @@ def data_provenance(meta: dict[str, Any], train: Any, images: np.ndarray,
 
 
 def hardware(d: Dist, device: torch.device) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "processes": d.world,
+    info = {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "processes": d.world,
             "device": str(device.type), "torch": torch.__version__, "python": platform.python_version()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)

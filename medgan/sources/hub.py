@@ -9,13 +9,13 @@ cache or fails clearly (online, e.g. on a Space, it downloads at the pinned revi
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import ModelConfig
 from ..errors import ConfigError, MedganError, SourceUnavailableError, UnknownModelError, WeightsError
+from ..files import file_digest
 from ..generator import WEIGHTS_FILE, Generator, load_weights
 from . import ModelInfo, card_summary
 
@@ -42,11 +42,8 @@ def read_catalogue(path: Path) -> list[HubEntry]:
 
 
 def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """The sha256 the catalogue records for a file (tests and tools import it from here)."""
+    return file_digest(path, "sha256")
 
 
 class HubSource:

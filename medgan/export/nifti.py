@@ -3,7 +3,7 @@
 Orientation: data has shape [W, H, count] (grayscale; [W, H, count, C] for colour) with
 data[x, y, k] = image_k[y, x], i.e. `volume[:, :, k].T` is image k as a PNG shows it. The affine has a
 negative y step, so image row 0 (the top) gets the largest y and RAS viewers show it at the top.
-Voxel size: the nominal pixel spacing of medgan.dicom, and 1 mm between images (they are independent
+Voxel size: the nominal pixel spacing of medgan.export.spacing, and 1 mm between images (they are independent
 samples, not slices of one subject). descrip (80 chars) and intent_name (16) say SYNTHETIC; a JSON
 comment extension carries the full provenance.
 """
@@ -15,8 +15,8 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from .dicom import nominal_pixel_spacing
-from .export import SOFTWARE, ExportFile, Provenance, file_stem, labelled
+from .base import SOFTWARE, ExportFile, Provenance, file_stem, labelled
+from .spacing import nominal_pixel_spacing
 
 INTENT_NAME = "SYNTHETIC"
 

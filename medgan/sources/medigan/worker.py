@@ -1,12 +1,14 @@
-"""Worker process that runs one medigan model; started by medgan/sources/medigan.py, never imported by the server.
+"""Worker process that runs one medigan model; started by runner.py beside it, never imported by the server.
 
-    python medgan/medigan_worker.py REQUEST.json      (cwd = the medigan home)
+    python medgan/sources/medigan/worker.py REQUEST.json      (cwd = the medigan home)
 
 It imports neither medgan nor anything of the app (only the standard library, numpy and medigan), so a model
 package cannot reach the server's code. Stages: deps (importlib.metadata, before any heavy import) -> import
 (torch, medigan; then it creates the `ready` file, which starts the server's generation timeout) -> setup
 (medigan copies/unzips/imports the package) -> generate -> convert. The result is an .npz of uint8 arrays
-(`images`) plus meta.json; a failure is error.json {kind, stage, message}. Nothing is pickled.
+(`images`) plus meta.json; a failure is error.json {kind, stage, message}. Nothing is pickled. Its atomic
+result write is its own (os.replace), not medgan.files: it must not import medgan. Run as a script, this
+folder is sys.path[0] until main() drops it, so no module beside it may share a standard-library name.
 """
 from __future__ import annotations
 

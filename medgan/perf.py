@@ -1,4 +1,5 @@
-"""Performance numbers for the app's Performance tab and its `/stats` API, and the start-up warm-up.
+"""Performance numbers for the app's Performance tab and its `/stats` API, the start-up warm-up, and the CPU's
+name (also used by training run records and benchmarks).
 
 `model_stats(model_id)` returns a JSON-ready dict (never loads a model just to describe it):
 
@@ -51,19 +52,24 @@ def rss_bytes(pid: int | None = None) -> int:
         return 0
 
 
-@functools.lru_cache(maxsize=8)
-def device_name(device: str = "cpu") -> str:
-    """`Intel(R) Xeon(R) …` for the CPU, the GPU's marketing name for cuda devices."""
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return torch.cuda.get_device_name(torch.device(device))
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo (`Intel(R) Xeon(R) …`), else what `platform` knows."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+    return platform.processor() or platform.machine()
+
+
+@functools.lru_cache(maxsize=8)
+def device_name(device: str = "cpu") -> str:
+    """`Intel(R) Xeon(R) … (N cores)` for the CPU, the GPU's marketing name for cuda devices."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"{cpu_name()} ({os.cpu_count()} cores)"
 
 
 def loaded_generator(registry: Registry, model_id: str) -> Any | None:

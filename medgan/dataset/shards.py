@@ -1,48 +1,30 @@
-"""Large synthetic datasets: a resumable, sharded, parallel export CLI, and two torch Datasets.
+"""The sharded, resumable, parallel export behind `python -m medgan.dataset` (see the package docstring).
 
-    python -m medgan.dataset MODEL --count 100000 --out DIR [--format png|npz|dicom|nifti]
-                             [--shard-size 1000] [--seed 0] [--workers K] [--threads T] [--label]
-    torchrun --nnodes N --nproc-per-node P -m medgan.dataset MODEL ...   # rank r writes shards r, r+W, …
-
-Image i of a dataset is `Generator.generate(count=1, seed=S, start=i)`: any shard regenerates exactly, and
-no file embeds a wall-clock time (DICOM UIDs derive from model, revision, seed, label and index), so a
-re-run writes the same bytes. Layout:
-
-    DIR/dataset.json                 model, revision, seed, count, format, shard size, synthetic: true
-    DIR/README.txt                   what the data is and is not
-    DIR/shard-00000/                 images 0 … shard_size-1 (png/dcm files, or one .npz/.nii)
-    DIR/shard-00000/shard.json       completion marker: files, sizes, indices (written before the rename)
-    DIR/manifest.csv                 index,seed,file,item,shard for every image (when all shards are done)
-
-A shard is written to a temp folder, then renamed; on a re-run complete shards (marker present, every
-file at its recorded size) are skipped and anything else is redone. Ranks only touch their own shards, so
-machines sharing DIR need no coordination; the last rank to finish writes manifest.csv.
+A shard is generated, rendered by medgan.export's writers, written into a temp folder and renamed
+(medgan.files.atomic_path); `shard.json` inside it marks it complete. dataset.json, README.txt and
+manifest.csv describe the whole folder.
 """
 from __future__ import annotations
 
-import argparse
 import csv
-import hashlib
 import io
 import json
 import multiprocessing as mp
 import os
 import shutil
-import sys
 import threading
 import time
-import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-from .errors import InvalidArgumentError, MedganError, UnknownModelError
-from .export import SOFTWARE, ExportError, Provenance, check_format, readme, render, write_error
-from .validation import MAX_SEED, check_count, check_seed
+from ..errors import InvalidArgumentError, MedganError
+from ..export import SOFTWARE, ExportError, Provenance, atomic_write, check_format, readme, render, write_error
+from ..files import TEMP_MARK, atomic_path, file_digest
+from ..validation import check_count, check_seed
 
 FORMATS = ("png", "npz", "dicom", "nifti")
 MARKER = "shard.json"
@@ -55,15 +37,11 @@ IDENTITY_KEYS = ("model", "revision", "seed", "count", "format", "shard_size", "
 
 # --- the model --------------------------------------------------------------------------------------
 def _weights_digest(folder: Path) -> str:
-    h = hashlib.sha256()
-    with open(folder / "model.safetensors", "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return "sha256:" + h.hexdigest()[:16]
+    return "sha256:" + file_digest(folder / "model.safetensors")[:16]
 
 
 def _local_folder(model_id: str, extra_folders: list[str] | None) -> Path | None:
-    from .registry import Registry, default_sources, get_registry
+    from ..registry import Registry, default_sources, get_registry
     registry = Registry(default_sources(extra_folders)) if extra_folders else get_registry()
     for source in registry.sources:
         if hasattr(source, "folder"):
@@ -76,7 +54,7 @@ def _local_folder(model_id: str, extra_folders: list[str] | None) -> Path | None
 
 def load_generator(model: str, extra_folders: list[str] | None = None, device: str | None = None) -> Any:
     """A generator from a model folder path (holding config.json) or a model id (through medgan.load_model)."""
-    from .generator import Generator
+    from ..generator import Generator
     path = Path(model)
     if (path / "config.json").is_file():
         return Generator.from_folder(path, device=device)
@@ -130,7 +108,7 @@ class Job:
         return range(k * self.shard_size, min((k + 1) * self.shard_size, self.count))
 
     def provenance(self) -> Provenance:
-        from . import __version__
+        from .. import __version__
         # No created_utc: files must not embed a time, so any shard regenerates byte for byte.
         return Provenance(model_id=self.model_id, seed=self.seed, revision=self.revision, modality=self.modality,
                           version=__version__)
@@ -171,33 +149,30 @@ def write_shard(job: Job, gen: Any, k: int, progress: Callable[[int], None] | No
     marker = {"shard": k, "indices": [indices.start, indices.stop], "format": job.fmt, "seed": job.seed,
               "files": [{"file": f.name, "size": len(f.data), "indices": list(f.indices)} for f in files]}
     final = out / shard_name(k)
-    tmp = out / f".{shard_name(k)}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     try:
-        tmp.mkdir()
-        for f in files:
-            (tmp / f.name).write_bytes(f.data)
-        (tmp / MARKER).write_text(json.dumps(marker, indent=1))
-        if final.exists():  # an incomplete leftover (the caller checked it is not complete)
-            shutil.rmtree(final)
-        tmp.rename(final)
+        with atomic_path(final) as tmp:  # a temp folder `.shard-KKKKK.tmp-<pid>-<hex>`, renamed when complete
+            tmp.mkdir()
+            for f in files:
+                (tmp / f.name).write_bytes(f.data)
+            (tmp / MARKER).write_text(json.dumps(marker, indent=1))
+            if final.exists():  # an incomplete leftover (the caller checked it is not complete)
+                shutil.rmtree(final)
     except OSError as exc:
         raise write_error(final, exc) from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return len(indices)
 
 
 def clean_temp(out: Path, shards: list[int]) -> None:
     """Remove temp folders an interrupted run left for these shards (never other ranks' shards)."""
     mine = {shard_name(k) for k in shards}
-    for path in out.glob(".shard-*.tmp-*"):
-        if path.name[1:].split(".tmp-")[0] in mine:
+    for path in out.glob(f".shard-*{TEMP_MARK}*"):
+        if path.name[1:].split(TEMP_MARK)[0] in mine:
             shutil.rmtree(path, ignore_errors=True)
 
 
 # --- dataset.json, README, manifest ------------------------------------------------------------------
 def dataset_info(job: Job, gen: Any) -> dict[str, Any]:
-    from . import __version__
+    from .. import __version__
     config = getattr(gen, "config", None)
     resolution = getattr(config, "resolution", None)
     channels = getattr(getattr(config, "generator", None), "channels", None)
@@ -230,16 +205,13 @@ def init_folder(job: Job, gen: Any) -> dict[str, Any]:
             raise InvalidArgumentError("the output folder holds a different dataset (" + "; ".join(diff) +
                                        "); use another --out or the same settings to resume")
         return old
-    tmp = path.with_name(f".{DATASET_JSON}.{os.getpid()}.part")
     try:
-        tmp.write_text(json.dumps(info, indent=2) + "\n")
-        if not path.exists():  # another rank may have written it meanwhile: keep the first
-            tmp.replace(path)
+        # overwrite=False: another rank may have written it meanwhile; the first one stays.
+        with atomic_path(path, overwrite=False) as tmp:
+            tmp.write_text(json.dumps(info, indent=2) + "\n")
         (out / "README.txt").write_text(dataset_readme(job))
     except OSError as exc:
         raise write_error(path, exc) from None
-    finally:
-        tmp.unlink(missing_ok=True)
     return info
 
 
@@ -263,7 +235,6 @@ def write_manifest(job: Job) -> Path | None:
         for f in marker["files"]:
             for item, index in enumerate(f["indices"]):
                 writer.writerow([index, job.seed, f"{shard_name(k)}/{f['file']}", item, k])
-    from .export import atomic_write
     return atomic_write(out / MANIFEST, buffer.getvalue().encode())
 
 
@@ -392,179 +363,3 @@ def _run_pool(job: Job, todo: list[int], workers: int, bar: Any) -> None:
                 bar.update(queue.get_nowait())
             except Exception:
                 break
-
-
-# --- torch Datasets ------------------------------------------------------------------------------------
-def to_float(array: np.ndarray) -> torch.Tensor:
-    """uint8 [H, W] or [H, W, C] -> float32 [C, H, W] in [-1, 1] (the generator's own scale)."""
-    t = torch.from_numpy(np.asarray(array, dtype=np.float32) / np.float32(127.5) - np.float32(1.0))
-    return t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1).contiguous()
-
-
-class SyntheticDataset(Dataset):
-    """Images generated on the fly: item i = the generator's float output for (seed, index i).
-
-    Returns float32 tensors [C, H, W] in [-1, 1] (tanh output, exactly `generate(1, seed, start=i,
-    output_type="pt")[0]`), passed through `transform` if given. `model` is a model id, a model folder path
-    or a loaded Generator. Picklable (DataLoader num_workers > 0): each worker loads its own copy.
-    """
-
-    def __init__(self, model: Any, length: int, seed: int = 0, transform: Callable | None = None,
-                 extra_folders: list[str] | None = None):
-        self.length, self.seed = check_count(length, limit=10**12), check_seed(seed)
-        self.transform, self.extra_folders = transform, extra_folders
-        if isinstance(model, (str, Path)):
-            self.model, self._gen = str(model), None
-        else:
-            self.model, self._gen = None, model
-            if not supports_start(model):
-                raise InvalidArgumentError("this generator cannot generate by index (no `start` argument)")
-
-    @property
-    def generator(self) -> Any:
-        if self._gen is None:
-            self._gen = load_generator(self.model, self.extra_folders)
-        return self._gen
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        if not -self.length <= index < self.length:
-            raise IndexError(f"index {index} out of range for {self.length} images")
-        index %= self.length
-        image = self.generator.generate(count=1, seed=self.seed, start=index, output_type="pt")[0]
-        return self.transform(image) if self.transform else image
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        gen = state.pop("_gen")
-        if self.model is None:  # a Generator object: ship config + weights, rebuild on the CPU in the worker
-            state["_packed"] = (gen.config.to_dict(), gen.reference_net.state_dict(), gen.revision)
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        packed = state.pop("_packed", None)
-        self.__dict__.update(state, _gen=None)
-        if packed is not None:
-            from .config import ModelConfig
-            from .generator import Generator
-            config, weights, revision = packed
-            self._gen = Generator(ModelConfig.from_dict(config), weights, device="cpu", revision=revision)
-
-
-class ExportedDataset(Dataset):
-    """An exported dataset folder (png / npz / dicom / nifti), in manifest order.
-
-    Item i = float32 [C, H, W] in [-1, 1] (uint8 / 127.5 - 1: the generator's scale, quantised to 8 bits),
-    passed through `transform` if given. `rows[i]` holds the manifest row (index, seed, file, item, shard).
-    """
-
-    def __init__(self, folder: str | Path, transform: Callable | None = None):
-        self.folder, self.transform = Path(folder), transform
-        manifest = self.folder / MANIFEST
-        if not manifest.is_file():
-            raise MedganError(f"no {MANIFEST} in {self.folder.name}: the export is incomplete or not a medgan "
-                              "dataset (re-run the same export command to finish it)")
-        self.info = json.loads((self.folder / DATASET_JSON).read_text())
-        with open(manifest, newline="") as f:
-            self.rows = [{**r, "index": int(r["index"]), "item": int(r["item"])} for r in csv.DictReader(f)]
-        self.format = self.info["format"]
-        self._cache: tuple[str, np.ndarray] | None = None  # the last npz / nifti file, read whole
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def read(self, i: int) -> np.ndarray:
-        """Item i as the stored uint8 array [H, W] (or [H, W, C])."""
-        row = self.rows[i]
-        path = self.folder / row["file"]
-        if self.format == "png":
-            from PIL import Image
-            with Image.open(path) as image:
-                return np.asarray(image)
-        if self.format == "dicom":
-            import pydicom
-            return pydicom.dcmread(path).pixel_array
-        if self._cache is None or self._cache[0] != row["file"]:
-            if self.format == "npz":
-                with np.load(path, allow_pickle=False) as f:
-                    self._cache = (row["file"], f["images"])
-            else:
-                import nibabel as nib
-                data = np.asarray(nib.load(path).dataobj)
-                self._cache = (row["file"], np.moveaxis(np.swapaxes(data, 0, 1), 2, 0))  # -> [n, H, W(, C)]
-        return self._cache[1][row["item"]]
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        image = to_float(self.read(i))
-        return self.transform(image) if self.transform else image
-
-
-# --- CLI ---------------------------------------------------------------------------------------------
-def _positive(name: str, limit: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
-        if not 1 <= value <= limit:
-            raise argparse.ArgumentTypeError(f"{name} must be between 1 and {limit}, got {value}")
-        return value
-    parse.__name__ = name
-    return parse
-
-
-def _seed(text: str) -> int:
-    try:
-        return check_seed(text)
-    except InvalidArgumentError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m medgan.dataset",
-                                description="Export a large, resumable, sharded dataset of SYNTHETIC images.")
-    p.add_argument("model", help="model id (as listed by medgan) or a model folder holding config.json")
-    p.add_argument("--count", type=_positive("count", 10**12), required=True, help="number of images")
-    p.add_argument("--out", required=True, help="output folder (re-run the same command to resume)")
-    p.add_argument("--format", choices=FORMATS, default="png", help="file format (default png)")
-    p.add_argument("--shard-size", type=_positive("shard size", 10**9), default=1000,
-                   help="images per shard folder (default 1000)")
-    p.add_argument("--seed", type=_seed, default=0, help=f"dataset seed, 0..{MAX_SEED} (default 0)")
-    p.add_argument("--workers", type=_positive("workers", 256), default=1,
-                   help="processes, each writing whole shards (default 1; about one per core is fastest)")
-    p.add_argument("--threads", type=_positive("threads", 256), default=1,
-                   help="torch threads per process (default 1)")
-    p.add_argument("--batch-size", type=_positive("batch size", 4096), default=256, help="images per forward pass")
-    p.add_argument("--label", action="store_true", help="burn a visible SYNTHETIC label into every image")
-    p.add_argument("--weights-dir", action="append", default=None, help="extra model folder(s) to search")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        summary = export_dataset(args.model, args.count, args.out, args.format, shard_size=args.shard_size,
-                                 seed=args.seed, workers=args.workers, threads=args.threads, label=args.label,
-                                 batch_size=args.batch_size, extra_folders=args.weights_dir,
-                                 progress=not args.quiet)
-    except (InvalidArgumentError, UnknownModelError) as exc:
-        parser.error(str(exc))  # exit 2
-    except MedganError as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
-    print(json.dumps({**asdict(summary), "images_per_minute": round(summary.images_per_minute, 1)}))
-    if not summary.manifest:
-        print(f"{parser.prog}: this rank is done; manifest.csv is written when every shard is complete",
-              file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

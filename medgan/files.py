@@ -1,0 +1,73 @@
+"""Small file helpers used across medgan and training: atomic writes and file digests.
+
+`atomic_path(path)` yields a temp path beside `path` (same folder, hidden, `.tmp-<pid>-<random>` in its name,
+the same suffix so writers that go by the extension still work); when the block succeeds the temp is renamed
+onto `path` (one `os.replace`: readers see the old file or the new one, never half of one), when it raises the
+temp (file or folder) is removed and the error propagates. `atomic_write(path, data)` is that for bytes or text.
+Errors are plain OSErrors: callers that show messages to users translate them (medgan.export.atomic_write).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+TEMP_MARK = ".tmp-"  # in every temp name: `.<name>.tmp-<pid>-<hex><suffix>`
+
+
+def temp_path(path: str | Path) -> Path:
+    """A fresh hidden temp name beside `path`, keeping its suffix (e.g. `.loss.png.tmp-41-3fa2c1.png`)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:6]}{path.suffix}")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, *, overwrite: bool = True) -> Iterator[Path]:
+    """Write to the yielded temp path (a file, or a folder you create); it becomes `path` on success.
+
+    `overwrite=False` keeps an existing `path` (the temp is discarded): for files several processes may
+    write, where the first one wins. Replacing an existing non-empty folder fails; remove it first.
+    """
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        yield tmp
+        if overwrite or not path.exists():
+            os.replace(tmp, path)
+    finally:
+        _remove(tmp)
+
+
+def atomic_write(path: str | Path, data: bytes | str) -> Path:
+    """Write `data` (bytes, or str as UTF-8) to `path` atomically; no partial file is left on failure."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        if isinstance(data, str):
+            tmp.write_text(data, encoding="utf-8")
+        else:
+            tmp.write_bytes(data)
+    return path
+
+
+def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file's bytes (read in 1 MiB blocks), e.g. sha256 for the Hub catalogue, sha1 for
+    the Inception weights."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+__all__ = ["atomic_path", "atomic_write", "file_digest", "temp_path", "TEMP_MARK"]

@@ -1,0 +1,151 @@
+"""Test and benchmark fixtures shared by tests/ and benchmarks/: tiny random model folders and the app on a port.
+
+    make_model_folder(parent, "tiny-test")            # a DCGAN folder (config.json + model.safetensors + README.md)
+    make_style_folder(parent, "style-tiny")           # a style-based (conditional) one
+    with running_app({"MEDGAN_WEIGHTS_DIRS": …}) as proc:   # `python app.py` on a free 127.0.0.1 port
+        Client(proc.url)
+
+Random weights only: these folders are for tests and speed measurements, never for images anyone looks at.
+Imports torch and medgan's own modules, never gradio (the app runs in a subprocess).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from .config import GeneratorConfig, ModelConfig
+from .generator import save_model_folder
+from .nets import DCGANGenerator
+
+ROOT = Path(__file__).resolve().parent.parent  # the repository: app.py, weights/
+APP = ROOT / "app.py"
+
+
+def _readme(model_id: str, what: str) -> str:
+    return f"---\nlicense: mit\n---\n# {model_id}\n\n{what}\n"
+
+
+def make_model_folder(parent: Path, model_id: str, resolution: int = 32, base_width: int = 8, seed: int = 0,
+                      modality: str = "MR", *, title: str | None = None, plane: str = "axial", description: str = "",
+                      readme: str = "A tiny random test model.", init_std: float | None = None) -> Path:
+    """A random DCGAN model folder `parent/model_id`, with non-trivial BatchNorm statistics (so folding is
+    exercised). `init_std` also draws the transposed-conv weights from N(0, init_std) (DCGAN's init, as
+    trained weights look) instead of torch's default."""
+    torch.manual_seed(seed)
+    cfg = ModelConfig(id=model_id, title=title or f"Test {model_id}", modality=modality, organ="brain", plane=plane,
+                      description=description, generator=GeneratorConfig(resolution=resolution, base_width=base_width))
+    net = DCGANGenerator(cfg.generator)
+    with torch.no_grad():
+        for m in net.modules():
+            if init_std is not None and isinstance(m, torch.nn.ConvTranspose2d):
+                torch.nn.init.normal_(m.weight, 0.0, init_std)
+            elif isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.1, 0.1)
+    folder = Path(parent) / model_id
+    save_model_folder(folder, cfg, net.eval())
+    (folder / "README.md").write_text(_readme(model_id, readme))
+    return folder
+
+
+def make_style_folder(parent: Path, model_id: str = "style-tiny", classes: tuple[str, ...] = ("dark", "bright"),
+                      resolution: int = 32, seed: int = 0) -> Path:
+    """A tiny random style-based (conditional unless classes=()) model folder, parameters moved off init."""
+    from .stylenet import StyleGenerator
+    gen = GeneratorConfig(arch="style", latent_dim=16, resolution=resolution, base_width=4, max_width=32, w_dim=16,
+                          classes=list(classes), condition="level" if classes else "")
+    cfg = ModelConfig(id=model_id, title=f"Tiny style {model_id}", modality="MR", organ="brain", plane="axial",
+                      generator=gen)
+    torch.manual_seed(seed)
+    net = StyleGenerator(gen)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+        net.mapping.w_avg.normal_()
+    folder = Path(parent) / model_id
+    save_model_folder(folder, cfg, net.eval())
+    (folder / "README.md").write_text(_readme(model_id, "A tiny random style model."))
+    return folder
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _log_tail(proc: subprocess.Popen) -> str:
+    try:
+        return Path(proc.log_path).read_text(errors="replace")[-3000:]  # type: ignore[attr-defined]
+    except OSError:
+        return ""
+
+
+@contextlib.contextmanager
+def launched_app(env: dict[str, str] | None = None, lifetime: int = 600,
+                 script: Path | None = None) -> Iterator[subprocess.Popen]:
+    """`python app.py` (or `script`) in a subprocess on a free 127.0.0.1 port, not yet waited for; always
+    stopped. The process carries `url`, `log_path` (its stdout and stderr) and `spawned` (perf_counter).
+
+    `env` is added to this process's environment and wins over the defaults (GRADIO_SERVER_NAME/PORT,
+    PYTHONUNBUFFERED). coreutils `timeout` stops the app after `lifetime` s even if this process dies.
+    """
+    port = free_port()
+    child_env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
+                 "PYTHONUNBUFFERED": "1", **(env or {})}
+    gradio_tmp = child_env.get("GRADIO_TEMP_DIR")
+    log = (Path(gradio_tmp).parent if gradio_tmp else Path(tempfile.gettempdir())) / f"app-{port}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    spawned = time.perf_counter()
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(["timeout", str(lifetime), sys.executable, str(script or APP)], cwd=ROOT,
+                                env=child_env, stdout=out, stderr=subprocess.STDOUT)
+    proc.url, proc.log_path, proc.spawned = f"http://127.0.0.1:{port}", log, spawned  # type: ignore[attr-defined]
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def wait_for_port(proc: subprocess.Popen, timeout: float = 180.0, poll: float = 0.2) -> None:
+    """Until the app accepts connections; RuntimeError (with its log's tail) if it exits or times out."""
+    port = int(proc.url.rsplit(":", 1)[1])  # type: ignore[attr-defined]
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"app exited with {proc.returncode}:\n{_log_tail(proc)}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=min(0.5, poll * 2.5)):
+            return
+        time.sleep(poll)
+    raise RuntimeError(f"app did not open port {port} in {timeout}s:\n{_log_tail(proc)}")
+
+
+@contextlib.contextmanager
+def running_app(env: dict[str, str] | None = None, timeout: float = 180.0, lifetime: int = 600,
+                script: Path | None = None) -> Iterator[subprocess.Popen]:
+    """launched_app, once its port is open: yields the process (`proc.url`); always stopped.
+
+    `script` replaces app.py (e.g. a launcher that injects faults before running it).
+    """
+    with launched_app(env, lifetime=lifetime, script=script) as proc:
+        wait_for_port(proc, timeout)
+        yield proc
+
+
+__all__ = ["APP", "ROOT", "free_port", "launched_app", "make_model_folder", "make_style_folder", "running_app",
+           "wait_for_port"]
