@@ -198,16 +198,7 @@ def ingest(inputs: Sequence[str | Path] | str | Path, size: int, *, axes: Iterab
             skipped.append({"file": fid, "reason": f"all {total} slices near-empty (< {min_foreground:.0%} of "
                                                    f"pixels above {foreground_level:g} after normalisation)"})
             continue
-        subject = (subjects.get(fid) or subjects.get(given) or item.subject
-                   or R.subject_from_path(fid) or fid)
-        for img, ax, k, pos, thick in kept:
-            for key, val in zip(("images", "axis", "index", "pos", "thick"), (img, ax, k, pos, thick)):
-                rows[key].append(val)
-            rows["source"].append(fid)
-            rows["subject"].append(subject)
-        sources.append({"id": fid, "subject": subject, "kind": item.kind, "slices": len(kept),
-                        "licence": licences.get(fid) or licences.get(given) or "unknown (user-supplied data)",
-                        **({"notes": item.notes} if item.notes else {})})
+        sources.append(_append_slices(rows, kept, item, fid, given, subjects, licences))
         del item
     if not rows["images"]:
         shown = "; ".join(f"{s['file']}: {s['reason']}" for s in skipped[:5]) or "no files found"
@@ -240,6 +231,20 @@ def ingest(inputs: Sequence[str | Path] | str | Path, size: int, *, axes: Iterab
                    "heldout_subjects": len(set(ds.subject[ds.split == "heldout"].tolist()))},
     }
     return ds
+
+
+def _append_slices(rows: dict[str, list], kept: list, item: "R.Item", fid: str, given: str,
+                   subjects: Mapping[str, str], licences: Mapping[str, str]) -> dict:
+    """Add one file's kept slices to `rows` under its subject; returns the file's `sources` entry."""
+    subject = subjects.get(fid) or subjects.get(given) or item.subject or R.subject_from_path(fid) or fid
+    for img, ax, k, pos, thick in kept:
+        for key, val in zip(("images", "axis", "index", "pos", "thick"), (img, ax, k, pos, thick)):
+            rows[key].append(val)
+        rows["source"].append(fid)
+        rows["subject"].append(subject)
+    return {"id": fid, "subject": subject, "kind": item.kind, "slices": len(kept),
+            "licence": licences.get(fid) or licences.get(given) or "unknown (user-supplied data)",
+            **({"notes": item.notes} if item.notes else {})}
 
 
 def level_bands(source: np.ndarray, axis: np.ndarray, pos: np.ndarray) -> np.ndarray:
