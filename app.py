@@ -230,6 +230,14 @@ MODEL_COLUMNS = ["id", "title", "modality", "organ", "plane", "resolution", "sou
                  "precision", "recall", "TRTR", "TSTR", "low-data Δ (10 %)", "licence"]
 
 
+def steering_controls(classes: list[str], suffix: str) -> tuple[gr.Slider, gr.Dropdown]:
+    """A truncation slider and a class dropdown (shown for conditional models) for one Explore panel."""
+    psi = checked_by_medgan(gr.Slider(0, 2, value=1, step=0.05, label="Truncation ψ", elem_id=f"truncation-{suffix}"))
+    label = checked_by_medgan(gr.Dropdown(["any", *classes], value="any", label="Class", visible=bool(classes),
+                                          elem_id=f"class-{suffix}"))
+    return psi, label
+
+
 def build_demo() -> gr.Blocks:
     choices = service.model_choices()
     default = choices[0][1] if choices else None
@@ -277,10 +285,7 @@ def build_demo() -> gr.Blocks:
                     seed_b = checked_by_medgan(gr.Number(2, label="Seed B", precision=0, elem_id="seed-b"))
                     frames = checked_by_medgan(gr.Slider(2, limits.max_frames(), value=8, step=1, label="Frames",
                                                          elem_id="frames"))
-                    psi_i = checked_by_medgan(gr.Slider(0, 2, value=1, step=0.05, label="Truncation ψ",
-                                                        elem_id="truncation-i"))
-                    class_i = checked_by_medgan(gr.Dropdown(["any", *classes], value="any", label="Class",
-                                                            visible=bool(classes), elem_id="class-i"))
+                    psi_i, class_i = steering_controls(classes, "i")
                     go_i = gr.Button("Interpolate", variant="primary", elem_id="interpolate")
                 with gr.Column(scale=3):
                     filmstrip = gr.Gallery(label="Frames (SYNTHETIC)", format="png", columns=8, height=240,
@@ -298,10 +303,7 @@ def build_demo() -> gr.Blocks:
                                                              elem_id="col-seeds"))
                     crossover = checked_by_medgan(gr.Slider(1, 8, value=2, step=1, label="Crossover layer",
                                                             elem_id="crossover"))
-                    psi_m = checked_by_medgan(gr.Slider(0, 2, value=1, step=0.05, label="Truncation ψ",
-                                                        elem_id="truncation-m"))
-                    class_m = checked_by_medgan(gr.Dropdown(["any", *classes], value="any", label="Class",
-                                                            visible=bool(classes), elem_id="class-m"))
+                    psi_m, class_m = steering_controls(classes, "m")
                     go_m = gr.Button("Mix styles", variant="primary", elem_id="mix")
                 with gr.Column(scale=3):
                     grid_image = gr.Image(label="Style-mixing grid (SYNTHETIC)", type="filepath", format="png",

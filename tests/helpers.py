@@ -36,6 +36,26 @@ def copy_model(src: Path, dst_parent: Path) -> Path:
     return dst
 
 
+def open_app(browser, url: str, model_text: str, width: int = 1280, height: int = 900):
+    """A new page on the app with the model whose dropdown label contains `model_text` selected."""
+    page = browser.new_page(viewport={"width": width, "height": height}, accept_downloads=True)
+    page.goto(url)
+    page.wait_for_selector("#generate")
+    page.locator("#model input").click()
+    page.get_by_role("option").filter(has_text=model_text).first.click()
+    return page
+
+
+def download_from(page, elem_id: str, path: Path) -> Path:
+    """Click the first link of a gr.File output and save the download to `path`."""
+    link = page.locator(f"#{elem_id} a").first
+    link.wait_for(timeout=30_000)
+    with page.expect_download() as dl:
+        link.click()
+    dl.value.save_as(path)
+    return path
+
+
 def set_slider(page, elem_id: str, value: int) -> None:
     box = page.locator(f"#{elem_id} input[type=number]")
     box.fill(str(value))

@@ -4,7 +4,7 @@ import zipfile
 
 import pytest
 
-from helpers import SHIPPED, make_model_folder, running_app, set_slider
+from helpers import SHIPPED, download_from, make_model_folder, open_app, running_app, set_slider
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -27,12 +27,8 @@ def test_generate_and_download_in_a_real_browser(browser, tmp_path, artifacts_di
     make_model_folder(extra, "tiny-test")
     model_id = SHIPPED[0] if SHIPPED else "tiny-test"
     with running_app({"MEDGAN_WEIGHTS_DIRS": str(extra)}) as app:
-        page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
-        page.goto(app.url)
-        page.wait_for_selector("#generate")
+        page = open_app(browser, app.url, model_label(model_id))
         assert "not for diagnosis" in page.locator("#synthetic-notice").inner_text()
-        page.locator("#model input").click()
-        page.get_by_role("option").filter(has_text=model_label(model_id)).first.click()
         set_slider(page, "count", 6)
         set_slider(page, "seed", 7)
         page.locator("#generate").click()
@@ -42,13 +38,7 @@ def test_generate_and_download_in_a_real_browser(browser, tmp_path, artifacts_di
 
         page.get_by_role("tab", name="Download").click()
         page.locator("#prepare-download").click()
-        link = page.locator("#archive a").first
-        link.wait_for(timeout=30_000)
-        with page.expect_download() as dl:
-            link.click()
-        path = tmp_path / "batch.zip"
-        dl.value.save_as(path)
-        with zipfile.ZipFile(path) as zf:
+        with zipfile.ZipFile(download_from(page, "archive", tmp_path / "batch.zip")) as zf:
             meta = json.loads(zf.read("metadata.json"))
             assert meta["synthetic"] is True and meta["model"] == model_id and meta["seed"] == 7
             assert len([n for n in zf.namelist() if n.endswith(".png")]) == 6

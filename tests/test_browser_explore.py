@@ -5,7 +5,7 @@ import io
 import pytest
 from PIL import Image
 
-from helpers import make_style_folder, running_app, set_slider
+from helpers import download_from, make_style_folder, open_app, running_app, set_slider
 from test_browser import wait_for_gallery
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
@@ -33,11 +33,7 @@ def test_truncation_class_and_explore_tab_in_a_real_browser(browser, tmp_path, a
     weights = tmp_path / "weights"
     make_style_folder(weights, "style-ui", resolution=64)
     with running_app({"MEDGAN_WEIGHTS_DIRS": str(weights)}) as app:
-        page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
-        page.goto(app.url)
-        page.wait_for_selector("#generate")
-        page.locator("#model input").click()
-        page.get_by_role("option").filter(has_text="Tiny style style-ui").first.click()
+        page = open_app(browser, app.url, "Tiny style style-ui", width=1400, height=1000)
         page.locator("#class").wait_for(state="visible", timeout=30_000)  # shown: the model has classes
         set_slider(page, "count", 4)
         page.locator("#generate").click()
@@ -58,13 +54,7 @@ def test_truncation_class_and_explore_tab_in_a_real_browser(browser, tmp_path, a
         page.locator("#interpolate").click()
         page.wait_for_function(
             "() => document.querySelectorAll('#filmstrip .thumbnail-item img').length === 6", timeout=60_000)
-        link = page.locator("#gif a").first
-        link.wait_for(timeout=30_000)
-        with page.expect_download() as dl:
-            link.click()
-        gif = tmp_path / "frames.gif"
-        dl.value.save_as(gif)
-        with Image.open(gif) as animation:
+        with Image.open(download_from(page, "gif", tmp_path / "frames.gif")) as animation:
             assert animation.format == "GIF" and animation.n_frames == 6
 
         page.locator("#row-seeds textarea, #row-seeds input").first.fill("1, 2")

@@ -7,7 +7,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from helpers import make_model_folder, running_app, set_slider
+from helpers import make_model_folder, open_app, running_app, set_slider
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -32,11 +32,7 @@ def test_download_dicom_series_from_the_ui(browser, tmp_path):
     extra = tmp_path / "weights"
     make_model_folder(extra, "tiny-test")
     with running_app({"MEDGAN_WEIGHTS_DIRS": str(extra)}) as app:
-        page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
-        page.goto(app.url)
-        page.wait_for_selector("#generate")
-        page.locator("#model input").click()
-        page.get_by_role("option").filter(has_text="tiny-test").first.click()
+        page = open_app(browser, app.url, "tiny-test")
         set_slider(page, "count", 3)
         set_slider(page, "seed", 5)
         page.get_by_role("tab", name="Download").click()

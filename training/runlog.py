@@ -92,12 +92,7 @@ class MetricsLog:
             bottom.plot(steps, [r.get("aug_p", float("nan")) for r in records], label="augment p")
         bottom.set_xlabel("step")
         bottom.legend(loc="upper right")
-        fig.tight_layout()
-        path = Path(path)
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=100, format="png")
-        plt.close(fig)
-        return path
+        return save_figure(fig, path)
 
 
 def fid_records(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -122,6 +117,13 @@ def plot_fid_curves(path: str | Path, curves: dict[str, list[dict[str, Any]]], t
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     ax.set_title(title or "quality vs CPU time")
+    return save_figure(fig, path)
+
+
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """A matplotlib figure as PNG, written atomically, then closed."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     with atomic_path(path) as tmp:
