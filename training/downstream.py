@@ -53,7 +53,7 @@ import numpy as np
 
 from medgan.errors import MedganError
 
-from .downstream_card import CLASSIFIER_NAMES, HEADLINE, card_section  # noqa: F401 (re-exported)
+from .downstream_card import CLASSIFIER_NAMES, HEADLINE, card_section, fmt_number, fmt_stat  # noqa: F401
 
 SCHEMA_VERSION = 1
 TASKS = ("level", "plane")
@@ -950,7 +950,7 @@ def summary_text(report: dict[str, Any]) -> str:
              f"synthetic labels: {report['synthetic']['labels_from']}"]
     for clf, res in report["results"].items():
         for rid, r in res.items():
-            lines.append(f"  {clf:8s} {rid:18s} balanced accuracy {_stat(r['summary'][HEADLINE])}")
+            lines.append(f"  {clf:8s} {rid:18s} balanced accuracy {fmt_stat(r['summary'][HEADLINE])}")
         for name, d in report["deltas"][clf].items():
             s = d["stats"][HEADLINE]
             lines.append(f"  {clf:8s} {name:18s} {s['mean']:+.3f} [{s['ci95'][0]:+.3f}, {s['ci95'][1]:+.3f}] "

@@ -10,11 +10,11 @@ HEADLINE = "balanced_accuracy"
 CLASSIFIER_NAMES = {"cnn": "small CNN", "resnet18": "ResNet-18"}
 
 
-def _f(x: Any) -> str:
+def fmt_number(x: Any) -> str:
     return "–" if x is None else f"{x:.3f}"
 
 
-def _stat(s: dict[str, Any]) -> str:
+def fmt_stat(s: dict[str, Any]) -> str:
     return f"{s['mean']:.3f} [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]"
 
 
@@ -50,8 +50,8 @@ def _card_section(report: dict[str, Any]) -> str:
             s, run = r["summary"], r["runs"][0]
             rows.append(f"| {CLASSIFIER_NAMES.get(clf, clf)} | {titles.get(rid, rid)} | "
                         f"{'`' + medigan[rid] + '`' if medigan.get(rid) else '–'} | {run['n_real']} / "
-                        f"{run['n_synthetic']} | {_stat(s[HEADLINE])} | {_f(s['accuracy']['mean'])} | "
-                        f"{_f(s['macro_f1']['mean'])} |")
+                        f"{run['n_synthetic']} | {fmt_stat(s[HEADLINE])} | {fmt_number(s['accuracy']['mean'])} | "
+                        f"{fmt_number(s['macro_f1']['mean'])} |")
     out += ["", *rows, "", "Effect of the synthetic images (paired differences over seeds, balanced accuracy; a "
             "CI that includes 0 is no measurable effect):", ""]
     words = {"tstr_vs_trtr": "synthetic only vs real only", "mix_1_1_vs_trtr": "real + synthetic 1:1 vs real only",
