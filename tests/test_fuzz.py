@@ -401,7 +401,7 @@ def test_download_endpoint_fuzz(app, tmp_path_factory, monkeypatch, seed, count,
 def test_raw_http_non_json_numbers_get_our_message(app, seed, count, expected):
     """JSON has no NaN/Infinity, but Python's parser (and so the server) accepts them from any HTTP client."""
     proc, client, _ = app
-    body = f'{{"data": ["tiny-test", {seed}, {count}]}}'
+    body = f'{{"data": ["tiny-test", {seed}, {count}, 1.0, "any"]}}'  # every input: raw HTTP gets no defaults
     r = httpx.post(f"{proc.url}/gradio_api/call/generate", content=body, headers={"content-type": "application/json"})
     assert r.status_code == 200, r.text
     events = httpx.get(f"{proc.url}/gradio_api/call/generate/{r.json()['event_id']}", timeout=30).text
