@@ -76,7 +76,7 @@ def test_use_from_python_client_examples_run_against_the_app(model_setup):
     # /stats: the keys the README shows, for the model just used
     if "/stats" in source:
         stats = namespace["stats"]
-        shown = source.split('api_name="/stats")')[1]
+        shown = source.split('api_name="/stats")')[1].split("\n\n")[0]  # up to the next paragraph
         history_keys = set(re.findall(r'"(\w+)": ', re.search(r'"history": \[\{(.*?)\}', shown).group(1)))
         assert set(re.findall(r'"(\w+)": ', shown)) - history_keys <= set(stats)
         assert stats["model"] == model_id and stats["loaded"] is True

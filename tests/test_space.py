@@ -90,7 +90,8 @@ def test_app_runs_as_a_space_with_zerogpu_wrapper_and_hub_model(tmp_path):
 
     events = [json.loads(line) for line in log.read_text().splitlines()]
     assert {(e["fn"], e["duration"]) for e in events if e["event"] == "applied"} == {("generate", 60),
-                                                                                     ("download", 60)}
+                                                                                     ("download", 60),
+                                                                                     ("interpolate", 60), ("mix", 60)}
     assert [e["fn"] for e in events if e["event"] == "called"] == ["generate", "generate"]
 
     assert [g["caption"] for g in local] == ["SYNTHETIC · space-tiny · seed 3 · #0", "SYNTHETIC · space-tiny · seed 3 · #1"]
