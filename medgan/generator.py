@@ -21,7 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from . import limits
-from .config import GeneratorConfig, ModelConfig
+from .config import ModelConfig
 from .errors import ConfigError, InvalidArgumentError, WeightsError
 from .files import atomic_path
 from .latent import latents, sample_labels, to_uint8  # noqa: F401 (re-exported)

@@ -262,10 +262,9 @@ def test_diff_augment_is_differentiable_and_black_filled():
 
 def test_adaptive_p_follows_the_overfitting_heuristic():
     ada = AdaptiveP(target=0.6, speed_kimg=1.0, interval=4)
-    for _ in range(3):  # the trainer adds sum(sign(D(real))) and the count to sign_sum / count
-        ada.sign_sum, ada.count = 64.0, 64  # D sure every real is real: r_t = 1 > 0.6
-        ada.update(batch_size=64)
-    assert ada.rt == 1.0 and ada.p == pytest.approx(3 * 64 * 4 / 1000)
+    for step in range(1, 13):  # the trainer reports each step's sum(sign(D(real))) and count
+        ada.observe(16.0, 16, step, batch_size=64)  # D sure every real is real: r_t = 1 > 0.6
+    assert ada.rt == 1.0 and ada.p == pytest.approx(3 * 64 * 4 / 1000)  # adjusted at steps 4, 8, 12
     ada.update(batch_size=64, sign_sum=-64.0, count=64)  # all-reduced sums, as under DDP
     assert ada.p == pytest.approx(2 * 64 * 4 / 1000)
 

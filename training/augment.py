@@ -106,6 +106,13 @@ class AdaptiveP:
         self.target, self.speed_kimg, self.interval, self.p = target, speed_kimg, interval, p
         self.sign_sum, self.count, self.rt = 0.0, 0, 0.0
 
+    def observe(self, sign_sum: float, count: int, step: int, batch_size: int) -> None:
+        """Add one step's sum of sign(D(real)) over `count` logits; every `interval` steps, adjust p."""
+        self.sign_sum += sign_sum
+        self.count += count
+        if step % self.interval == 0:
+            self.update(batch_size)
+
     def update(self, batch_size: int, sign_sum: float | None = None, count: int | None = None) -> None:
         """Adjust p from the accumulated stats (pass all-reduced sums under DDP)."""
         sign_sum = self.sign_sum if sign_sum is None else sign_sum

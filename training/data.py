@@ -45,6 +45,7 @@ from PIL import Image
 from medgan.errors import MedganError
 from medgan.files import atomic_path
 from training import readers as R
+from training import slicing as S
 
 PIPELINE_VERSION = 2  # bump when preprocessing changes: cached built-ins are keyed by it
 ARRAYS = ("images", "source", "subject", "axis", "index", "split")
@@ -180,13 +181,13 @@ def ingest(inputs: Sequence[str | Path] | str | Path, size: int, *, axes: Iterab
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
     subjects, licences = dict(subjects or {}), dict(licences or {})
-    files, skipped = R.collect_files(inputs)
+    files, skipped = S.collect_files(inputs)
     rows: dict[str, list] = {k: [] for k in ("images", "source", "subject", "axis", "index", "pos", "thick")}
     sources, dropped_empty = [], 0
     for path, fid, given in tqdm(files, desc="reading", unit="file", disable=not progress):
         try:
             item = R.read_file(path)
-            kept, total = R.file_slices(item, size, axes, window, square, percentiles, min_foreground, foreground_level)
+            kept, total = S.file_slices(item, size, axes, window, square, percentiles, min_foreground, foreground_level)
         except R.SkipFile as exc:
             skipped.append({"file": fid, "reason": str(exc)})
             continue
@@ -207,7 +208,7 @@ def ingest(inputs: Sequence[str | Path] | str | Path, size: int, *, axes: Iterab
     subject = np.array(rows["subject"])
     axis = np.array(rows["axis"], np.int8)
     pos = np.array(rows["pos"], np.float64)
-    split, keep, mode, warnings = R.assign_split(subject, axis, pos, np.array(rows["thick"], np.float64),
+    split, keep, mode, warnings = S.assign_split(subject, axis, pos, np.array(rows["thick"], np.float64),
                                                  float(heldout), int(seed), slab_gap, templates=set(templates))
     source = np.array(rows["source"])
     ds = SliceDataset(np.stack(rows["images"])[:, None], source, subject, axis, np.array(rows["index"], np.int32),
@@ -219,7 +220,7 @@ def ingest(inputs: Sequence[str | Path] | str | Path, size: int, *, axes: Iterab
         "window": list(window) if window else None, "percentiles": list(percentiles),
         "min_foreground": min_foreground, "foreground_level": foreground_level,
         "split": mode, "heldout_fraction": float(heldout), "seed": int(seed), "slab_gap": slab_gap,
-        "split_rule": R.SPLIT_RULES[mode], "warnings": warnings, "sources": sources, "skipped": skipped,
+        "split_rule": S.SPLIT_RULES[mode], "warnings": warnings, "sources": sources, "skipped": skipped,
         "templates": sorted(set(templates)), "labels": {"level": f"{LEVEL_BANDS} bands of each volume's extent "
                                                                  "along its slicing axis", "plane": "slicing axis"},
         "counts": {"files_found": len(files), "files_read": len(sources), "files_skipped": len(skipped),
@@ -236,7 +237,7 @@ def ingest(inputs: Sequence[str | Path] | str | Path, size: int, *, axes: Iterab
 def _append_slices(rows: dict[str, list], kept: list, item: "R.Item", fid: str, given: str,
                    subjects: Mapping[str, str], licences: Mapping[str, str]) -> dict:
     """Add one file's kept slices to `rows` under its subject; returns the file's `sources` entry."""
-    subject = subjects.get(fid) or subjects.get(given) or item.subject or R.subject_from_path(fid) or fid
+    subject = subjects.get(fid) or subjects.get(given) or item.subject or S.subject_from_path(fid) or fid
     for img, ax, k, pos, thick in kept:
         for key, val in zip(("images", "axis", "index", "pos", "thick"), (img, ax, k, pos, thick)):
             rows[key].append(val)

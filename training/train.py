@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from medgan.config import GeneratorConfig, ModelConfig
 from medgan.errors import MedganError
-from medgan.generator import Generator, latents, sample_labels, save_model_folder, to_uint8
+from medgan.generator import Generator, save_model_folder
 from medgan.nets import DCGANGenerator, build_generator
 from medgan.perf import cpu_name
 
@@ -55,6 +55,9 @@ from .fidlog import TrainFID
 from .runlog import MetricsLog, fid_records, grid, plot_fid_curves, save_synthetic_png
 
 LOSSES = ("bce", "ns", "hinge")
+# What train_step returns, in this order (one float64 vector, so all ranks sum it in one collective).
+STATS = ("loss_d", "loss_g", "d_real", "d_fake", "r1", "sign_sum", "count")
+STAT = {name: i for i, name in enumerate(STATS)}
 
 
 @dataclass
@@ -346,7 +349,7 @@ class Trainer:
             offset += g.numel()
 
     def train_step(self) -> torch.Tensor:
-        """One D update then one G update; returns [loss_d, loss_g, d_real, d_fake, r1, sign_sum, n]
+        """One D update then one G update; returns the STATS vector (loss_d, loss_g, d_real, d_fake, r1, sign_sum, count)
         (r1 as applied: the lazy penalty times r1_every on its steps, 0 between, so means are per step)."""
         cfg = self.cfg
         real, labels = self.real_batch()
@@ -759,7 +762,7 @@ def train_loop(trainer: Trainer, cfg: TrainConfig, d: Dist, stop: StopFlag, log:
     """Steps until done, a signal or the time limit; returns why it stopped."""
     bar = tqdm(total=cfg.steps, initial=trainer.step, disable=not d.main, dynamic_ncols=True, unit="step",
                file=sys.stderr)
-    sums = torch.zeros(7, dtype=torch.float64)
+    sums = torch.zeros(len(STATS), dtype=torch.float64)
     fid_logger = TrainFID(trainer.images.cpu().numpy()[:, 0], cfg.fid_images) if cfg.fid_every and d.main else None
     n_sums, began = 0, time.perf_counter() - trainer.elapsed
     cpu_began = time.process_time() - trainer.cpu_elapsed
@@ -784,25 +787,22 @@ def train_loop(trainer: Trainer, cfg: TrainConfig, d: Dist, stop: StopFlag, log:
         sums += stats
         n_sums += 1
         if trainer.ada is not None:
-            trainer.ada.sign_sum += float(stats[5])
-            trainer.ada.count += int(stats[6])
-            if trainer.step % trainer.ada.interval == 0:
-                trainer.ada.update(cfg.batch_size)
+            trainer.ada.observe(float(stats[STAT["sign_sum"]]), int(stats[STAT["count"]]), trainer.step, cfg.batch_size)
         bar.update(1)
         if trainer.step % cfg.log_every == 0 or trainer.step == cfg.steps or flags[:2].any():
-            mean = (sums / (n_sums * d.world)).tolist()
+            mean = dict(zip(STATS, (sums / (n_sums * d.world)).tolist()))
             rate = n_sums * cfg.batch_size / max(step_time, 1e-9)
             cpu_rate = n_sums * cfg.batch_size / d.world / max(step_cpu, 1e-9)  # per process
-            trainer.last = {"loss_d": round(mean[0], 5), "loss_g": round(mean[1], 5), "d_real": round(mean[2], 5),
-                            "d_fake": round(mean[3], 5)}
+            trainer.last = {k: round(mean[k], 5) for k in ("loss_d", "loss_g", "d_real", "d_fake")}
             if d.main:
                 log.append({"step": trainer.step, "kimg": round(trainer.step * cfg.batch_size / 1000, 3),
                             "time_s": round(trainer.elapsed, 2), "cpu_s": round(trainer.cpu_elapsed, 2),
-                            **trainer.last, "r1": round(mean[4], 6),
+                            **trainer.last, "r1": round(mean["r1"], 6),
                             "aug_p": round(trainer.aug_p if trainer.policy else 0.0, 4),
-                            "rt": round(float(sums[5] / max(float(sums[6]), 1.0)), 4), "img_per_s": round(rate, 1),
+                            "rt": round(float(sums[STAT["sign_sum"]] / max(float(sums[STAT["count"]]), 1.0)), 4),
+                            "img_per_s": round(rate, 1),
                             "img_per_cpu_s": round(cpu_rate, 2)})
-                bar.set_postfix(D=f"{mean[0]:.3f}", G=f"{mean[1]:.3f}", img_s=f"{rate:.0f}", refresh=False)
+                bar.set_postfix(D=f"{mean['loss_d']:.3f}", G=f"{mean['loss_g']:.3f}", img_s=f"{rate:.0f}", refresh=False)
             sums.zero_()
             n_sums, step_time, step_cpu = 0, 0.0, 0.0
         if d.main and trainer.step % cfg.sample_every == 0:
