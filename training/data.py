@@ -44,6 +44,7 @@ from PIL import Image
 
 from medgan.errors import MedganError
 from medgan.files import atomic_path
+from medgan.imaging import grid
 from training import readers as R
 from training import slicing as S
 
@@ -468,12 +469,8 @@ def _adapt(ds: SliceDataset, size: int, axes: tuple[int, ...], label: str) -> Sl
 def save_preview(ds: SliceDataset, path: str | Path, n: int = 16, cols: int = 4, scale: int = 2) -> Path:
     """A grid of n slices spread evenly through the dataset, as PNG."""
     pick = np.linspace(0, len(ds) - 1, min(n, len(ds))).round().astype(int)
-    rows, s, gap = -(-len(pick) // cols), ds.size, 2
-    grid = np.full((rows * (s + gap) - gap, cols * (s + gap) - gap), 64, np.uint8)
-    for i, j in enumerate(pick):
-        r, c = divmod(i, cols)
-        grid[r * (s + gap):r * (s + gap) + s, c * (s + gap):c * (s + gap) + s] = ds.images[j, 0]
-    img = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.Resampling.NEAREST)
+    sheet = grid(ds.images[pick, 0], cols=cols, pad=2, fill=64)
+    img = Image.fromarray(sheet).resize((sheet.shape[1] * scale, sheet.shape[0] * scale), Image.Resampling.NEAREST)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
     return Path(path)
