@@ -81,7 +81,7 @@ def controls(gen: Any, truncation: object, label: object) -> tuple[dict[str, Any
     control (medigan's) accept only the defaults, and say so otherwise."""
     truncation = check_truncation(truncation)
     classes = list(getattr(gen, "classes", []) or [])
-    fixed = check_label(label, classes, getattr(gen, "id", "?")) if classes or label not in (None, "", "any") else None
+    fixed = check_label(label, classes, getattr(gen, "id", "?"))  # None/"any": a class per image
     if not hasattr(gen, "labels"):
         if truncation != 1.0:
             raise InvalidArgumentError(f"truncation: model {getattr(gen, 'id', '?')!r} does not support it; "
