@@ -177,10 +177,10 @@ def test_round_trip_through_a_medigan_package(tmp_path, style_folder):
     assert np.array_equal(got, want)
 
 
-def _two_class_npz(path: Path, n: int = 48) -> Path:
+def _two_class_npz(path: Path, n: int = 48, size: int = 32) -> Path:
     """Class 0: dark discs, class 1: bright discs, otherwise alike (trivially different classes)."""
     from training.data import SliceDataset
-    yy, xx = np.mgrid[-1:1:32j, -1:1:32j]
+    yy, xx = np.mgrid[-1:1:size * 1j, -1:1:size * 1j]
     disc = (xx ** 2 + yy ** 2 < 0.6).astype(np.float32)
     level = (np.arange(n) % 2).astype(np.int8)
     rng = np.random.default_rng(0)
@@ -188,7 +188,7 @@ def _two_class_npz(path: Path, n: int = 48) -> Path:
                        for c in level]).astype(np.uint8)[:, None]
     split = np.array(["train"] * n)
     return SliceDataset(images, np.array(["a"] * n), np.array(["a"] * n), np.full(n, 2, np.int8),
-                        np.arange(n, dtype=np.int32), split, meta={"dataset": "two-class", "size": 32},
+                        np.arange(n, dtype=np.int32), split, meta={"dataset": "two-class", "size": size},
                         level=level).save(path)
 
 
@@ -207,3 +207,36 @@ def test_a_model_trained_on_two_trivial_classes_produces_them(tmp_path):
     bright = gen.generate(32, 0, label=1, output_type="np").astype(float)
     centre = (slice(None), slice(12, 20), slice(12, 20))
     assert bright[centre].mean() > dark[centre].mean() + 40, (dark[centre].mean(), bright[centre].mean())
+
+
+def test_warm_start_grows_a_model_and_records_its_cpu_time(tmp_path):
+    """--init-from: a 32² model grows to 64² (shared widths): before any step the grown generator draws the
+    source's images up-sampled, and the export adds the source's CPU time to its own."""
+    from training.train import Trainer, make_config
+    from medgan.stylenet import upsample
+    npz = _two_class_npz(tmp_path / "two.npz", n=8, size=64)
+    common = ["--data", str(npz), "--arch", "style", "--condition", "level", "--batch-size", "8", "--d-width", "8",
+              "--w-dim", "32", "--latent-dim", "16", "--threads", "1", "--sample-every", "1000", "--ckpt-every", "1000"]
+    assert main([*common, "--size", "32", "--base-width", "4", "--steps", "2", "--out", str(tmp_path / "small")]) == 0
+    source = Generator.from_folder(tmp_path / "small" / "model", device="cpu")
+    cfg = make_config({"arch": "style", "size": 64, "base_width": 2, "d_width": 8, "w_dim": 32, "latent_dim": 16,
+                       "condition": "level", "out": str(tmp_path / "grown")})
+    images = np.zeros((4, 1, 64, 64), np.float32)
+    trainer = Trainer(cfg, images, labels=np.zeros(4), classes=source.classes)
+    info = trainer.warm_start(tmp_path / "small" / "model")
+    assert info["new"] and all(k.startswith(("layers.4.", "to_image.4.")) for k in info["new"]), info["new"]
+    z, labels = torch.randn(6, 16), torch.tensor([0, 1, 0, 1, 2, 3])
+    with torch.no_grad():
+        grown = trainer.G_ema(z, labels)
+        small = source.reference_net(z, labels)
+    assert torch.allclose(grown, upsample(small), atol=1e-5)
+    with pytest.raises(Exception, match="does not match"):
+        Trainer(make_config({"arch": "style", "size": 64, "out": str(tmp_path / "x")}), images).warm_start(
+            tmp_path / "small" / "model")
+    rc = main([*common, "--size", "64", "--base-width", "2", "--steps", "1", "--init-from",
+               str(tmp_path / "small" / "model"), "--out", str(tmp_path / "grown")])
+    assert rc == 0
+    training = json.loads((tmp_path / "grown" / "model" / "config.json").read_text())["training"]
+    prior = source.config.training["cpu_time_s"]
+    assert training["init_from"]["model"] == source.id and training["init_from"]["cpu_time_s"] == prior
+    assert training["cpu_time_total_s"] == pytest.approx(prior + training["cpu_time_s"], abs=0.2)

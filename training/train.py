@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from medgan.config import GeneratorConfig, ModelConfig
 from medgan.errors import MedganError
-from medgan.generator import Generator, save_model_folder
+from medgan.generator import Generator, load_weights, save_model_folder
 from medgan.nets import DCGANGenerator, build_generator
 from medgan.perf import cpu_name
 
@@ -115,6 +115,9 @@ class TrainConfig:
     # > 0: stop after this much process CPU time (summed over resumes): equal budgets on a shared machine
     max_cpu_minutes: float = 0.0
     out: str = ""
+    # warm start: G (and its EMA) from an exported model folder; tensors match by name and shape, so a
+    # 128² run can grow from a 64² model whose widths it shares (see Trainer.warm_start). D starts fresh.
+    init_from: str = ""
     export: str = ""                # model folder; "" = <out>/model
     # model metadata for the export
     model_id: str = ""
@@ -245,6 +248,11 @@ def generator_config(cfg: TrainConfig, channels: int, classes: list[str]) -> Gen
     return GeneratorConfig(**common)
 
 
+def cumulative_cpu_s(training: dict[str, Any]) -> float:
+    """Training CPU seconds of a model including the models it was warm-started from."""
+    return float(training.get("cpu_time_s", 0.0)) + float(training.get("init_from", {}).get("cpu_time_s", 0.0))
+
+
 @torch.no_grad()
 def exact_w_avg(net: torch.nn.Module, samples: int = 4096, seed: int = 1234) -> torch.nn.Module:
     """Replace the running mean of w with the exact mean over fixed latents, per class (truncation's centre)."""
@@ -297,11 +305,37 @@ class Trainer:
         self.cpu_elapsed = 0.0      # process CPU time of training, summed over resumes
         self.commands: list[str] = []
         self.last: dict[str, float] = {}
+        self.init_info: dict[str, Any] = {}  # what warm_start copied from (kept across resumes)
         if self.d.world > 1:
             for t in [*self.G.state_dict().values(), *self.D.state_dict().values()]:
                 dist.broadcast(t, 0)
             if self.G_ema is not None:
                 self.G_ema.load_state_dict(self.G.state_dict())
+
+    def warm_start(self, folder: str | Path) -> dict[str, Any]:
+        """Start G and its EMA from an exported model folder: every tensor whose name and shape match is
+        copied. Layers the source lacks (a grown resolution) keep their init except their toRGB weights, which
+        start at zero, so the first images are the source's, up-sampled (the skip outputs sum)."""
+        folder = Path(folder)
+        source = ModelConfig.load(folder)
+        if source.generator.arch != self.cfg.arch or list(source.generator.classes) != self.classes:
+            raise UsageError(f"--init-from {folder}: its generator ({source.generator.arch}, classes "
+                             f"{source.generator.classes}) does not match this run ({self.cfg.arch}, {self.classes})")
+        own = self.G.state_dict()
+        tensors = load_weights(folder, source.id)
+        copied = {k: v for k, v in tensors.items() if k in own and own[k].shape == v.shape}
+        new = sorted(k for k in own if k not in copied)
+        if not copied:
+            raise UsageError(f"--init-from {folder}: no tensor matches this generator's names and shapes")
+        start = {k: torch.zeros_like(own[k]) for k in new if k.startswith("to_image.") and k.endswith(".weight")}
+        self.G.load_state_dict({**own, **copied, **start})
+        if self.G_ema is not None:
+            self.G_ema.load_state_dict(self.G.state_dict())
+        prior = source.training or {}
+        self.init_info = {"model": source.id, "resolution": source.generator.resolution,
+                          "steps": prior.get("steps", 0) + prior.get("init_from", {}).get("steps", 0),
+                          "cpu_time_s": cumulative_cpu_s(prior), "copied": len(copied), "new": new}
+        return self.init_info
 
     # .. one step ..................................................................................
     @property
@@ -428,7 +462,8 @@ class Trainer:
         meta = {"config": asdict(self.cfg), "step": self.step, "elapsed": self.elapsed,
                 "cpu_elapsed": self.cpu_elapsed, "world": self.d.world,
                 "opt_g": mg, "opt_d": md, "rng": mr, "ada": self.ada.state() if self.ada else None,
-                "commands": self.commands, "last": self.last, "torch": torch.__version__}
+                "commands": self.commands, "last": self.last, "torch": torch.__version__,
+                "init_from": self.init_info}
         return tensors, meta
 
     def gather(self, t: torch.Tensor) -> list[torch.Tensor]:
@@ -460,6 +495,7 @@ class Trainer:
         self.step, self.elapsed = int(meta["step"]), float(meta["elapsed"])
         self.cpu_elapsed = float(meta.get("cpu_elapsed", 0.0))
         self.commands, self.last = list(meta.get("commands", [])), dict(meta.get("last", {}))
+        self.init_info = dict(meta.get("init_from") or {})
 
 
 # --- data ------------------------------------------------------------------------------------------
@@ -545,6 +581,9 @@ def export_model(trainer: Trainer, folder: Path, data_info: dict[str, Any], hw: 
                 "images_seen": trainer.step * cfg.batch_size, "wall_time_s": round(trainer.elapsed, 1),
                 "cpu_time_s": round(trainer.cpu_elapsed, 1),
                 "hardware": hw, "final_losses": trainer.last, "ema": cfg.ema > 0, "config": asdict(cfg)}
+    if trainer.init_info:
+        training["init_from"] = trainer.init_info
+        training["cpu_time_total_s"] = round(cumulative_cpu_s(training), 1)
     curve = fid_records(run_dir)
     if curve:  # the cheap FID's quality-vs-CPU-time curve (training CPU minutes, FID on fid_images samples)
         training["fid_curve"] = [{"step": r["step"], "cpu_min": round(r["cpu_s"] / 60, 2), "fid": r["fid"],
@@ -602,6 +641,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = p.add_argument_group("run")
     run.add_argument("--out", help="run directory (default runs/<dataset>-<recipe>-<size>)")
     run.add_argument("--resume", help="run directory or checkpoint file to continue")
+    run.add_argument("--init-from", metavar="MODEL_FOLDER",
+                     help="warm-start G from an exported model (same classes; a larger --size grows it)")
     for name, kind in (("seed", int), ("sample-seed", int), ("threads", int), ("sample-every", int),
                        ("ckpt-every", int), ("log-every", int), ("max-minutes", float), ("max-cpu-minutes", float),
                        ("fid-every", int), ("fid-images", int)):
@@ -724,6 +765,9 @@ def run(cfg: TrainConfig, argv: list[str], resume: str | None = None, images: np
         trainer.load_state(tensors, meta)
         if d.main:
             log.truncate_after(trainer.step)
+    elif cfg.init_from:
+        info = trainer.warm_start(cfg.init_from)
+        print(f"warm start from {info['model']}: {info['copied']} tensors copied, {len(info['new'])} new", flush=True)
     trainer.commands.append(command_line(argv, d))
     hw = hardware(d, device)
     if d.main:
