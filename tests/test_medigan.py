@@ -29,7 +29,8 @@ from medgan.generator import latents
 from medgan.registry import Registry, default_sources
 from medgan.sources.local import LocalSource
 from medgan.sources.medigan import (IMAGE_TO_IMAGE, MASK_CONDITIONED, MediganSource, add_to_catalogue,
-                                    read_catalogue, refresh_catalogue)
+                                    info_from_entry, read_catalogue, refresh_catalogue, snapshot,
+                                    valid_catalogue)
 from medgan.sources import NOISE_TO_IMAGE
 from medigan_fixtures import (CHDIR_RANDOM, EXITS, HANGS, IMAGE_TO_IMAGE_IDS, MASK_CONDITIONED_IDS, RAISES,
                               REFERENCE_CATALOGUE, SEGFAULTS, add_foreign_package)
@@ -82,6 +83,7 @@ def test_reference_catalogue_lists_23_models_with_kinds_and_refuses_non_noise(ex
            ("MG", "breast", 128, "DCGAN", "INbreast", "MIT")
     assert calc.metrics == {"fid_published": 67.6}  # published by the authors, labelled so
     assert "not downloaded" in calc.notice and "offline" in calc.notice
+    assert "downloads on first use (needs internet)" in calc.notice
     assert infos["medigan:00017_DCGAN_XRAY_LUNG_NODULES"].modality == "DX"
     assert infos["medigan:00009_PGGAN_POLYP_PATCHES_W_MASKS"].channels == 3
     assert infos["medigan:00003_CYCLEGAN_MMG_DENSITY_FULL"].resolution is None  # 1332x800, not square
@@ -100,24 +102,146 @@ def test_reference_catalogue_lists_23_models_with_kinds_and_refuses_non_noise(ex
     assert foreign_modules() == before  # listing and refusing never import medigan or model code
 
 
-def test_missing_or_broken_catalogue_gives_a_notice_and_the_rest_works(tmp_path, tiny_model, monkeypatch):
+def test_missing_or_broken_catalogue_lists_the_shipped_snapshot_and_the_rest_works(tmp_path, tiny_model,
+                                                                                    monkeypatch):
     monkeypatch.setenv("MEDGAN_MEDIGAN", "0")
     assert "medigan" not in [s.name for s in default_sources()]
     monkeypatch.delenv("MEDGAN_MEDIGAN")
     assert [s.name for s in default_sources()][-1] == "medigan"
     registry = Registry([LocalSource([tiny_model.parent]), MediganSource(tmp_path / "no-home")])
-    assert [m.id for m in registry.list_models()] == ["tiny-test"]
+    ids = [m.id for m in registry.list_models()]
+    assert ids[0] == "tiny-test" and set(ids[1:]) == {f"medigan:{k}" for k in REFERENCE_CATALOGUE}
     notices = service.source_notices(registry)
-    assert len(notices) == 1 and notices[0].startswith("medigan: medigan catalogue not available")
+    assert len(notices) == 1 and notices[0].startswith("medigan: no medigan catalogue (config/global.json)")
+    assert "snapshot" in notices[0] and "downloads on first use (needs internet)" in notices[0]
     assert str(tmp_path) not in notices[0]  # no server path in what the UI shows
     assert registry.load("tiny-test").generate(2, 1, output_type="np").shape == (2, 32, 32)
+    with pytest.raises(SourceUnavailableError, match="downloads on first use \\(needs internet\\)"):
+        registry.load("medigan:00001_DCGAN_MMG_CALC_ROI").generate(1, 0)
+    without = MediganSource(tmp_path / "no-home", snapshot=False)  # the snapshot off: nothing, and why
+    assert without.list_models() == [] and "not listed" in without.notice
     with pytest.raises(Exception, match="Unknown model id 'medigan:00001_DCGAN_MMG_CALC_ROI'"):
-        registry.load("medigan:00001_DCGAN_MMG_CALC_ROI")
+        Registry([without]).load("medigan:00001_DCGAN_MMG_CALC_ROI")
     broken = tmp_path / "broken"
     (broken / "config").mkdir(parents=True)
     (broken / "config" / "global.json").write_text("{not json")
     source = MediganSource(broken)
-    assert source.list_models() == [] and "unreadable" in source.notice
+    assert len(source.list_models()) == 23 and "unreadable" in source.notice and "snapshot" in source.notice
+    assert not (broken / "models").exists()  # listing writes nothing
+
+
+def test_fresh_offline_install_lists_medigan_models_and_refuses_them_at_once(tmp_path, tiny_model, monkeypatch):
+    """A fresh machine: an empty medigan home, offline. The service lists our models plus medigan's 23 (from
+    the snapshot); generating one fails at once with a clear error, without starting a worker or writing."""
+    home = tmp_path / "fresh-home"
+    monkeypatch.setenv("MEDGAN_MEDIGAN_HOME", str(home))
+    monkeypatch.setenv("MEDGAN_OFFLINE", "1")
+    registry = Registry(default_sources([tiny_model.parent]))
+    listing = service.models_json(registry)
+    medigan_rows = [m for m in listing if m["source"] == "medigan"]
+    assert len(listing) >= 20 and len(medigan_rows) == 23 and "tiny-test" in [m["id"] for m in listing]
+    assert all("downloads on first use (needs internet)" in m["notice"] for m in medigan_rows)
+    calc = next(m for m in medigan_rows if m["id"] == "medigan:00001_DCGAN_MMG_CALC_ROI")
+    assert (calc["modality"], calc["organ"], calc["resolution"], calc["architecture"], calc["license"]) == \
+           ("MG", "breast", 128, "DCGAN", "MIT")
+    assert calc["metrics"]["fid_published"] == 67.6 and calc["metrics"]["fid_radimagenet_published"] == 1.27
+    before = foreign_modules()
+    began = time.perf_counter()
+    with pytest.raises(SourceUnavailableError, match="'medigan:00001_DCGAN_MMG_CALC_ROI' downloads on first use "
+                                                     "\\(needs internet\\).*offline.*zenodo.org"):
+        service.generate("medigan:00001_DCGAN_MMG_CALC_ROI", 1, 2, registry=registry)
+    assert time.perf_counter() - began < 2  # no worker, no network wait
+    assert not home.exists() and foreign_modules() == before
+    with pytest.raises(InvalidArgumentError, match="image-to-image"):
+        service.generate("medigan:00003_CYCLEGAN_MMG_DENSITY_FULL", 1, 2, registry=registry)
+
+
+def test_global_json_wins_over_the_snapshot_and_snapshot_models_are_registered_before_a_run(tmp_path,
+                                                                                            monkeypatch):
+    home = tmp_path / "home"
+    ours = json.loads(json.dumps(REFERENCE_CATALOGUE["00002_DCGAN_MMG_MASS_ROI"]))
+    ours["description"]["title"] = "from global.json"
+    add_to_catalogue(home, {"00002_DCGAN_MMG_MASS_ROI": ours})
+    source = MediganSource(home, refresh=False)
+    infos = {m.id: m for m in source.list_models()}
+    assert len(infos) == 23 and source.notice == ""
+    assert infos["medigan:00002_DCGAN_MMG_MASS_ROI"].title == "from global.json"
+    assert "00002_DCGAN_MMG_MASS_ROI" not in source.snapshot_only and len(source.snapshot_only) == 22
+    # Online, a snapshot-only model is written into global.json (where medigan's code reads it) before it runs.
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("MEDGAN_OFFLINE", raising=False)
+    calls = []
+
+    def fake_worker(home_, model_id, entry, count, seed, start=0):
+        calls.append(model_id)
+        assert model_id in read_catalogue(home_)
+        return np.zeros((count, 8, 8), np.uint8), {}
+    monkeypatch.setattr("medgan.sources.medigan.source.run_worker", fake_worker)
+    gen = source.load("medigan:00001_DCGAN_MMG_CALC_ROI")
+    assert gen.from_snapshot and gen.generate(2, 0, output_type="np").shape == (2, 8, 8)
+    assert calls == ["00001_DCGAN_MMG_CALC_ROI"]
+    catalogue = read_catalogue(home)
+    assert set(catalogue) == {"00001_DCGAN_MMG_CALC_ROI", "00002_DCGAN_MMG_MASS_ROI"}
+    assert catalogue["00002_DCGAN_MMG_MASS_ROI"]["description"]["title"] == "from global.json"  # kept
+
+
+# --- the shipped snapshot -------------------------------------------------------------------------------
+
+REFERENCE_JSON = ROOT.parent / "shared" / "reference" / "medigan-catalogue.json"  # medigan's real global.json
+
+
+def test_snapshot_builder_is_deterministic_facts_only_and_checks_its_input(tmp_path):
+    """On a small hand-made catalogue (CI needs no file outside the repo): same bytes whatever the key order,
+    medigan's prose is not copied, the facts are."""
+    entries = {k: json.loads(json.dumps(REFERENCE_CATALOGUE[k]))
+               for k in ("00005_DCGAN_MMG_MASS_ROI", "00021_CYCLEGAN_BRAIN_MRI_T1_T2")}
+    for entry in entries.values():
+        entry["description"]["comment"] = "PROSE THAT MUST NOT BE COPIED"
+        entry["description"]["doi"] = ["10.0000/x", ""]
+        entry["selection"]["performance"].update({"SSIM": None, "CLF": {"trained_on_fake": {}}, "IS": 2.5})
+    entries["00005_DCGAN_MMG_MASS_ROI"]["selection"]["generates"] = ["mass", "masses"]
+    reordered = {k: {part: dict(reversed(list(v.items()))) for part, v in reversed(list(e.items()))}
+                 for k, e in reversed(list(entries.items()))}
+    text = snapshot.render(snapshot.build(entries))
+    assert text == snapshot.render(snapshot.build(reordered)) == snapshot.render(snapshot.build(entries))
+    assert "PROSE" not in text and "Test package" not in text
+    doc = json.loads(text)
+    assert doc["count"] == 2 and "medigan" in doc["attribution"] and list(doc["models"]) == sorted(entries)
+    mass = doc["models"]["00005_DCGAN_MMG_MASS_ROI"]
+    assert mass["execution"] == entries["00005_DCGAN_MMG_MASS_ROI"]["execution"]  # all that running it needs
+    assert mass["selection"]["performance"] == {"FID": 180.04, "IS": 2.5} and mass["description"]["doi"] == ["10.0000/x"]
+    assert mass["description"]["comment"].startswith("DCGAN, 128² mammography mass (BCDR); noise-to-image.")
+    assert "224×192" in doc["models"]["00021_CYCLEGAN_BRAIN_MRI_T1_T2"]["description"]["comment"]
+    source = tmp_path / "global.json"
+    source.write_text(json.dumps(entries))
+    out = tmp_path / "snapshot.json"
+    assert snapshot.main(["--build", str(source), "--out", str(out)]) == 0 and out.read_text() == text
+    assert snapshot.main(["--check", str(source), "--out", str(out)]) == 0
+    source.write_text(json.dumps({**entries, "extra": entries["00005_DCGAN_MMG_MASS_ROI"]}))
+    assert snapshot.main(["--check", str(source), "--out", str(out)]) == 1
+    with pytest.raises(ValueError, match="not a medigan catalogue"):
+        snapshot.build({"x": {"no": "execution"}})
+
+
+def test_shipped_snapshot_has_23_valid_entries_and_rebuilds_byte_identically():
+    doc = json.loads(snapshot.SNAPSHOT.read_text(encoding="utf-8"))
+    models = snapshot.load_snapshot()
+    assert doc["count"] == len(models) == 23 and set(models) == set(REFERENCE_CATALOGUE) and valid_catalogue(models)
+    assert "medigan" in doc["attribution"] and "not measured here" in doc["attribution"]
+    for model_id, entry in models.items():
+        ref = REFERENCE_CATALOGUE[model_id]
+        info = info_from_entry(model_id, entry, Path("/nonexistent"))
+        want = (MASK_CONDITIONED if model_id in MASK_CONDITIONED_IDS else
+                IMAGE_TO_IMAGE if model_id in IMAGE_TO_IMAGE_IDS else NOISE_TO_IMAGE)
+        assert info.kind == want and info.architecture == ref["selection"]["type"], model_id
+        assert {k: entry["execution"][k] for k in ref["execution"] if k != "generate_method"} == \
+               {k: v for k, v in ref["execution"].items() if k != "generate_method"}, model_id
+        assert info.metrics.get("fid_published") == ref["selection"]["performance"]["FID"], model_id
+        assert entry["description"]["title"] != ref["description"]["title"]  # our own words
+    # The shipped file is what the builder makes of medigan's catalogue (kept beside the repo, in shared/).
+    if REFERENCE_JSON.is_file():
+        rebuilt = snapshot.render(snapshot.build(json.loads(REFERENCE_JSON.read_text(encoding="utf-8"))))
+        assert rebuilt == snapshot.SNAPSHOT.read_text(encoding="utf-8")
 
 
 class _CatalogueHandler(http.server.BaseHTTPRequestHandler):

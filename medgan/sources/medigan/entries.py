@@ -106,14 +106,14 @@ def info_from_entry(model_id: str, entry: dict[str, Any], home: Path) -> ModelIn
     if kind != NOISE_TO_IMAGE:
         needs = "an input image" if kind == IMAGE_TO_IMAGE else "an input mask or image"
         notes.append(f"{kind}: needs {needs}, so it is listed but cannot be sampled from a seed here")
-    else:
-        link = execution.get("package_link")
-        if not package_present(home, model_id, execution):
-            if is_url(link):
-                notes.append(f"package not downloaded yet (from {link_host(link)})"
-                             + ("; offline, so it cannot run now" if is_offline() else ""))
-            elif link and not Path(str(link)).is_file():
-                notes.append("package file is missing")
+    link = execution.get("package_link")
+    if not package_present(home, model_id, execution):
+        if is_url(link):
+            notes.append(f"package not downloaded yet (from {link_host(link)}): downloads on first use "
+                         "(needs internet)" + ("; offline, so it cannot run now" if is_offline() else ""))
+        elif link and not Path(str(link)).is_file():
+            notes.append("package file is missing")
+    if kind == NOISE_TO_IMAGE:
         notes.append("MedGAN Studio model packaged for medigan; deterministic per (seed, index)"
                      if OUR_TAG in _strings(selection.get("tags")) else
                      "runs medigan's code in a worker process; determinism not verified offline")

@@ -45,6 +45,25 @@ def _redact(text: str, home: Path, work: Path) -> str:
     return text[:400]
 
 
+def preflight(home: Path, model_id: str, entry: dict[str, Any]) -> None:
+    """Fail fast, before any process starts, when the model cannot run here: its package is absent and this
+    server is offline (it downloads on first use, which needs internet), its package file is missing, or
+    medigan is not installed."""
+    label = PREFIX + model_id
+    execution = entry.get("execution") or {}
+    if not package_present(home, model_id, execution):
+        link = execution.get("package_link")
+        if is_url(link) and is_offline():
+            raise SourceUnavailableError(f"model {label!r} downloads on first use (needs internet): its package is "
+                                         "not downloaded yet and this server is offline (MEDGAN_OFFLINE / "
+                                         f"HF_HUB_OFFLINE); it comes from {link_host(link)}")
+        if not is_url(link) and not (link and Path(str(link)).is_file()):
+            raise SourceUnavailableError(f"model {label!r}: its package is not in the medigan home and its "
+                                         "package_link is not a readable file")
+    if importlib_find("medigan") is None:
+        raise SourceUnavailableError("medigan is not installed (pip install medigan==1.0.0 'setuptools<81')")
+
+
 def run_worker(home: Path, model_id: str, entry: dict[str, Any], count: int, seed: int, start: int = 0,
                timeout_s: float | None = None, startup_s: float | None = None) -> tuple[np.ndarray, dict]:
     """Run one medigan model in a worker process (WORKER) and return (uint8 images, meta).
@@ -57,16 +76,7 @@ def run_worker(home: Path, model_id: str, entry: dict[str, Any], count: int, see
     timeout_s = limits.medigan_timeout_s() if timeout_s is None else timeout_s
     startup_s = limits.medigan_startup_s() if startup_s is None else startup_s
     execution = entry.get("execution") or {}
-    if not package_present(home, model_id, execution):
-        link = execution.get("package_link")
-        if is_url(link) and is_offline():
-            raise SourceUnavailableError(f"model {label!r}: its package is not downloaded yet and this server is "
-                                         f"offline (MEDGAN_OFFLINE / HF_HUB_OFFLINE); it comes from {link_host(link)}")
-        if not is_url(link) and not (link and Path(str(link)).is_file()):
-            raise SourceUnavailableError(f"model {label!r}: its package is not in the medigan home and its "
-                                         "package_link is not a readable file")
-    if importlib_find("medigan") is None:
-        raise SourceUnavailableError("medigan is not installed (pip install medigan==1.0.0 'setuptools<81')")
+    preflight(home, model_id, entry)
     work = Path(tempfile.mkdtemp(prefix="medgan-medigan-"))
     try:
         request = {"model_id": model_id, "count": count, "seed": seed, "start": start, "home": str(home),
