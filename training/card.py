@@ -22,6 +22,8 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from medgan.config import ModelConfig
 from medgan.files import atomic_write
 
+from .privacy import REAL_IMAGES_NOTE, images_public
+
 TASK = "unconditional-image-generation"
 INDEX_METRICS = {"fid": "FID", "kid": "KID", "precision": "Precision", "recall": "Recall"}
 BASE_TAGS = ["medical-imaging", "gan", "synthetic-data", "medgan"]
@@ -232,7 +234,8 @@ def _memorization(evaluation: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def _evaluation(evaluation: dict[str, Any], folder: Path) -> str:
+def _evaluation(evaluation: dict[str, Any], folder: Path, public: bool = True) -> str:
+    """The Evaluation section; `public`: the real slices eval.png shows may be published (training.privacy)."""
     if _number(evaluation.get("fid")) is None:
         return ("Not evaluated yet. Run `python -m training.evaluate <folder> --dataset <name>`; it writes "
                 "eval.json and re-renders this card.")
@@ -283,9 +286,14 @@ def _evaluation(evaluation: dict[str, Any], folder: Path) -> str:
     # evaluate writes the card just before eval.png, and declares the figure in eval.json
     figure = str((evaluation.get("nearest_pairs") or {}).get("figure", "")) if isinstance(
         evaluation.get("nearest_pairs"), dict) else ""
-    if (folder / "eval.png").is_file() or figure.startswith("eval.png"):
+    if (folder / "eval.png").is_file() or (public and figure.startswith("eval.png")):
         out += ["", "![Nearest training slices of the closest synthetic images; real vs synthetic grids]"
                 "(eval.png)"]
+        if not public:
+            out += ["", f"**{REAL_IMAGES_NOTE}** ({_eval_dataset_name(evaluation)}, not a public dataset): the "
+                    "top rows pair the synthetic images closest to a training slice with that real slice, and "
+                    "the bottom-left grid is 64 random real training slices. Published with the data owner's "
+                    "consent (`python -m training.push --allow-real-images`)."]
     details = [(k, evaluation.get(k)) for k in ("real_data", "feature_extractor", "versions")
                if isinstance(evaluation.get(k), dict)]
     if details:
@@ -294,6 +302,13 @@ def _evaluation(evaluation: dict[str, Any], folder: Path) -> str:
             out += [f"**{key.replace('_', ' ').capitalize()}**", "", _table(list(value.items()), ("", "value")), ""]
         out += ["Full record: `eval.json` in this repository.", "", "</details>"]
     return "\n".join(out)
+
+
+def _images_public(config: ModelConfig, evaluation: dict[str, Any]) -> bool:
+    """Whether eval.png's real slices come from a public dataset (evaluated on, else trained on)."""
+    real = evaluation.get("real_data") if isinstance(evaluation.get("real_data"), dict) else {}
+    name = real.get("dataset") or evaluation.get("dataset") or config.training_data.get("name") or ""
+    return images_public(config.training_data, str(name))
 
 
 def _eval_dataset_name(evaluation: dict[str, Any]) -> str:
@@ -409,7 +424,7 @@ def render_card(folder: str | Path) -> str:
         "## Training procedure",
         _training_procedure(config),
         "## Evaluation",
-        _evaluation(evaluation, folder),
+        _evaluation(evaluation, folder, _images_public(config, evaluation)),
         *_ablation(config),
         *_downstream(folder),
         "## Limitations and biases",

@@ -15,6 +15,12 @@ window) or else the 0.5..99.5 percentiles of the whole file/volume; slices with 
 radiological orientation (axial: anterior up, patient's right on the image left), resampled to square
 pixels, padded with the border's background (or centre-cropped), resized to N (antialiased), uint8.
 
+Privacy: a dataset from user files is PSEUDONYMISED when saved (or ingested in place for training): subjects
+become `subj-<keyed hash>`, file ids `file-<keyed hash>.<ext>`; the key and the mapping to the originals (and
+the DICOM patient identifiers seen) go to `<out>.keys.json` beside it, never into the .npz (see
+training.pseudonyms; `--key-file` reuses another dataset's key). Built-ins are public and keep their names
+(meta "public": true). The summary printed here still shows the original names: it stays on this machine.
+
 Split rule (no leakage): slices are grouped by subject = DICOM PatientID, else a BIDS `sub-XX` in the
 path, else the file id (built-ins name their subjects). With >= 2 subjects, whole subjects go to
 "heldout" (subjects shuffled by --seed, added greedily while that brings the held-out share closer to
@@ -45,6 +51,7 @@ from PIL import Image
 from medgan.errors import MedganError
 from medgan.files import atomic_path
 from medgan.imaging import grid
+from training import pseudonyms as P
 from training import readers as R
 from training import slicing as S
 
@@ -76,6 +83,9 @@ class SliceDataset:
     split: np.ndarray    # str [n]: "train" | "heldout"
     meta: dict = field(default_factory=dict)
     level: np.ndarray | None = None  # int8 [n]: level band 0..LEVEL_BANDS-1 (-1: native 2-D image, unknown)
+    # original subject -> identifiers its files carried (DICOM PatientName…): in memory only, never saved; they go
+    # to the local keys file when the dataset is pseudonymised (training.push checks folders against them)
+    identifiers: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.level is None:
@@ -114,13 +124,26 @@ class SliceDataset:
     def heldout(self) -> "SliceDataset":
         return self.subset(self.split == "heldout")
 
-    def save(self, path: str | Path) -> Path:
-        """Write atomically (a temp file then rename), so a reader never sees half a file."""
+    @property
+    def needs_pseudonyms(self) -> bool:
+        """Ingested from user files and still holding their original subject ids and file paths."""
+        return self.meta.get("public") is False and self.meta.get("pseudonymised") is False
+
+    def save(self, path: str | Path, *, key_from: str | Path | None = None) -> Path:
+        """Write atomically (a temp file then rename), so a reader never sees half a file. A dataset ingested from
+        user files is pseudonymised first (see training.pseudonyms): `<name>.keys.json` is written beside it
+        (before the .npz, so a dataset never exists without its mapping), with the key of `key_from` (a keys
+        file), else of a keys file already in that folder, else a new one; this object is left unchanged."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        ds = self
+        if self.needs_pseudonyms:
+            keys = P.Keys.open(P.keys_path(path), key_from)
+            ds = pseudonymise(self, keys)
+            keys.save()
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **{a: getattr(self, a) for a in (*ARRAYS, *OPTIONAL_ARRAYS)},
-                                meta=np.array(json.dumps(self.meta)))
+            np.savez_compressed(fh, **{a: getattr(ds, a) for a in (*ARRAYS, *OPTIONAL_ARRAYS)},
+                                meta=np.array(json.dumps(ds.meta)))
         return path
 
     @classmethod
@@ -165,26 +188,27 @@ def ingest(inputs: Sequence[str | Path] | str | Path, size: int, *, axes: Iterab
            square: str = "pad", percentiles: tuple[float, float] = (0.5, 99.5),
            min_foreground: float = 0.08, foreground_level: float = 0.1, slab_gap: int = 4,
            subjects: Mapping[str, str] | None = None, licences: Mapping[str, str] | None = None,
-           name: str = "custom", progress: bool = True, templates: Iterable[str] = ()) -> SliceDataset:
+           name: str = "custom", progress: bool = True, templates: Iterable[str] = (),
+           public: bool = False) -> SliceDataset:
     """Read files/folders into a split SliceDataset; skipped files are in `.skipped` / meta["skipped"].
 
     `subjects` / `licences` map a file id (see meta["sources"]) or the path as given to a subject id /
     licence text. `templates`: subjects that are averages of many people (trained on, never held out).
+    `public`: the files are a public dataset whose names may be published (built-ins); otherwise the result
+    holds the ORIGINAL subject ids and file paths in memory, meta says `"public": false, "pseudonymised": false`,
+    and `save()` / `load_dataset` pseudonymise it before anything is written or trained on.
     Raises DatasetError when nothing usable is found.
     """
     from tqdm.auto import tqdm
 
     size, axes = _check_size(size), _check_axes(axes)
-    if not 0.0 <= float(heldout) < 1.0:
-        raise DatasetError(f"heldout must be in [0, 1), got {heldout}")
-    if square not in ("pad", "crop"):
-        raise DatasetError(f"square must be 'pad' or 'crop', got {square!r}")
+    _check_split_options(heldout, square)
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
     subjects, licences = dict(subjects or {}), dict(licences or {})
     files, skipped = S.collect_files(inputs)
     rows: dict[str, list] = {k: [] for k in ("images", "source", "subject", "axis", "index", "pos", "thick")}
-    sources, dropped_empty = [], 0
+    sources, dropped_empty, identifiers = [], 0, {}
     for path, fid, given in tqdm(files, desc="reading", unit="file", disable=not progress):
         try:
             item = R.read_file(path)
@@ -201,6 +225,8 @@ def ingest(inputs: Sequence[str | Path] | str | Path, size: int, *, axes: Iterab
                                                    f"pixels above {foreground_level:g} after normalisation)"})
             continue
         sources.append(_append_slices(rows, kept, item, fid, given, subjects, licences))
+        if item.identifiers:
+            identifiers.setdefault(sources[-1]["subject"], {}).update(item.identifiers)
         del item
     if not rows["images"]:
         shown = "; ".join(f"{s['file']}: {s['reason']}" for s in skipped[:5]) or "no files found"
@@ -214,9 +240,11 @@ def ingest(inputs: Sequence[str | Path] | str | Path, size: int, *, axes: Iterab
     source = np.array(rows["source"])
     ds = SliceDataset(np.stack(rows["images"])[:, None], source, subject, axis, np.array(rows["index"], np.int32),
                       split, level=level_bands(source, axis, pos)).subset(keep)
+    ds.identifiers = identifiers
     per_axis = {str(a): int((ds.axis == a).sum()) for a in sorted(set(ds.axis.tolist()))}
     ds.meta = {
-        "dataset": name, "name": name, "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "dataset": name, "name": name, "public": bool(public), **({} if public else {"pseudonymised": False}),
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "pipeline_version": PIPELINE_VERSION, "size": size, "axes": list(axes), "square": square,
         "window": list(window) if window else None, "percentiles": list(percentiles),
         "min_foreground": min_foreground, "foreground_level": foreground_level,
@@ -235,6 +263,13 @@ def ingest(inputs: Sequence[str | Path] | str | Path, size: int, *, axes: Iterab
     return ds
 
 
+def _check_split_options(heldout: float, square: str) -> None:
+    if not 0.0 <= float(heldout) < 1.0:
+        raise DatasetError(f"heldout must be in [0, 1), got {heldout}")
+    if square not in ("pad", "crop"):
+        raise DatasetError(f"square must be 'pad' or 'crop', got {square!r}")
+
+
 def _append_slices(rows: dict[str, list], kept: list, item: "R.Item", fid: str, given: str,
                    subjects: Mapping[str, str], licences: Mapping[str, str]) -> dict:
     """Add one file's kept slices to `rows` under its subject; returns the file's `sources` entry."""
@@ -247,6 +282,37 @@ def _append_slices(rows: dict[str, list], kept: list, item: "R.Item", fid: str, 
     return {"id": fid, "subject": subject, "kind": item.kind, "slices": len(kept),
             "licence": licences.get(fid) or licences.get(given) or "unknown (user-supplied data)",
             **({"notes": item.notes} if item.notes else {})}
+
+
+def pseudonymise(ds: SliceDataset, keys: "P.Keys") -> SliceDataset:
+    """A copy of `ds` whose subjects and file ids (arrays and meta: sources, skipped, templates, warnings) are
+    keyed pseudonyms from `keys`; the identifiers the files carried are recorded in `keys` (save it)."""
+    import copy
+    import re
+
+    meta = copy.deepcopy(ds.meta)
+    subj = {s: keys.subject(s) for s in sorted({*ds.subject.tolist(), *(x.get("subject", "") for x in
+                                                                        meta.get("sources", []))} - {""})}
+    files = {f: keys.file(f) for f in sorted({*ds.source.tolist(), *(x.get("id", "") for x in meta.get("sources", [])),
+                                              *(x.get("file", "") for x in meta.get("skipped", []))} - {""})}
+    for original, values in ds.identifiers.items():
+        if original in subj:
+            keys.note_identifiers(subj[original], {"subject id": original, **values})
+    meta["sources"] = [{**x, **({"id": files[x["id"]]} if x.get("id") else {}),
+                        **({"subject": subj[x["subject"]]} if x.get("subject") else {})} for x in meta.get("sources", [])]
+    meta["skipped"] = [{**x, "file": files.get(x.get("file", ""), "")} for x in meta.get("skipped", [])]
+    meta["templates"] = [subj.get(t) or keys.subject(t) for t in meta.get("templates", [])]
+    warnings = []
+    for text in meta.get("warnings", []):  # the split names a lone subject as "(ID)"
+        for original in sorted(subj, key=len, reverse=True):
+            text = re.sub(rf"\({re.escape(original)}\)", f"({subj[original]})", text)
+        warnings.append(text)
+    meta.update(warnings=warnings, pseudonymised=True,
+                pseudonyms={"method": "HMAC-SHA256 keyed hash, truncated (training.pseudonyms)",
+                            "keys_file": keys.path.name, "note": "the key and mapping stay local; never published"})
+    source = np.array([files[f] for f in ds.source.tolist()], dtype=str)
+    subject = np.array([subj[s] for s in ds.subject.tolist()], dtype=str)
+    return SliceDataset(ds.images, source, subject, ds.axis, ds.index, ds.split, meta=meta, level=ds.level)
 
 
 def level_bands(source: np.ndarray, axis: np.ndarray, pos: np.ndarray) -> np.ndarray:
@@ -415,7 +481,7 @@ def build_builtin(name: str, size: int, axes: Iterable[int] = (2,), *, heldout: 
     return ingest(paths, size, axes=axes, heldout=heldout, seed=seed, window=spec["window"], name=name,
                   subjects={str(p): s[2] for p, s in zip(paths, sources)},
                   licences={str(p): s[3] for p, s in zip(paths, sources)}, progress=progress,
-                  templates=spec.get("templates", ()))
+                  templates=spec.get("templates", ()), public=True)
 
 
 def cache_dir() -> Path:
@@ -432,6 +498,7 @@ def load_dataset(name_or_path: str, size: int, *, axes: Iterable[int] = (2,), ca
             try:
                 ds = SliceDataset.load(path)
                 if ds.size == size and len(ds):
+                    ds.meta["public"] = True  # caches written before the flag existed
                     return ds
             except DatasetError:
                 pass  # corrupt cache: rebuild below
@@ -445,10 +512,25 @@ def load_dataset(name_or_path: str, size: int, *, axes: Iterable[int] = (2,), ca
     p = Path(str(name_or_path)).expanduser()
     if p.is_file() and p.name.endswith(".npz"):
         return _adapt(SliceDataset.load(p), size, axes, p.name)
-    if p.exists():
-        return ingest([p], size, axes=axes)
+    if p.exists():  # ingested in place, for training or evaluation: pseudonymised like a saved dataset
+        keys = P.Keys.open(keys_for(p))
+        ds = pseudonymise(ingest([p], size, axes=axes), keys)
+        keys.save()
+        return ds
     raise DatasetError(f"unknown dataset {str(name_or_path)[:200]!r}: not a built-in "
                        f"({', '.join(BUILTIN_DATASETS)}) and no such .npz file or folder")
+
+
+def keys_for(data: str | Path) -> Path:
+    """Where the pseudonym keys of a dataset live: `<name>.keys.json` beside a .npz; for a folder or file ingested
+    in place (training/evaluating on it directly), in MEDGAN_CACHE_DIR/keys (one key for all of those)."""
+    import hashlib
+
+    p = Path(str(data)).expanduser()
+    if p.name.endswith(".npz"):
+        return P.keys_path(p)
+    tag = hashlib.sha256(str(p.resolve()).encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return cache_dir().parent / "keys" / f"{tag}{P.KEYS_SUFFIX}"
 
 
 def _adapt(ds: SliceDataset, size: int, axes: tuple[int, ...], label: str) -> SliceDataset:
@@ -491,6 +573,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--square", choices=("pad", "crop"), default="pad")
     ap.add_argument("--min-foreground", type=float, default=0.08, help="drop slices with less foreground")
     ap.add_argument("--preview", help="also write a PNG grid of 16 slices here")
+    ap.add_argument("--key-file", help="pseudonymise with the key of this KEYS.json (default: OUT's own keys file, "
+                                       "else one in OUT's folder, else a new key)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     try:
@@ -516,14 +600,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             ds = ingest(args.inputs, args.size, axes=axes, heldout=args.heldout, seed=args.seed,
                         window=tuple(args.window) if args.window else None, square=args.square,
                         min_foreground=args.min_foreground, progress=not args.quiet)
-        ds.save(args.out)
+        ds.save(args.out, key_from=args.key_file)
         if args.preview:
             save_preview(ds, args.preview)
-    except MedganError as exc:
+    except (MedganError, P.KeysError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(ds.summary())
     print(f"Wrote {args.out}")
+    if ds.needs_pseudonyms:
+        print(f"Subjects and file ids are pseudonymised in {args.out} (subj-…, file-…); the key and the mapping "
+              f"to the originals are in {P.keys_path(args.out)}: keep that file private, never publish it.")
     return 0
 
 

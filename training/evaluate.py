@@ -548,9 +548,10 @@ def main(argv: list[str] | None = None) -> int:
     card = ""
     if write_folder:
         write_json(write_folder / "eval.json", report)   # first: the card reads it
+        # the figure before the card: for a non-public dataset the card shows eval.png only when it is there
+        figure = save_figure(result, write_folder / "eval.png", f"{target.model_id} vs {real.name}")
         card = update_model_folder(write_folder, report, command)
-        written += [write_folder / "eval.json", write_folder / "config.json"]
-        written.append(save_figure(result, write_folder / "eval.png", f"{target.model_id} vs {real.name}"))
+        written += [write_folder / "eval.json", write_folder / "config.json", figure]
     if args.out_json:
         write_json(args.out_json, report)
         written.append(args.out_json)

@@ -2,10 +2,13 @@
 
     python -m training.push weights/<id> --repo ORG/NAME [--private] [--revision BRANCH] [--dry-run]
                             [--endpoint URL] [--catalogue weights/hub.json] [--id ID] [--message TEXT]
+                            [--allow-real-images] [--keys DATA.keys.json]
     python -m training.push --space ORG/SPACE [--private] [--dry-run] [--endpoint URL]
 
 A model folder is validated first (config loads, weights load and generate with medgan, the card parses with
-its metadata, no pickle and no unexpected files). The upload needs a token (HF_TOKEN or `hf auth login`) and
+its metadata, no pickle and no unexpected files) and checked for patient data (training.privacy): no patient
+identifiers or original file paths (checked against the dataset's pseudonym keys file when found, or --keys),
+no real images of a dataset not marked public unless --allow-real-images. The upload needs a token (HF_TOKEN or `hf auth login`) and
 prints the commit URL and the commit sha to pin. `--catalogue` records {id, repo_id, revision, sha256 of every
 file} in MedGAN Studio's Hub catalogue so the app lists the model and verifies what it downloads.
 `--dry-run` validates and lists what would be uploaded, without any network.
@@ -63,8 +66,11 @@ def _looks_pickled(path: Path) -> bool:
 
 # --- validation --------------------------------------------------------------------------------------------
 
-def validate_folder(folder: str | Path) -> list[str]:
-    """The files to upload, after every check passed; PushError lists every problem found."""
+def validate_folder(folder: str | Path, *, allow_real_images: bool = False,
+                    keys_file: str | Path | None = None) -> list[str]:
+    """The files to upload, after every check passed; PushError lists every problem found. Privacy checks
+    (training.privacy): no patient identifiers or file paths, no real images of a non-public dataset unless
+    `allow_real_images` (warned about on stderr); `keys_file`: the dataset's pseudonym keys, if not found."""
     from huggingface_hub import ModelCard
 
     from medgan.config import ModelConfig
@@ -120,6 +126,14 @@ def validate_folder(folder: str | Path) -> list[str]:
             problems.append(f"README.md: unreadable ({exc})")
         except ValueError as exc:
             problems.append(f"README.md: {exc}; {fix}")
+    if config is not None:
+        from .privacy import check_folder
+
+        found, warnings = check_folder(folder, [n for n in names if n in ALLOWED], config,
+                                       allow_real_images=allow_real_images, keys_file=keys_file)
+        problems += found
+        for warning in warnings:
+            print(f"warning: {warning}", file=sys.stderr)
     if problems:
         raise PushError(f"{folder} cannot be published:\n  - " + "\n  - ".join(problems))
     return [n for n in names if n in ALLOWED]
@@ -156,16 +170,19 @@ def check_repo_id(repo_id: str) -> str:
 
 def push(folder: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None,
          endpoint: str | None = None, token: str | None = None, message: str | None = None,
-         files: list[str] | None = None) -> PushResult:
+         files: list[str] | None = None, allow_real_images: bool = False,
+         keys_file: str | Path | None = None) -> PushResult:
     """Validate, create the repo (if needed), upload the folder in one commit; returns the pinned revision.
 
     `files`: validate_folder's result when the caller has just run it (the CLI does, to list them first).
+    `allow_real_images`, `keys_file`: see validate_folder.
     """
     from medgan.config import ModelConfig
 
     folder = Path(folder)
     check_repo_id(repo_id)
-    files = validate_folder(folder) if files is None else files
+    if files is None:
+        files = validate_folder(folder, allow_real_images=allow_real_images, keys_file=keys_file)
     model_id = ModelConfig.load(folder).id
     api = _api(endpoint, token)
     sha = {name: file_digest(folder / name) for name in files}
@@ -301,6 +318,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--id", help="model id in the catalogue (default: config.json's id)")
     p.add_argument("--message", help="commit message")
     p.add_argument("--dry-run", action="store_true", help="validate and list the files; no network")
+    p.add_argument("--allow-real-images", action="store_true",
+                   help="publish real-image panels (eval.png) of a dataset not marked public (warned; the card "
+                        "says what they show). Patient identifiers are never allowed")
+    p.add_argument("--keys", help="the dataset's pseudonym keys file (DATA.keys.json) to check the folder against, "
+                                  "when it is not found from config.json's training command")
     args = p.parse_args(argv)
     if args.space and (args.folder or args.repo):
         p.error("--space deploys the app; give either FOLDER --repo ORG/NAME or --space ORG/NAME")
@@ -328,7 +350,7 @@ def _main(args: argparse.Namespace) -> int:
         return 0
 
     check_repo_id(args.repo)
-    files = validate_folder(args.folder)
+    files = validate_folder(args.folder, allow_real_images=args.allow_real_images, keys_file=args.keys)
     print(f"{args.folder} is valid; to {args.repo} ({args.revision or 'main'}):")
     print(listing(args.folder, files))
     if args.dry_run:

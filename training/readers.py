@@ -39,6 +39,7 @@ class Item:
     invert: bool = False                      # MONOCHROME1: high values are dark
     indices: list[int] = field(default_factory=list)  # frames: index of each frame in its series
     notes: list[str] = field(default_factory=list)
+    identifiers: dict[str, str] = field(default_factory=dict)  # DICOM patient fields: kept local (keys file)
 
 
 def file_kind(path: Path) -> str | None:
@@ -125,7 +126,8 @@ def read_inv3(path: Path) -> Item:
     if "window_level" in main and "window_width" in main:
         window = (float(main["window_level"]), float(main["window_width"]))
     subject = str(main.get("name") or "").strip() or None
-    return Item("volume", np.ascontiguousarray(data), spacing, subject=subject, window=window)
+    return Item("volume", np.ascontiguousarray(data), spacing, subject=subject, window=window,
+                identifiers={"InVesalius project name": subject} if subject else {})
 
 
 def _member_bytes(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
@@ -216,7 +218,24 @@ def read_dicom(path: Path) -> Item:
             indices = [0]
     subject = str(ds.get("PatientID", "") or "").strip() or None
     return Item("frames", list(arr), spacing, subject=subject, window=window,
-                invert=photometric == "MONOCHROME1", indices=indices)
+                invert=photometric == "MONOCHROME1", indices=indices, identifiers=_patient_fields(ds))
+
+
+PATIENT_FIELDS = ("PatientID", "PatientName", "PatientBirthDate", "OtherPatientIDs", "OtherPatientNames",
+                  "PatientAddress", "AccessionNumber")
+
+
+def _patient_fields(ds) -> dict[str, str]:
+    """The DICOM identifiers a publish check must look for (never stored in the dataset itself)."""
+    out = {}
+    for keyword in PATIENT_FIELDS:
+        try:
+            value = str(ds.get(keyword, "") or "").strip()
+        except Exception:  # a malformed element must not cost the file
+            continue
+        if value:
+            out[keyword] = value
+    return out
 
 
 def _find(ds, keyword: str):

@@ -1,0 +1,270 @@
+"""What `training.push` checks before a model folder leaves this machine: no patient identifiers, no original file
+paths, no real images of a non-public dataset.
+
+- Identifiers: JSON fields named like DICOM patient fields (PatientID, PatientName, PatientBirthDate…), DICOM
+  person names (`DOE^JANE`), and — when the dataset's pseudonym keys file is found (training.pseudonyms; located
+  from config.json's training command, or given with --keys) — every original the keys file lists (subject ids,
+  file paths and their distinctive parts, patient names and birth dates), in config.json, README.md, every JSON
+  file, every PNG's text chunks and bytes. Never allowed.
+- Paths: absolute paths (`/home/…`, `C:\\…`, `~/…`; system data under /usr/ excepted) anywhere in those files;
+  for a non-public dataset, any source id or subject in training_data with a directory separator or a date.
+- Real images: a PNG that is neither marked synthetic (its `synthetic: true` text chunk) nor a plot (loss.png,
+  fid.png, downstream.png) shows real slices — eval.png puts training slices beside their nearest synthetic
+  images. Refused for a dataset not marked public unless `--allow-real-images`; the card then says so.
+
+A dataset is public when config.json's training_data says `"public": true`, or it is one of training.data's
+built-ins (public data, published under their own names).
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Iterator
+
+from .pseudonyms import Keys, KeysError, is_pseudonym
+
+PLOT_FILES = ("loss.png", "fid.png", "downstream.png")  # charts only: no image panels
+PATIENT_FIELD = re.compile(r"patient|birth.?date|accession", re.I)
+PERSON_NAME = re.compile(r"[A-Za-z][A-Za-z'-]*\^[A-Za-z]")  # DICOM PN: FAMILY^GIVEN
+DATE = re.compile(r"(?<!\d)(?:19|20)\d\d[-_.]?(?:0[1-9]|1[0-2])[-_.]?(?:0[1-9]|[12]\d|3[01])(?!\d)")
+ABS_PATH = re.compile(r"(?<![\w.:/~\\-])(?:/(?!usr/)[\w.@+-]+/[^\s'\"`)\]|]+|[A-Za-z]:\\[^\s'\"`]+|~/[^\s'\"`]+)")
+REAL_IMAGES_NOTE = "eval.png shows REAL slices of the training data"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def dataset_public(training_data: dict[str, Any]) -> bool:
+    """Marked `"public": true`, or (no mark) a training.data built-in by name."""
+    if isinstance(training_data.get("public"), bool):
+        return training_data["public"]
+    from .data import BUILTIN_DATASETS
+    return str(training_data.get("name", "")) in BUILTIN_DATASETS
+
+
+def images_public(training_data: dict[str, Any], eval_dataset: str) -> bool:
+    """Whether real slices of `eval_dataset` (what eval.png shows) may be published."""
+    from .data import BUILTIN_DATASETS
+    if eval_dataset in BUILTIN_DATASETS:
+        return True
+    return bool(eval_dataset) and eval_dataset == training_data.get("name") and dataset_public(training_data)
+
+
+def _mask(value: str) -> str:
+    """Enough of an identifier to find it, not the whole of it."""
+    value = str(value)
+    return f"{value[:2]}…" if len(value) > 3 else "…"
+
+
+def walk(obj: Any, path: str = "") -> Iterator[tuple[str, str, str]]:
+    """(field path, key, string value) for every string in a JSON document."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from walk(v, f"{path}.{k}" if path else str(k))
+            yield (f"{path}.{k}" if path else str(k), str(k), "")
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from walk(v, f"{path}[{i}]")
+    elif isinstance(obj, str):
+        yield path, path.rsplit(".", 1)[-1], obj
+
+
+# --- what the folder holds ---------------------------------------------------------------------------------
+
+def read_texts(folder: Path, files: list[str]) -> tuple[dict[str, Any], dict[str, str], dict[str, dict[str, str]]]:
+    """(parsed JSON files, text of every JSON/markdown file, PNG text chunks) of the files to upload."""
+    from PIL import Image
+
+    docs, texts, pngs = {}, {}, {}
+    for name in files:
+        path = folder / name
+        if name.endswith((".json", ".md")):
+            try:
+                texts[name] = path.read_text(encoding="utf-8")
+                if name.endswith(".json"):
+                    docs[name] = json.loads(texts[name])
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                continue  # validate_folder reports unreadable files
+        elif name.endswith(".png"):
+            try:
+                with Image.open(path) as img:
+                    pngs[name] = {str(k): str(v) for k, v in (getattr(img, "text", {}) or {}).items()}
+            except OSError:
+                pngs[name] = {}
+    return docs, texts, pngs
+
+
+FIX_FIELD = "remove it from the file (config.json by hand, then re-render the card: python -m training.card FOLDER)"
+FIX_PATH = ("paths can name patients, places and dates: re-run with relative paths, or edit the field in config.json "
+            "and re-render the card (python -m training.card FOLDER)")
+
+
+def _where(name: str, where: int | str) -> str:
+    return f"{name}: line {where}" if isinstance(where, int) else f"{name}: {where}"
+
+
+def field_problems(docs: dict[str, Any], texts: dict[str, str], pngs: dict[str, dict[str, str]],
+                   public: bool) -> tuple[list[str], list[str]]:
+    """Patient-identifier fields and DICOM person names (problems), absolute paths (problems for a non-public
+    dataset, warnings for a public one), wherever they are: JSON fields, card lines, PNG text chunks."""
+    spots = [(name, f"field {path}", key, value) for name, doc in docs.items() for path, key, value in walk(doc)]
+    spots += [(name, i + 1, "", line) for name, text in texts.items() if name.endswith(".md")
+              for i, line in enumerate(text.splitlines())]
+    spots += [(name, f"text chunk {k!r}", k, v) for name, chunks in pngs.items() for k, v in chunks.items()]
+    problems, warnings = [], []
+    for name, where, key, value in spots:
+        path = ABS_PATH.search(value) if value else None
+        if key and PATIENT_FIELD.search(key):
+            problems.append(f"{_where(name, where)} is a patient identifier field ({key}); {FIX_FIELD}")
+        elif value and PERSON_NAME.search(value):
+            problems.append(f"{_where(name, where)} holds a DICOM person name ('{_mask(value)}'); {FIX_FIELD}")
+        elif path and not public:
+            problems.append(f"{_where(name, where)} holds an absolute file path ('{path.group(0)[:6]}…'); {FIX_PATH}")
+        elif path:
+            warnings.append(f"{_where(name, where)} holds an absolute file path ('{path.group(0)[:6]}…'): it shows "
+                            "this machine's folders (allowed for a public dataset)")
+    return problems, warnings
+
+
+def source_problems(training_data: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """A non-public dataset's sources: ids/subjects must not be paths or dates. (problems, warnings)"""
+    problems, plain = [], []
+    for i, src in enumerate(training_data.get("sources") or []):
+        if not isinstance(src, dict):
+            continue
+        for key in ("id", "subject"):
+            value = str(src.get(key) or "")
+            if not value or is_pseudonym(value):
+                continue
+            plain.append(value)
+            what = ("an original file path" if ("/" in value or "\\" in value) else
+                    "a date (file names and ids often hold birth or scan dates)" if DATE.search(value) else "")
+            if what:
+                problems.append(f"config.json: field training_data.sources[{i}].{key} is {what} "
+                                f"('{_mask(value)}'); re-ingest with python -m training.data (it pseudonymises "
+                                "subjects and file ids) and re-train")
+    warnings = [f"config.json: {len(plain)} training_data source id(s)/subject(s) are not pseudonyms (subj-…, "
+                "file-…): the dataset was made before pseudonymisation or by hand; check they name no one"] if plain else []
+    return problems, warnings
+
+
+def _needles(keys: Keys) -> list[tuple[str, str]]:
+    """(value to look for, what it is): identifiers, subject ids, file paths and their distinctive parts."""
+    out = []
+    for value, kind in keys.originals().items():
+        out.append((value, kind))
+        parts = re.split(r"[\^/\\]", value) if kind != "file path" else re.split(r"[/\\]", value)
+        if kind == "file path":
+            parts += [p.split(".", 1)[0] for p in parts]
+            parts = [p for p in parts if re.search(r"\d|_|-|\^|[a-z][A-Z]", p)]
+        out += [(p, f"part of a {kind}") for p in parts if p != value]
+    seen, kept = set(), []
+    for value, kind in out:
+        value = value.strip()
+        if len(value) >= 3 and not (value.isdigit() and len(value) < 6) and value.lower() not in seen:
+            seen.add(value.lower())
+            kept.append((value, kind))
+    return kept
+
+
+def known_problems(folder: Path, keys: Keys, docs: dict[str, Any], texts: dict[str, str],
+                   pngs: dict[str, dict[str, str]]) -> list[str]:
+    """Every original the keys file lists, searched as a whole token (any case) in every text, field and chunk,
+    and (6 characters or more) in every PNG's bytes."""
+    problems = []
+    for value, kind in _needles(keys):
+        token = re.compile(rf"(?<![A-Za-z0-9]){re.escape(value)}(?![A-Za-z0-9])", re.I)
+        said = f"the {kind} '{_mask(value)}' of the dataset (listed in {keys.path.name})"
+        for name, text in texts.items():
+            if not token.search(text):
+                continue
+            fields = [p for p, _, v in walk(docs[name]) if v and token.search(v)] if name in docs else []
+            lines = [str(i + 1) for i, line in enumerate(text.splitlines()) if token.search(line)]
+            where = f"field {', '.join(fields[:3])}" if fields else f"line {', '.join(lines[:3])}"
+            problems.append(f"{name}: {where} contains {said}")
+        for name, chunks in pngs.items():
+            hits = [k for k, v in chunks.items() if token.search(v)]
+            raw = len(value) >= 6 and value.encode("utf-8", "surrogatepass") in (folder / name).read_bytes()
+            if hits or raw:
+                where = f"text chunk {hits[0]!r}" if hits else "its bytes"
+                problems.append(f"{name}: {where} contains {said}")
+    return [f"{p}; remove it and re-render the card (python -m training.card FOLDER)" for p in problems]
+
+
+def locate_keys(folder: Path, config: Any, keys_file: str | Path | None) -> tuple[Keys | None, list[str]]:
+    """The dataset's keys: --keys, else `<data>.keys.json` of the data the model was trained on (training.config
+    .data in config.json, relative to here or to the repository). (keys, problems)"""
+    if keys_file:
+        try:
+            return Keys.open(_existing(Path(keys_file))), []
+        except (KeysError, FileNotFoundError) as exc:
+            return None, [f"--keys {keys_file}: {exc}"]
+    from .data import keys_for
+
+    data = str(((config.training or {}).get("config") or {}).get("data") or "")
+    for base in (Path.cwd(), ROOT, folder):
+        if data and (base / data).exists():
+            path = keys_for(base / data)
+            if path.is_file():
+                try:
+                    return Keys.open(path), []
+                except KeysError as exc:
+                    return None, [str(exc)]
+    return None, []
+
+
+def _existing(path: Path) -> Path:
+    if not path.is_file():
+        raise FileNotFoundError(f"no such keys file {path}")
+    return path
+
+
+def image_problems(folder: Path, files: list[str], config: Any, pngs: dict[str, dict[str, str]], readme: str,
+                   allow_real_images: bool) -> tuple[list[str], list[str]]:
+    """Real-image PNGs of a non-public dataset: refused, or (allowed) a warning and the card must say so."""
+    eval_name = str((config.metrics or {}).get("dataset") or config.training_data.get("name") or "")
+    try:
+        eval_name = str(json.loads((folder / "eval.json").read_text())["real_data"]["dataset"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    if images_public(config.training_data, eval_name):
+        return [], []
+    real = [n for n in files if n.endswith(".png") and n not in PLOT_FILES and pngs.get(n, {}).get("synthetic") != "true"]
+    problems, warnings = [], []
+    for name in real:
+        what = (f"{name}: shows REAL slices of the training data ('{eval_name or '?'}', not marked public: "
+                "ingested from your files)" + (" beside their nearest synthetic images" if name == "eval.png" else ""))
+        if not allow_real_images:
+            problems.append(f"{what}; real images of a non-public dataset are not published by default. Remove it "
+                            f"(rm FOLDER/{name}, then python -m training.card FOLDER), or pass --allow-real-images "
+                            "if you have the right to publish these images")
+            continue
+        warnings.append(f"{what}: publishing them because --allow-real-images was given")
+        if name == "eval.png" and REAL_IMAGES_NOTE not in readme:
+            problems.append("README.md does not say that eval.png shows real training slices; re-render it with "
+                            "python -m training.card FOLDER")
+    return problems, warnings
+
+
+def check_folder(folder: str | Path, files: list[str], config: Any, *, allow_real_images: bool = False,
+                 keys_file: str | Path | None = None) -> tuple[list[str], list[str]]:
+    """(problems, warnings) about patient data in the files to upload; see the module docstring."""
+    folder = Path(folder)
+    docs, texts, pngs = read_texts(folder, files)
+    public = dataset_public(config.training_data)
+    problems, warnings = field_problems(docs, texts, pngs, public)
+    if not public:
+        more, said = source_problems(config.training_data)
+        problems, warnings = problems + more, warnings + said
+    keys, more = locate_keys(folder, config, keys_file)
+    problems += more
+    if keys is not None:
+        problems += known_problems(folder, keys, docs, texts, pngs)
+    elif not public and not more:
+        warnings.append("no pseudonym keys file found for this model's dataset (looked for <data>.keys.json from "
+                        "config.json's training.config.data): identifiers were checked by pattern only; pass "
+                        "--keys DATA.keys.json to check against the originals")
+    more, said = image_problems(folder, files, config, pngs, texts.get("README.md", ""), allow_real_images)
+    return list(dict.fromkeys(problems + more)), warnings + said
+
+
+__all__ = ["REAL_IMAGES_NOTE", "check_folder", "dataset_public", "images_public"]
