@@ -48,6 +48,7 @@ import gradio as gr  # noqa: E402 (after the settings check: a bad setting fails
 
 from medgan import service  # noqa: E402 (reads MEDGAN_MAX_COUNT at import; checked above)
 from medgan import perf  # noqa: E402
+from medgan import zoo  # noqa: E402
 from medgan.export import WRITERS  # noqa: E402
 
 TITLE = "MedGAN Studio"
@@ -176,31 +177,28 @@ def model_info(model: str) -> str:
 
 
 def models_rows() -> list[list]:
-    def metric(m, key):
-        value = m["metrics"].get(key)
-        return round(value, 3) if isinstance(value, (int, float)) else ""
-    return [[m["id"], m["title"], m["modality"], m["organ"], m["plane"], m["resolution"], m["source"], m["kind"],
-             metric(m, "fid"), metric(m, "kid"), metric(m, "precision"), metric(m, "recall"), *downstream_cells(m),
-             m["license"]] for m in service.models_json()]
+    """The Models table of every model, in medgan.zoo's columns (the filters narrow it once the page loads)."""
+    return zoo.table_rows(service.models_json())
 
 
-def downstream_cells(m: dict) -> list[str]:
-    """Balanced accuracy on held-out subjects: real-only (TRTR), synthetic-only (TSTR), and the gain from adding
-    synthetic images to 10 % of the real slices, with 95 % CIs; from config.json metrics["downstream"]."""
-    d = m["metrics"].get("downstream")
-    if not isinstance(d, dict):
-        return ["", "", ""]
-    row = (d.get("by_classifier") or {}).get(d.get("headline_classifier"), {})
+def explore_models(modality: str, organ: str, source: str, kind: str, resolution: str, sort: str, picked: str | None):
+    """The Models tab after a filter or the sort changed: table, count, thumbnails, the pick list (keeping the
+    picked model while it is still listed) and its details."""
+    filters = {"modality": modality, "organ": organ, "source": source, "kind": kind, "resolution": resolution}
+    view = service.explore_models(filters, sort, picked)
+    return (zoo.table_rows(view["rows"]), f"**{len(view['rows'])}** of {view['total']} models", view["samples"],
+            gr.update(choices=[(f"{r['id']} · {r['title']}", r["id"]) for r in view["rows"]], value=view["picked"]),
+            view["details"])
 
-    def cell(key: str) -> str:
-        value, ci = row.get(key), row.get(f"{key}_ci95")
-        if not isinstance(value, (int, float)):
-            return ""
-        text = f"{value:+.3f}" if key.endswith("gain") else f"{value:.3f}"
-        if isinstance(ci, list) and len(ci) == 2:
-            text += f" [{ci[0]:.2f}, {ci[1]:.2f}]"
-        return text + (" (quick)" if d.get("quick") else "")
-    return [cell("trtr"), cell("tstr"), cell("low10_gain")]
+
+def pick_from_table(evt: gr.SelectData):
+    """The model of the clicked table row (its first cell is the id)."""
+    row = evt.row_value or []
+    return row[0] if row else gr.update()
+
+
+def model_details(model: str | None) -> str:
+    return service.model_details(model) if model else ""
 
 
 @_api
@@ -226,8 +224,7 @@ def source_notices() -> str:
     return "\n\n".join(f"ℹ️ {n}" for n in service.source_notices())
 
 
-MODEL_COLUMNS = ["id", "title", "modality", "organ", "plane", "resolution", "source", "kind", "FID", "KID",
-                 "precision", "recall", "TRTR", "TSTR", "low-data Δ (10 %)", "licence"]
+MODEL_COLUMNS = zoo.COLUMNS
 
 
 def steering_controls(classes: list[str], suffix: str) -> tuple[gr.Slider, gr.Dropdown]:
@@ -313,8 +310,25 @@ def build_demo() -> gr.Blocks:
                     zip_m = gr.File(label="Cells (zip + metadata.json)", elem_id="zip-m")
         with gr.Tab("Models"):
             notices = gr.Markdown(source_notices(), elem_id="source-notices")
+            choices_by = service.model_facets()
+            with gr.Row():
+                filters = [gr.Dropdown(choices_by[key], value="any", label=key.title(), elem_id=f"filter-{key}",
+                                       min_width=120) for key in zoo.FILTERS]
+                sort = gr.Dropdown(list(zoo.SORTS), value=zoo.SORTS[0], label="Sort", elem_id="models-sort",
+                                   min_width=150)
+            count_note = gr.Markdown(elem_id="models-count")
             table = gr.Dataframe(value=models_rows(), headers=MODEL_COLUMNS, interactive=False, wrap=True,
                                  elem_id="models-table")
+            gr.Markdown("FID: measured here (our models, against their training data) or *published* by the "
+                        "authors (medigan's catalogue, on their own data): not comparable across datasets. "
+                        "Click a row to see its details.")
+            with gr.Row():
+                with gr.Column(scale=2):
+                    pick = gr.Dropdown([], label="Details of", elem_id="model-pick")
+                    details = gr.Markdown(elem_id="model-detail")
+                with gr.Column(scale=3):
+                    samples = gr.Gallery(label="Samples of the listed local models (SYNTHETIC)", columns=2,
+                                         height="auto", elem_id="model-samples")
             listing = gr.JSON(visible=False)
         with gr.Tab("Performance"):
             perf_summary = gr.Markdown(elem_id="perf-summary")
@@ -325,8 +339,9 @@ def build_demo() -> gr.Blocks:
             perf_session = gr.State([])
 
         random_seed.click(lambda: random.randint(0, UI_MAX_SEED), outputs=seed, api_visibility="private")
-        model.change(model_info, inputs=model, outputs=info, api_visibility="private")
-        model.change(class_choices, inputs=model, outputs=[image_class, class_i, class_m], api_visibility="private")
+        model.change(model_info, inputs=model, outputs=info, queue=False, api_visibility="private")
+        model.change(class_choices, inputs=model, outputs=[image_class, class_i, class_m], queue=False,
+                     api_visibility="private")
         # One shared pool of MEDGAN_CONCURRENCY workers for every heavy event.
         go_i.click(interpolate, inputs=[model, seed_a, seed_b, frames, psi_i, class_i], outputs=[filmstrip, gif, zip_i],
                    api_name="interpolate", concurrency_limit=limits.concurrency(), concurrency_id="generation")
@@ -344,9 +359,17 @@ def build_demo() -> gr.Blocks:
         build.click(download, inputs=[model, seed, count, fmt, label, truncation, image_class], outputs=archive,
                     api_name="download",
                     concurrency_limit=limits.concurrency(), concurrency_id="generation")
-        demo.load(models, outputs=listing, api_name="models")
-        demo.load(models_rows, outputs=table, api_visibility="private")
-        demo.load(source_notices, outputs=notices, api_visibility="private")
+        demo.load(models, outputs=listing, api_name="models", queue=False)
+        # The Models tab only reads listings: off the queue, so it never waits behind a generation.
+        explorer_inputs, explorer_outputs = [*filters, sort, pick], [table, count_note, samples, pick, details]
+        for control in [*filters, sort]:
+            control.change(explore_models, inputs=explorer_inputs, outputs=explorer_outputs, queue=False,
+                           api_visibility="private")
+        demo.load(explore_models, inputs=explorer_inputs, outputs=explorer_outputs, queue=False,
+                  api_visibility="private")
+        table.select(pick_from_table, outputs=pick, queue=False, api_visibility="private")
+        pick.change(model_details, inputs=pick, outputs=details, queue=False, api_visibility="private")
+        demo.load(source_notices, outputs=notices, queue=False, api_visibility="private")
     # The queue is configured at build time, so it also holds when a Space runner launches `demo` itself.
     demo.queue(max_size=limits.queue_size(), default_concurrency_limit=limits.concurrency())
     return cap_uploads(demo)

@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from . import __version__, limits
-from .errors import InvalidArgumentError, UnknownModelError
+from . import __version__, limits, zoo
+from .config import ModelConfig
+from .errors import InvalidArgumentError, MedganError, UnknownModelError
 from .export import Provenance, atomic_write, check_format, file_stem, label_image, png_bytes, write_zip
 from .imaging import mixing_figure
 from .registry import Registry, get_registry
@@ -68,6 +69,78 @@ def source_notices(registry: Registry | None = None) -> list[str]:
     reg.list_models()  # sources refresh their `notice` while listing
     return [f"{s.name}: {s.notice}" for s in reg.sources if getattr(s, "notice", "")]
 
+
+
+# --- the Models tab: a browsable zoo (filter, sort, thumbnails, details; logic in medgan.zoo) ----------
+def model_facets(registry: Registry | None = None) -> dict[str, list[str]]:
+    """The choices of each Models-tab filter (modality, organ, source, kind, resolution), "any" first."""
+    return zoo.facets(models_json(registry))
+
+
+def browse_models(filters: dict[str, object] | None = None, sort: str | None = None,
+                  registry: Registry | None = None) -> list[dict[str, Any]]:
+    """The `models_json` rows matching `filters` ({"modality": "MR", "source": "local", …}; "any" or empty
+    matches all), optionally sorted by FID (`sort="fid"`: measured, else published; ascending, missing last)."""
+    return zoo.select(models_json(registry), filters, sort)
+
+
+def _local_folder(model_id: str, registry: Registry) -> Path | None:
+    for source in registry.sources:
+        if source.name == "local" and hasattr(source, "folder"):
+            try:
+                return source.folder(model_id)
+            except MedganError:
+                return None
+    return None
+
+
+def model_samples(model_ids: list[str], registry: Registry | None = None,
+                  rows: list[dict[str, Any]] | None = None) -> list[tuple[str, str]]:
+    """(path of samples.png, caption) for each local model among `model_ids` whose folder ships one."""
+    reg = _registry(registry)
+    out = []
+    for row in models_json(reg) if rows is None else rows:
+        if row["id"] in model_ids and row["source"] == "local":
+            folder = _local_folder(row["id"], reg)
+            if folder is not None and (folder / "samples.png").is_file():
+                out.append((str(folder / "samples.png"), f"SYNTHETIC · {row['id']}"))
+    return out
+
+
+def model_details(model_id: object, registry: Registry | None = None,
+                  rows: list[dict[str, Any]] | None = None) -> str:
+    """The Models tab's detail panel for one model (Markdown; "" for an unknown id): its card's key facts,
+    with the training data, subjects and data licences of a local model's config.json."""
+    reg = _registry(registry)
+    try:
+        model_id = check_model_id(model_id)
+    except InvalidArgumentError:
+        return ""
+    row = next((m for m in (models_json(reg) if rows is None else rows) if m["id"] == model_id), None)
+    if row is None:
+        return ""
+    config = None
+    folder = _local_folder(model_id, reg) if row["source"] == "local" else None
+    if folder is not None:
+        try:
+            config = ModelConfig.load(folder).to_dict()
+        except MedganError:
+            config = None
+    return zoo.detail_markdown(row, config)
+
+
+def explore_models(filters: dict[str, object] | None = None, sort: str | None = None, picked: object = None,
+                   registry: Registry | None = None) -> dict[str, Any]:
+    """Everything the Models tab shows for one choice of filters and sort, from one listing: `rows` (matching,
+    sorted), `total` (all models), `samples` (thumbnails of the listed local models), `picked` (the picked
+    model while it is still listed, else the first one, or None) and its `details`."""
+    reg = _registry(registry)
+    everything = models_json(reg)
+    rows = zoo.select(everything, filters, sort)
+    ids = [r["id"] for r in rows]
+    keep = picked if picked in ids else (ids[0] if ids else None)
+    return {"rows": rows, "total": len(everything), "samples": model_samples(ids, reg, everything),
+            "picked": keep, "details": model_details(keep, reg, everything) if keep else ""}
 
 
 def caption(model_id: str, seed: int, index: int, prov: Provenance | None = None) -> str:
