@@ -171,11 +171,13 @@ def known_problems(folder: Path, keys: Keys, docs: dict[str, Any], texts: dict[s
     """Every original the keys file lists, searched as a whole token (any case) in every text, field and chunk,
     and (6 characters or more) in every PNG's bytes."""
     problems = []
+    lower = {name: text.lower() for name, text in texts.items()}
+    raw_png = {name: (folder / name).read_bytes() for name in pngs}
     for value, kind in _needles(keys):
         token = re.compile(rf"(?<![A-Za-z0-9]){re.escape(value)}(?![A-Za-z0-9])", re.I)
         said = f"the {kind} '{_mask(value)}' of the dataset (listed in {keys.path.name})"
         for name, text in texts.items():
-            if not token.search(text):
+            if value.lower() not in lower[name] or not token.search(text):
                 continue
             fields = [p for p, _, v in walk(docs[name]) if v and token.search(v)] if name in docs else []
             lines = [str(i + 1) for i, line in enumerate(text.splitlines()) if token.search(line)]
@@ -183,7 +185,7 @@ def known_problems(folder: Path, keys: Keys, docs: dict[str, Any], texts: dict[s
             problems.append(f"{name}: {where} contains {said}")
         for name, chunks in pngs.items():
             hits = [k for k, v in chunks.items() if token.search(v)]
-            raw = len(value) >= 6 and value.encode("utf-8", "surrogatepass") in (folder / name).read_bytes()
+            raw = len(value) >= 6 and value.encode("utf-8", "surrogatepass") in raw_png[name]
             if hits or raw:
                 where = f"text chunk {hits[0]!r}" if hits else "its bytes"
                 problems.append(f"{name}: {where} contains {said}")
