@@ -556,6 +556,7 @@ def data_provenance(meta: dict[str, Any], train: Any, images: np.ndarray,
             "train_slices": int(images.shape[0]),
             "train_subjects": len(set(np.asarray(train.subject).tolist())),
             "heldout_slices": counts.get("heldout"), "skipped_files": len(meta.get("skipped", [])),
+            "public": meta.get("public", name in builtins), "pseudonymised": meta.get("pseudonymised"),
             "sha256": hashlib.sha256(images.tobytes()).hexdigest()}
     return {k: v for k, v in info.items() if v not in (None, "", [])}
 
