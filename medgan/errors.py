@@ -13,7 +13,9 @@ class MedganError(Exception):
 class UnknownModelError(MedganError, KeyError):
     def __init__(self, model_id: object, available: list[str] | None = None):
         shown = repr(model_id) if len(str(model_id)) <= 80 else repr(str(model_id)[:80] + "…")
-        hint = f" Available: {', '.join(available[:20])}." if available else ""
+        # A few ids (local ones come first), not the whole zoo: the message must stay one readable line.
+        more = f" and {len(available) - 8} more (see /models)" if available and len(available) > 8 else ""
+        hint = f" Available: {', '.join(available[:8])}{more}." if available else ""
         super().__init__(f"Unknown model id {shown}.{hint}")
         self.model_id = model_id
 
