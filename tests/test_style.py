@@ -240,3 +240,5 @@ def test_warm_start_grows_a_model_and_records_its_cpu_time(tmp_path):
     prior = source.config.training["cpu_time_s"]
     assert training["init_from"]["model"] == source.id and training["init_from"]["cpu_time_s"] == prior
     assert training["cpu_time_total_s"] == pytest.approx(prior + training["cpu_time_s"], abs=0.2)
+    card = (tmp_path / "grown" / "model" / "README.md").read_text()
+    assert f"started from `{source.id}`" in card and "grown from 32²" in card

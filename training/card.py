@@ -213,7 +213,21 @@ def _training_procedure(config: ModelConfig) -> str:
     out += ["", _table([r for r in rows if r[1] is not None], ("setting", "value"))]
     if t.get("ema"):
         out += ["", "The exported weights are the exponential moving average (EMA) of the generator."]
-    return "\n".join(out)
+    return "\n".join(out + _warm_start(t))
+
+
+def _warm_start(t: dict[str, Any]) -> list[str]:
+    """What a --init-from run started from, and the CPU time of the whole lineage."""
+    init = t.get("init_from")
+    if not isinstance(init, dict) or not init:
+        return []
+    total = t.get("cpu_time_total_s")
+    grown = f", grown from {init.get('resolution')}² (new layers: {len(init.get('new') or [])} tensors)" \
+        if init.get("new") else ""
+    return ["", f"**Warm start.** The generator started from `{init.get('model')}` ({init.get('steps')} steps, "
+            f"{float(init.get('cpu_time_s', 0)) / 60:.1f} CPU-minutes{grown}); the discriminator started fresh. "
+            + (f"Total training CPU time of the lineage: **{total / 60:.1f} min**."
+               if isinstance(total, (int, float)) else "")]
 
 
 # --- evaluation: eval.json (full report) or config.json metrics (its summary), normalised -------------------
