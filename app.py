@@ -18,6 +18,8 @@ import functools
 import importlib.util
 import random
 import sys
+import threading
+import time
 import traceback
 
 try:  # ZeroGPU Spaces: imported before torch touches CUDA. Elsewhere it is absent, or a no-op off Spaces.
@@ -50,6 +52,25 @@ from medgan import service  # noqa: E402 (reads MEDGAN_MAX_COUNT at import; chec
 from medgan import perf  # noqa: E402
 from medgan import zoo  # noqa: E402
 from medgan.export import WRITERS  # noqa: E402
+from medgan.files import prune_tree  # noqa: E402
+from gradio.utils import get_upload_folder  # noqa: E402
+
+# Downloads, GIFs and grids are written inside Gradio's cache: Gradio serves a file already there as it is and
+# copies only files from elsewhere, so each download is stored once. MEDGAN_EXPORT_DIR still overrides.
+os.environ.setdefault("MEDGAN_EXPORT_DIR", os.path.join(get_upload_folder(), "medgan-exports"))
+SWEEP_EVERY_S = 10.0
+_sweep = {"last": 0.0, "lock": threading.Lock()}
+
+
+def sweep_caches(force: bool = False) -> int:
+    """Bound Gradio's cache (gallery images and, by default, the downloads) by MEDGAN_CACHE_MAX_MB as well as by
+    age (Gradio's own `delete_cache` goes by age only); oldest files first. Runs at most every SWEEP_EVERY_S,
+    before each heavy request. Returns how many files were removed."""
+    with _sweep["lock"]:
+        if not force and time.monotonic() - _sweep["last"] < SWEEP_EVERY_S:
+            return 0
+        _sweep["last"] = time.monotonic()
+        return prune_tree(get_upload_folder(), max_age_s=limits.gradio_cache()[1], max_bytes=limits.cache_max_bytes())
 
 TITLE = "MedGAN Studio"
 UI_MAX_SEED = 2**32 - 1  # the slider's range; the Python API accepts up to 2**63-1
@@ -106,6 +127,7 @@ def _api(fn):
     (print_exception=False): it would only show this wrapper, ~1.8 KB per rejected request."""
     def wrapper(*args):
         try:
+            sweep_caches()
             return fn(*args)
         except MedganError as exc:
             log(f"{fn.__name__} refused: {type(exc).__name__}: {one_line(str(exc))}")

@@ -1,4 +1,4 @@
-"""Small file helpers used across medgan and training: atomic writes and file digests.
+"""Small file helpers used across medgan and training: atomic writes, file digests, bounded cache folders.
 
 `atomic_path(path)` yields a temp path beside `path` (same folder, hidden, `.tmp-<pid>-<random>` in its name,
 the same suffix so writers that go by the extension still work); when the block succeeds the temp is renamed
@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -71,3 +72,32 @@ def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
 
 
 __all__ = ["atomic_path", "atomic_write", "file_digest", "temp_path", "TEMP_MARK"]
+
+
+def prune_tree(root: str | Path, *, max_age_s: float | None = None, max_bytes: int | None = None,
+               pattern: str = "*", now: float | None = None) -> int:
+    """Bound a cache folder: delete files under `root` matching `pattern` (by name) older than `max_age_s`, then
+    the oldest until their total size is at most `max_bytes`; folders left empty go too. Files that vanish
+    or cannot be removed meanwhile (another sweeper, a reader on Windows) are skipped. Returns files removed."""
+    root = Path(root)
+    now = time.time() if now is None else now
+    files = []
+    for path in root.rglob(pattern):
+        with contextlib.suppress(OSError):
+            if path.is_file() and not path.is_symlink():
+                st = path.stat()
+                files.append((st.st_mtime, st.st_size, path))
+    files.sort()  # oldest first
+    total, removed = sum(size for _, size, _ in files), 0
+    for mtime, size, path in files:
+        too_old = max_age_s is not None and now - mtime > max_age_s
+        too_big = max_bytes is not None and total > max_bytes
+        if not (too_old or too_big):
+            break  # sorted by age: nothing newer is too old, and the total already fits
+        with contextlib.suppress(OSError):
+            path.unlink()
+            total, removed = total - size, removed + 1
+    for folder in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only succeeds when empty
+    return removed

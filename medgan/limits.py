@@ -12,6 +12,7 @@
 | MEDGAN_EXPORT_RETENTION_S   | 3600    | age after which download zips are deleted                     |
 | MEDGAN_CACHE_CLEAN_S        | 600     | how often Gradio's file cache is swept                        |
 | MEDGAN_CACHE_MAX_AGE_S      | 3600    | age after which Gradio's cached files are deleted             |
+| MEDGAN_CACHE_MAX_MB         | 512     | total size of downloads + Gradio's cached images; the oldest go first beyond it |
 | MEDGAN_MAX_UPLOAD_MB        | 1       | size of a file Gradio's upload route accepts (the app has no upload widget) |
 | MEDGAN_GPU_DURATION_S       | 60      | ZeroGPU duration of /generate and /download (Spaces only)     |
 | MEDGAN_MEDIGAN_TIMEOUT_S    | 120     | a medigan model's own code in its worker                      |
@@ -86,6 +87,11 @@ def gradio_cache() -> tuple[int, int]:
     return (env_number("MEDGAN_CACHE_CLEAN_S", 600, minimum=1), env_number("MEDGAN_CACHE_MAX_AGE_S", 3600, minimum=1))
 
 
+def cache_max_bytes() -> int:
+    """Size bound of the app's file caches (downloads and Gradio's cache), from MEDGAN_CACHE_MAX_MB (MiB)."""
+    return int(env_number("MEDGAN_CACHE_MAX_MB", 512, minimum=1, integer=False) * (1 << 20))
+
+
 def max_count_per_call() -> int:
     """Largest batch one `Generator.generate()` call accepts (the Python API; the app has MEDGAN_MAX_COUNT)."""
     return env_number("MEDGAN_MAX_COUNT_PER_CALL", 4096, minimum=1)
@@ -147,7 +153,7 @@ def summary() -> dict[str, Any]:
             "max_upload_bytes": max_upload_bytes(), "gpu_duration_s": gpu_duration_s(),
             "medigan_timeout_s": medigan_timeout_s(), "medigan_startup_s": medigan_startup_s(),
             "medigan_refresh_s": medigan_refresh_s(), "medigan_refresh_timeout_s": medigan_refresh_timeout_s(),
-            "max_frames": max_frames(), "max_grid": max_grid()}
+            "max_frames": max_frames(), "max_grid": max_grid(), "cache_max_bytes": cache_max_bytes()}
 
 
 # Every numeric variable summary() reads, for tests and docs.
@@ -155,7 +161,8 @@ VARIABLES = ("MEDGAN_MAX_COUNT", "MEDGAN_CONCURRENCY", "MEDGAN_QUEUE_SIZE", "MED
              "MEDGAN_EXPORT_RETENTION_S", "MEDGAN_MAX_LOADED_MODELS", "MEDGAN_MAX_PARAMS", "MEDGAN_CACHE_CLEAN_S",
              "MEDGAN_CACHE_MAX_AGE_S", "MEDGAN_MAX_COUNT_PER_CALL", "MEDGAN_MAX_UPLOAD_MB", "MEDGAN_GPU_DURATION_S",
              "MEDGAN_MEDIGAN_TIMEOUT_S", "MEDGAN_MEDIGAN_STARTUP_S", "MEDGAN_MEDIGAN_REFRESH_S",
-             "MEDGAN_MEDIGAN_REFRESH_TIMEOUT_S", "MEDGAN_MAX_FRAMES", "MEDGAN_MAX_GRID")
+             "MEDGAN_MEDIGAN_REFRESH_TIMEOUT_S", "MEDGAN_MAX_FRAMES", "MEDGAN_MAX_GRID",
+             "MEDGAN_CACHE_MAX_MB")
 
 
 # --- per-request time limit ------------------------------------------------------------------------

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from PIL import Image
 from . import __version__, limits, zoo
 from .config import ModelConfig
 from .errors import InvalidArgumentError, MedganError, UnknownModelError
+from .files import prune_tree
 from .export import Provenance, atomic_write, check_format, file_stem, label_image, png_bytes, write_zip
 from .imaging import mixing_figure
 from .registry import Registry, get_registry
@@ -217,18 +217,12 @@ def export(model_id: object, seed: object, count: object, fmt: object = "png", l
                      config=getattr(gen, "config", None))  # config.json may state a pixel spacing
 
 
-def cleanup_exports(retention_s: float | None = None) -> int:
-    """Delete exports older than the retention time; returns how many were removed."""
-    limit = time.time() - (EXPORT_RETENTION_S if retention_s is None else retention_s)
-    removed = 0
-    for path in export_dir().glob("synthetic_*"):
-        try:
-            if path.stat().st_mtime < limit:
-                path.unlink()
-                removed += 1
-        except OSError:
-            pass
-    return removed
+def cleanup_exports(retention_s: float | None = None, max_bytes: int | None = None) -> int:
+    """Delete exports older than the retention time, then the oldest beyond MEDGAN_CACHE_MAX_MB; returns how
+    many were removed."""
+    return prune_tree(export_dir(), pattern="synthetic_*",
+                      max_age_s=EXPORT_RETENTION_S if retention_s is None else retention_s,
+                      max_bytes=limits.cache_max_bytes() if max_bytes is None else max_bytes)
 
 
 def model_markdown(model_id: str, registry: Registry | None = None) -> str:
