@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -242,6 +243,15 @@ runpy.run_path({app!r}, run_name="__main__")
 '''
 
 
+def wait_until(condition, timeout: float) -> None:
+    """Poll `condition` (an observable state, not a guess at timing) until it holds; fail after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(0.02)
+
+
 @contextlib.contextmanager
 def faulty_app(tmp: Path, env: dict[str, str], lifetime: int = 300):
     """app.py behind a launcher that injects faults (slow counts, a disk that fills on demand)."""
@@ -257,7 +267,7 @@ def test_slow_requests_queue_full_time_limit_and_full_disk(tmp_path):
     exports, flag = tmp_path / "exports", tmp_path / "disk-full"
     env = {"MEDGAN_WEIGHTS_DIRS": str(tmp_path / "w"), "MEDGAN_EXPORT_DIR": str(exports),
            "GRADIO_TEMP_DIR": str(tmp_path / "gradio"), "FAULT_DISK_FULL_FLAG": str(flag),
-           "FAULT_DELAYS": "13:4,14:1", "MEDGAN_CONCURRENCY": "1", "MEDGAN_QUEUE_SIZE": "2",
+           "FAULT_DELAYS": "13:4,14:1.5", "MEDGAN_CONCURRENCY": "1", "MEDGAN_QUEUE_SIZE": "2",
            "MEDGAN_REQUEST_TIMEOUT_S": "2"}
     with faulty_app(tmp_path, env) as url:
         client = Client(url, download_files=False, verbose=False)
@@ -266,6 +276,17 @@ def test_slow_requests_queue_full_time_limit_and_full_disk(tmp_path):
         # Queue: one running + two waiting; the rest are refused at once. Those accepted run one at a time.
         began = time.perf_counter()
         jobs = [client.submit("tiny-test", 1, 14, api_name="/generate") for _ in range(6)]
+        # Once refusals come back the queue is full (each served job holds it 1.5 s): read-only events are off
+        # the queue, so the model list still answers, and a second client's page and config still load.
+        wait_until(lambda: any(j.done() and j.exception() for j in jobs), timeout=30)
+        # (gradio_client always joins the queue; the browser and plain HTTP call queue=False events directly)
+        request = urllib.request.Request(f"{url.rstrip('/')}/gradio_api/run/models", data=b'{"data": []}',
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            assert b"tiny-test" in answer.read()
+        with urllib.request.urlopen(url, timeout=10) as page:
+            assert page.status == 200 and b"MedGAN Studio" in page.read()
+        assert not all(j.done() for j in jobs), "the queue emptied before the read-only checks ran"
         outcomes = []
         for job in jobs:
             try:
