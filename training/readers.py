@@ -1,7 +1,7 @@
 """File readers and slice preprocessing for `training.data`.
 
 Each reader turns one file into an `Item`: either a 3-D volume in canonical RAS+ voxel order
-(NIfTI/MGZ via nibabel, InVesalius .inv3) or a list of 2-D frames already in display orientation
+(NIfTI/MGZ via nibabel, NRRD via pynrrd, InVesalius .inv3) or a list of 2-D frames already in display orientation
 (PNG/JPG/TIFF via Pillow, DICOM via pydicom). A file that cannot be used raises `SkipFile` with a
 reason a person can act on; `training.data` reports it and goes on. The ingest helpers at the end
 (file listing, per-file slicing, the train/held-out split) are documented in `training.data`.
@@ -21,6 +21,11 @@ VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mgz", ".mgh")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 INV3_SUFFIXES = (".inv3",)
+NRRD_SUFFIXES = (".nrrd", ".nhdr")
+PYNRRD = "pynrrd==1.1.3"  # as pinned in requirements-test.txt (the training requirements)
+# NRRD `space` -> sign flips taking its world axes to RAS+ (pynrrd gives `space directions` in that space)
+NRRD_SPACES = {"right-anterior-superior": (1, 1, 1), "ras": (1, 1, 1), "left-anterior-superior": (-1, 1, 1),
+               "las": (-1, 1, 1), "left-posterior-superior": (-1, -1, 1), "lps": (-1, -1, 1)}
 MAX_INV3_MEMBER = 2 * 1024**3  # refuse absurd members instead of allocating them
 
 
@@ -44,8 +49,8 @@ class Item:
 
 def file_kind(path: Path) -> str | None:
     name = path.name.lower()
-    for kind, suffixes in (("volume", VOLUME_SUFFIXES), ("image", IMAGE_SUFFIXES),
-                           ("dicom", DICOM_SUFFIXES), ("inv3", INV3_SUFFIXES)):
+    for kind, suffixes in (("volume", VOLUME_SUFFIXES), ("image", IMAGE_SUFFIXES), ("dicom", DICOM_SUFFIXES),
+                           ("inv3", INV3_SUFFIXES), ("nrrd", NRRD_SUFFIXES)):
         if name.endswith(suffixes):
             return kind
     try:  # DICOM files often have no suffix: look for the preamble magic
@@ -62,7 +67,8 @@ def read_file(path: Path) -> Item:
     kind = file_kind(path)
     if kind is None:
         raise SkipFile(f"unsupported file type {''.join(path.suffixes) or '(no suffix)'!r}")
-    return {"volume": read_volume, "image": read_image, "dicom": read_dicom, "inv3": read_inv3}[kind](path)
+    return {"volume": read_volume, "image": read_image, "dicom": read_dicom, "inv3": read_inv3,
+            "nrrd": read_nrrd}[kind](path)
 
 
 # ----------------------------------------------------------------------------- volumes
@@ -71,7 +77,16 @@ def read_volume(path: Path) -> Item:
 
     try:
         img = nib.load(str(path))
-        notes = []
+    except Exception as exc:  # nibabel raises many types for corrupt/truncated files
+        raise SkipFile(f"unreadable NIfTI/MGZ ({type(exc).__name__}: {str(exc)[:160]})") from None
+    return _canonical(img, [], "NIfTI/MGZ")
+
+
+def _canonical(img, notes: list[str], what: str) -> Item:
+    """A nibabel image (3-D, or 4-D: volume 0) -> an Item in canonical RAS+ voxel order, spacing from its zooms."""
+    import nibabel as nib
+
+    try:
         if len(img.shape) == 4:
             if img.shape[3] > 1:
                 notes.append(f"4-D image: used volume 0 of {img.shape[3]}")
@@ -84,11 +99,67 @@ def read_volume(path: Path) -> Item:
             data = data.astype(np.float32)
     except SkipFile:
         raise
-    except Exception as exc:  # nibabel raises many types for corrupt/truncated files
-        raise SkipFile(f"unreadable NIfTI/MGZ ({type(exc).__name__}: {str(exc)[:160]})") from None
+    except Exception as exc:
+        raise SkipFile(f"unreadable {what} ({type(exc).__name__}: {str(exc)[:160]})") from None
     zooms = tuple(float(z) for z in can.header.get_zooms()[:3])
     origin = tuple(float(v) for v in can.affine[:3, 3])
     return Item("volume", data, zooms, origin=origin, notes=notes)
+
+
+def read_nrrd(path: Path) -> Item:
+    """NRRD (.nrrd, or a detached .nhdr header) via pynrrd: voxel -> world from `space directions` and
+    `space origin` (else `spacings`), turned into an affine so it is reoriented like NIfTI."""
+    try:
+        import nrrd
+    except ImportError:
+        raise SkipFile(f"reading NRRD needs the pynrrd package: pip install {PYNRRD}") from None
+    try:
+        data, header = nrrd.read(str(path))  # index order "F": data[i, j, k] along the header's axes
+    except Exception as exc:
+        raise SkipFile(f"unreadable NRRD ({type(exc).__name__}: {str(exc)[:160]})") from None
+    import nibabel as nib
+
+    try:
+        data, affine, notes = _nrrd_geometry(np.asarray(data), header)
+        img = nib.Nifti1Image(data, affine)
+    except SkipFile:
+        raise
+    except Exception as exc:  # odd header values (a bad direction, an unsupported dtype)
+        raise SkipFile(f"unusable NRRD header ({type(exc).__name__}: {str(exc)[:160]})") from None
+    return _canonical(img, notes, "NRRD")
+
+
+def _nrrd_geometry(data: np.ndarray, header: dict) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(3-D data, RAS+ affine, notes) from a NRRD header; a non-spatial axis (vector, list) keeps element 0."""
+    notes: list[str] = []
+    dirs = header.get("space directions")
+    if dirs is not None:
+        dirs = np.array([np.full(3, np.nan) if d is None else np.asarray(d, float) for d in dirs], dtype=object)
+        spatial = [i for i, d in enumerate(dirs) if np.all(np.isfinite(np.asarray(d, float)))]
+    else:
+        spatial = list(range(data.ndim))
+    if len(spatial) != 3 or data.ndim not in (3, 4):
+        raise SkipFile(f"expected a 3-D NRRD volume, got {data.ndim} axes ({len(spatial)} spatial)")
+    if data.ndim == 4:
+        extra = next(i for i in range(4) if i not in spatial)
+        notes.append(f"NRRD axis {extra} is not spatial ({data.shape[extra]} values): used element 0")
+        data = np.take(data, 0, axis=extra)
+    affine = np.eye(4)
+    if dirs is not None:
+        space = str(header.get("space", "")).lower()
+        flip = NRRD_SPACES.get(space)
+        if flip is None:
+            notes.append(f"NRRD space {space or '(none)'!r} taken as RAS")
+            flip = (1, 1, 1)
+        affine[:3, :3] = np.diag(flip) @ np.stack([np.asarray(dirs[i], float) for i in spatial], axis=1)
+        affine[:3, 3] = np.diag(flip) @ np.asarray(header.get("space origin", np.zeros(3)), float)
+    elif header.get("spacings") is not None:
+        affine[:3, :3] = np.diag([float(v) if np.isfinite(v) else 1.0 for v in header["spacings"][:3]])
+    else:
+        notes.append("NRRD without space directions or spacings: 1 mm voxels assumed")
+    if data.dtype == np.float64:
+        data = data.astype(np.float32)
+    return data, affine, notes
 
 
 def read_inv3(path: Path) -> Item:
