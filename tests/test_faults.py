@@ -176,14 +176,14 @@ def test_limits_come_from_the_environment(monkeypatch):
     for name, value in {"MEDGAN_MAX_COUNT": "5", "MEDGAN_CONCURRENCY": "3", "MEDGAN_QUEUE_SIZE": "9",
                         "MEDGAN_REQUEST_TIMEOUT_S": "2.5", "MEDGAN_EXPORT_RETENTION_S": "60",
                         "MEDGAN_MAX_LOADED_MODELS": "4", "MEDGAN_CACHE_CLEAN_S": "7",
-                        "MEDGAN_CACHE_MAX_AGE_S": "8", "MEDGAN_MAX_PARAMS": "1000"}.items():
+                        "MEDGAN_CACHE_MAX_AGE_S": "8", "MEDGAN_MAX_PARAMS": "1000", "MEDGAN_CACHE_MAX_MB": "1.5"}.items():
         monkeypatch.setenv(name, value)
     assert limits.summary() == {"max_count": 5, "concurrency": 3, "queue_size": 9, "request_timeout_s": 2.5,
                                 "export_retention_s": 60.0, "max_loaded_models": 4, "max_params": 1000,
                                 "gradio_cache": (7, 8), "max_count_per_call": 4096, "max_upload_bytes": 2**20,
                                 "gpu_duration_s": 60, "medigan_timeout_s": 120.0, "medigan_startup_s": 120.0,
                                 "medigan_refresh_s": 86400.0, "medigan_refresh_timeout_s": 3.0, "max_frames": 64,
-                                "max_grid": 8}
+                                "max_grid": 8, "cache_max_bytes": 3 << 19}
 
 
 # --- through a real app ------------------------------------------------------------------------------
