@@ -294,3 +294,46 @@ def test_cli_end_to_end(tmp_path, mni_slice):
     proc = subprocess.run([sys.executable, "-m", "training.data", str(tmp_path / "missing"), "--out", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "error:" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_nrrd_reader_takes_spacing_and_orientation_from_the_header(tmp_path):
+    import nrrd
+
+    vol = _marker_volume()
+    lps = np.ascontiguousarray(vol[::-1, ::-1, :])  # stored like the LPS NIfTI above
+    header = {"space": "left-posterior-superior", "space directions": np.diag([1.0, 1.0, 2.5]),
+              "space origin": np.array([-39.0, -49.0, 0.0])}
+    nrrd.write(str(tmp_path / "lps.nrrd"), lps, header)
+    item = D.R.read_file(tmp_path / "lps.nrrd")
+    assert item.kind == "volume" and item.spacing == (1.0, 1.0, 2.5) and item.origin == (0.0, 0.0, 0.0)
+    np.testing.assert_array_equal(item.data, vol)  # reoriented to RAS+ like NIfTI
+    # a 2-component vector axis (no space direction): element 0 is used, and said so
+    nan = np.full(3, np.nan)
+    nrrd.write(str(tmp_path / "vec.nrrd"), np.stack([lps, lps * 0]),
+               {"space": "LPS", "kinds": ["vector", "domain", "domain", "domain"],
+                "space directions": np.stack([nan, *np.diag([1.0, 1.0, 2.5])])})
+    vec = D.R.read_file(tmp_path / "vec.nrrd")
+    np.testing.assert_array_equal(vec.data, vol)
+    assert vec.notes == ["NRRD axis 0 is not spatial (2 values): used element 0"]
+    (tmp_path / "broken.nrrd").write_bytes(b"NRRD0004\ntype: float\ngarbage\n")
+    ds = ingest([tmp_path], 50, axes=(2,), progress=False, heldout=0)
+    assert sorted(set(ds.source.tolist())) == [f"{tmp_path.name}/lps.nrrd", f"{tmp_path.name}/vec.nrrd"]
+    img = ds.images[(ds.source == f"{tmp_path.name}/lps.nrrd") & (ds.index == 20)][0, 0]
+    r, c = np.unravel_index(np.argmax(img), img.shape)
+    assert r < 15 and c < 15  # anterior up, patient's right on the image left
+    skipped = {s["file"]: s["reason"] for s in ds.skipped}
+    assert skipped[f"{tmp_path.name}/broken.nrrd"].startswith("unreadable NRRD")
+
+
+def test_nrrd_without_pynrrd_is_skipped_saying_how_to_install(tmp_path, monkeypatch):
+    import nrrd
+
+    nrrd.write(str(tmp_path / "v.nrrd"), _marker_volume())
+    png = tmp_path / "a.png"
+    Image.fromarray((np.arange(64 * 64).reshape(64, 64) % 251).astype(np.uint8)).save(png)
+    monkeypatch.setitem(sys.modules, "nrrd", None)  # `import nrrd` now raises ImportError
+    ds = ingest([tmp_path], 32, progress=False, heldout=0)
+    assert ds.source.tolist() == [f"{tmp_path.name}/a.png"]  # the other file is still ingested
+    assert ds.skipped == [{"file": f"{tmp_path.name}/v.nrrd",
+                           "reason": "reading NRRD needs the pynrrd package: pip install pynrrd==1.1.3"}]
+    assert "pynrrd==1.1.3" in (ROOT / "requirements-test.txt").read_text()
