@@ -337,3 +337,17 @@ def test_nrrd_without_pynrrd_is_skipped_saying_how_to_install(tmp_path, monkeypa
     assert ds.skipped == [{"file": f"{tmp_path.name}/v.nrrd",
                            "reason": "reading NRRD needs the pynrrd package: pip install pynrrd==1.1.3"}]
     assert "pynrrd==1.1.3" in (ROOT / "requirements-test.txt").read_text()
+
+
+def test_skip_reasons_quoting_the_file_are_pseudonymised(tmp_path, mni_slice):
+    scans = tmp_path / "JaneDoe"
+    scans.mkdir()
+    Image.fromarray(mni_slice).save(scans / "ok.png")
+    (scans / "DOE_JANE.nii.gz").write_bytes(b"not gzip")  # nibabel's error quotes the path it was given
+    ds = ingest([scans.resolve()], 32, progress=False)
+    reason = ds.skipped[0]["reason"]
+    assert "JaneDoe/DOE_JANE.nii.gz" in reason and str(tmp_path) not in reason  # path -> file id, in memory
+    out = ds.save(tmp_path / "data" / "ds.npz")
+    saved = D.SliceDataset.load(out).meta["skipped"]
+    assert saved[0]["file"].startswith("file-") and saved[0]["file"] in saved[0]["reason"]
+    assert "DOE_JANE" not in json.dumps(saved) and "JaneDoe" not in json.dumps(saved)

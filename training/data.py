@@ -221,10 +221,11 @@ def ingest(inputs: Sequence[str | Path] | str | Path, size: int, *, axes: Iterab
             item = R.read_file(path)
             kept, total = S.file_slices(item, size, axes, window, square, percentiles, min_foreground, foreground_level)
         except R.SkipFile as exc:
-            skipped.append({"file": fid, "reason": str(exc)})
+            skipped.append({"file": fid, "reason": _quote_as_id(str(exc), path, fid)})
             continue
         except Exception as exc:  # a reader bug or odd file must not end the whole run
-            skipped.append({"file": fid, "reason": f"unexpected error ({type(exc).__name__}: {str(exc)[:160]})"})
+            text = _quote_as_id(str(exc), path, fid)[:160]
+            skipped.append({"file": fid, "reason": f"unexpected error ({type(exc).__name__}: {text})"})
             continue
         dropped_empty += total - len(kept)
         if not kept:
@@ -270,6 +271,14 @@ def ingest(inputs: Sequence[str | Path] | str | Path, size: int, *, axes: Iterab
     return ds
 
 
+def _quote_as_id(message: str, path: Path, fid: str) -> str:
+    """A reader's message with the file's path (as read, or absolute) replaced by its file id, which
+    pseudonymisation then replaces in turn (nibabel's errors quote the path)."""
+    for form in sorted({str(path), str(Path(path).resolve())}, key=len, reverse=True):
+        message = message.replace(form, fid)
+    return message
+
+
 def _check_split_options(heldout: float, square: str) -> None:
     if not 0.0 <= float(heldout) < 1.0:
         raise DatasetError(f"heldout must be in [0, 1), got {heldout}")
@@ -307,7 +316,7 @@ def pseudonymise(ds: SliceDataset, keys: "P.Keys") -> SliceDataset:
             keys.note_identifiers(subj[original], {"subject id": original, **values})
     meta["sources"] = [{**x, **({"id": files[x["id"]]} if x.get("id") else {}),
                         **({"subject": subj[x["subject"]]} if x.get("subject") else {})} for x in meta.get("sources", [])]
-    meta["skipped"] = [{**x, "file": files.get(x.get("file", ""), "")} for x in meta.get("skipped", [])]
+    meta["skipped"] = _pseudonymise_skipped(meta.get("skipped", []), files)
     meta["templates"] = [subj.get(t) or keys.subject(t) for t in meta.get("templates", [])]
     warnings = []
     for text in meta.get("warnings", []):  # the split names a lone subject as "(ID)"
@@ -320,6 +329,21 @@ def pseudonymise(ds: SliceDataset, keys: "P.Keys") -> SliceDataset:
     source = np.array([files[f] for f in ds.source.tolist()], dtype=str)
     subject = np.array([subj[s] for s in ds.subject.tolist()], dtype=str)
     return SliceDataset(ds.images, source, subject, ds.axis, ds.index, ds.split, meta=meta, level=ds.level)
+
+
+def _pseudonymise_skipped(skipped: list[dict], files: Mapping[str, str]) -> list[dict]:
+    """Skipped entries under file pseudonyms; a reader's message that quotes the file (its id, as ingest puts it,
+    or its bare name) gets the pseudonym there too."""
+    out = []
+    for entry in skipped:
+        original = str(entry.get("file", ""))
+        name, reason = files.get(original, ""), str(entry.get("reason", ""))
+        if original:
+            reason = reason.replace(original, name)
+            base = original.split("#", 1)[0].replace("\\", "/").rsplit("/", 1)[-1]
+            reason = reason.replace(base, name) if base else reason
+        out.append({**entry, "file": name, "reason": reason})
+    return out
 
 
 def level_bands(source: np.ndarray, axis: np.ndarray, pos: np.ndarray) -> np.ndarray:
