@@ -60,3 +60,21 @@ def set_slider(page, elem_id: str, value: int) -> None:
     box = page.locator(f"#{elem_id} input[type=number]")
     box.fill(str(value))
     box.press("Enter")
+
+
+def patient_dicoms(folder: Path, patients: list[tuple[str, ...]], per_patient: int, shift: int = 2) -> Path:
+    """`folder/<NAME>[_<birth>]_<k>.dcm`: pydicom's MR_small with each patient's (PatientID, PatientName[,
+    PatientBirthDate]) set and its pixels shifted per file, so every slice differs (privacy fixtures)."""
+    import numpy as np
+    import pydicom
+    from pydicom.data import get_testdata_file
+    folder.mkdir(parents=True, exist_ok=True)
+    for p, (pid, name, *birth) in enumerate(patients):
+        for k in range(per_patient):
+            ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+            ds.PatientID, ds.PatientName = pid, name
+            if birth:
+                ds.PatientBirthDate = birth[0]
+            ds.PixelData = np.roll(ds.pixel_array, shift * k + 5 * p, axis=1).astype(ds.pixel_array.dtype).tobytes()
+            ds.save_as(folder / f"{'_'.join([name.replace('^', '_'), *birth, str(k)])}.dcm")
+    return folder

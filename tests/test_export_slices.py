@@ -3,16 +3,14 @@ manifest, under the dataset's pseudonyms, written whole or not at all."""
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pydicom
 import pytest
 from PIL import Image
-from pydicom.data import get_testdata_file
 
+from helpers import patient_dicoms
 from training import data as D
 from training.pseudonyms import is_pseudonym
 
@@ -22,26 +20,9 @@ SECRETS = ["PID-424242", "PID-515151", "DOE", "JANE", "ROE", "RICHARD", "JaneDoe
 JPG_MAX_ABS, JPG_MEAN_ABS = 12, 2.5
 
 
-@contextlib.contextmanager
-def cwd(path: Path):
-    old = Path.cwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(old)
-
-
 def make_scans(root: Path) -> Path:
     """scans/JaneDoe/: 3 DICOMs per patient (MR_small, identifiers set, pixels shifted) and a BIDS NIfTI volume."""
-    folder = root / "scans" / "JaneDoe"
-    folder.mkdir(parents=True)
-    for p, (pid, name) in enumerate(PATIENTS):
-        for k in range(3):
-            ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
-            ds.PatientID, ds.PatientName = pid, name
-            ds.PixelData = np.roll(ds.pixel_array, 3 * k + 5 * p, axis=1).astype(ds.pixel_array.dtype).tobytes()
-            ds.save_as(folder / f"{name.replace('^', '_')}_{k}.dcm")
+    folder = patient_dicoms(root / "scans" / "JaneDoe", PATIENTS, 3, shift=3)
     vol = np.zeros((40, 50, 30), np.float32)
     vol[5:35, 5:45, 2:28] = 300
     vol[30:38, 38:48, 18:24] = 1000
@@ -55,7 +36,7 @@ def work(tmp_path_factory) -> Path:
     """The .npz and a PNG export in one run; a JPG export alone in a second run with the first run's key."""
     root = tmp_path_factory.mktemp("export")
     make_scans(root)
-    with cwd(root):
+    with contextlib.chdir(root):
         assert D.main(["scans", "--size", "32", "--out", "data/ds.npz", "--export-slices", "png",
                        "--format", "png", "--quiet"]) == 0
         assert D.main(["scans", "--size", "32", "--export-slices", "jpg", "--format", "jpg",

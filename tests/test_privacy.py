@@ -15,12 +15,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
 from fake_hub import fake_hub
-from helpers import ROOT
+from helpers import ROOT, patient_dicoms
 from PIL import Image
-from pydicom.data import get_testdata_file
 
 from training import data as D
 from training import privacy
@@ -37,27 +35,9 @@ TINY = ["--size", "32", "--batch-size", "8", "--base-width", "4", "--d-width", "
 REPO = "medgan-test/private-tiny"
 
 
-@contextlib.contextmanager
-def cwd(path: Path):
-    old = Path.cwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(old)
-
-
 def make_dicoms(root: Path, per_patient: int = 6) -> Path:
     """`root/JaneDoe_2024-05-01/DOE_JANE_19700101_3.dcm`…: MR_small with the patients' identifiers and shifted pixels."""
-    folder = root / FOLDER
-    folder.mkdir(parents=True)
-    for p, (pid, name, birth) in enumerate(PATIENTS):
-        for k in range(per_patient):
-            ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
-            ds.PatientID, ds.PatientName, ds.PatientBirthDate = pid, name, birth
-            ds.PixelData = np.roll(ds.pixel_array, 2 * k + 5 * p, axis=1).astype(ds.pixel_array.dtype).tobytes()
-            ds.save_as(folder / f"{name.replace('^', '_')}_{birth}_{k}.dcm")
-    return folder
+    return patient_dicoms(root / FOLDER, PATIENTS, per_patient, shift=2)
 
 
 def leaks(blob: bytes) -> list[str]:
@@ -78,7 +58,7 @@ def work(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("privacy")
     make_dicoms(root / "scans")
-    with cwd(root):
+    with contextlib.chdir(root):
         assert D.main(["scans", "--size", "32", "--out", "data/ds.npz", "--quiet"]) == 0
         assert train_main(["--data", "data/ds.npz", *TINY, "--out", "runs/p", "--export", "weights/priv-32",
                            "--model-id", "priv-32"]) == 0
@@ -113,7 +93,7 @@ def test_model_folder_and_upload_carry_no_identifiers(work, capsys):
         assert not leaks(path.read_bytes()), path.name
         if path.suffix == ".png":
             assert not leaks(png_text(path).encode()), path.name
-    with cwd(work):  # the keys file is found from config.json's training command (data/ds.npz)
+    with contextlib.chdir(work):  # the keys file is found from config.json's training command (data/ds.npz)
         assert push_mod.main([str(folder), "--repo", REPO, "--dry-run"]) == 0
     out, err = capsys.readouterr()
     assert "dry run: nothing uploaded" in out and "no pseudonym keys file found" not in err
@@ -223,7 +203,7 @@ def test_same_key_same_pseudonyms(work, tmp_path, capsys):
     first = D.SliceDataset.load(work / "data" / "ds.npz")
     raw = D.ingest([work / "scans"], 32, progress=False)  # in memory: the originals, for inspection only
     assert set(raw.subject.tolist()) == {p[0] for p in PATIENTS}
-    with cwd(work):  # re-ingest to the same name, and to another dataset in the same folder: same key
+    with contextlib.chdir(work):  # re-ingest to the same name, and to another dataset in the same folder: same key
         assert D.main(["scans", "--size", "32", "--out", "data/ds.npz", "--quiet"]) == 0
         assert D.main(["scans", "--size", "32", "--out", "data/other.npz", "--quiet"]) == 0
     again, other = (D.SliceDataset.load(work / "data" / n) for n in ("ds.npz", "other.npz"))
@@ -233,7 +213,7 @@ def test_same_key_same_pseudonyms(work, tmp_path, capsys):
     # a new folder gets a new key (different pseudonyms) unless --key-file reuses one
     fresh = raw.save(tmp_path / "fresh" / "ds.npz")
     assert set(D.SliceDataset.load(fresh).subject.tolist()).isdisjoint(first.subject.tolist())
-    with cwd(work):
+    with contextlib.chdir(work):
         assert D.main(["scans", "--size", "32", "--out", str(tmp_path / "reuse" / "ds.npz"), "--quiet",
                        "--key-file", "data/ds.keys.json"]) == 0
     assert D.SliceDataset.load(tmp_path / "reuse" / "ds.npz").subject.tolist() == first.subject.tolist()
