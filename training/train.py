@@ -643,7 +643,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="run directory (default runs/<dataset>-<recipe>-<size>)")
     run.add_argument("--resume", help="run directory or checkpoint file to continue")
     run.add_argument("--init-from", metavar="MODEL_FOLDER",
-                     help="warm-start G from an exported model (same classes; a larger --size grows it)")
+                     help="warm-start G from an exported model (same classes; a larger --size grows it); D starts "
+                     "fresh, which sets a trained G back: to continue a run use --resume")
     for name, kind in (("seed", int), ("sample-seed", int), ("threads", int), ("sample-every", int),
                        ("ckpt-every", int), ("log-every", int), ("max-minutes", float), ("max-cpu-minutes", float),
                        ("fid-every", int), ("fid-images", int)):
