@@ -88,7 +88,7 @@ def prune_tree(root: str | Path, *, max_age_s: float | None = None, max_bytes: i
                 st = path.stat()
                 files.append((st.st_mtime, st.st_size, path))
     files.sort()  # oldest first
-    total, removed = sum(size for _, size, _ in files), 0
+    total, emptied = sum(size for _, size, _ in files), set()
     for mtime, size, path in files:
         too_old = max_age_s is not None and now - mtime > max_age_s
         too_big = max_bytes is not None and total > max_bytes
@@ -96,8 +96,10 @@ def prune_tree(root: str | Path, *, max_age_s: float | None = None, max_bytes: i
             break  # sorted by age: nothing newer is too old, and the total already fits
         with contextlib.suppress(OSError):
             path.unlink()
-            total, removed = total - size, removed + 1
-    for folder in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+            total -= size
+            emptied.add(path)
+    # Only the folders this sweep emptied (not any empty one: a writer may have just made it for a new file).
+    for folder in sorted({p.parent for p in emptied if p.parent != root}, key=lambda p: len(p.parts), reverse=True):
         with contextlib.suppress(OSError):
             folder.rmdir()  # only succeeds when empty
-    return removed
+    return len(emptied)
