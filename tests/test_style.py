@@ -250,3 +250,21 @@ def test_warm_start_grows_a_model_and_records_its_cpu_time(tmp_path):
     assert training["cpu_time_total_s"] == pytest.approx(prior + training["cpu_time_s"], abs=0.2)
     card = (tmp_path / "grown" / "model" / "README.md").read_text()
     assert f"started from `{source.id}`" in card and "grown from 32²" in card
+
+
+def test_d_warmup_trains_only_the_discriminator(tmp_path):
+    """--d-warmup N: for the first N steps only D learns, so a warm-started G exports unchanged, and one step past the warm-up changes G."""
+    npz = _two_class_npz(tmp_path / "two.npz", n=8, size=32)
+    common = ["--data", str(npz), "--arch", "style", "--condition", "level", "--batch-size", "8", "--d-width", "8",
+              "--w-dim", "32", "--latent-dim", "16", "--threads", "1", "--sample-every", "1000", "--ckpt-every", "1",
+              "--size", "32", "--base-width", "4"]
+    assert main([*common, "--steps", "2", "--out", str(tmp_path / "src")]) == 0
+    source = Generator.from_folder(tmp_path / "src" / "model", device="cpu")
+    before = source.generate(8, 3, output_type="np")
+    for steps in (3, 4):
+        out = tmp_path / f"warm{steps}"
+        assert main([*common, "--steps", str(steps), "--d-warmup", "3", "--init-from",
+                     str(tmp_path / "src" / "model"), "--out", str(out)]) == 0
+        after = Generator.from_folder(out / "model", device="cpu").generate(8, 3, output_type="np")
+        assert np.array_equal(after, before) == (steps == 3), steps
+    assert main([*common, "--d-warmup", "-1", "--out", str(tmp_path / "bad")]) != 0

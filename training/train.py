@@ -118,6 +118,9 @@ class TrainConfig:
     # warm start: G (and its EMA) from an exported model folder; tensors match by name and shape, so a
     # 128² run can grow from a 64² model whose widths it shares (see Trainer.warm_start). D starts fresh.
     init_from: str = ""
+    # steps at the start in which only D learns (G and its EMA frozen): after --init-from a fresh D gives G
+    # random gradients that undo its training; a short D-only phase makes the first G updates meaningful
+    d_warmup: int = 0
     export: str = ""                # model folder; "" = <out>/model
     # model metadata for the export
     model_id: str = ""
@@ -409,6 +412,11 @@ class Trainer:
 
         # G step (D frozen: its gradients are not needed)
         self.D.requires_grad_(False)
+        if self.step < cfg.d_warmup:  # D-only phase: G's loss is logged, G and its EMA stay as they are
+            with torch.no_grad():
+                loss_g = g_loss(cfg.loss, self.D(self.augment(fake), labels))
+            self.step += 1
+            return self.stats(loss_d, loss_g, logits_real, logits_fake, penalty, do_r1)
         self.opt_g.zero_grad(set_to_none=True)
         loss_g = g_loss(cfg.loss, self.D(self.augment(fake), labels))
         loss_g.backward()
@@ -424,9 +432,14 @@ class Trainer:
                 for be, b in zip(self.G_ema.buffers(), self.G.buffers()):
                     be.copy_(b)
         self.step += 1
+        return self.stats(loss_d, loss_g, logits_real, logits_fake, penalty, do_r1)
+
+    def stats(self, loss_d, loss_g, logits_real, logits_fake, penalty, do_r1: bool) -> torch.Tensor:
+        """The STATS vector of one step."""
         lr = logits_real.detach()
         return torch.stack([loss_d.detach(), loss_g.detach(), lr.mean(), logits_fake.detach().mean(),
-                            penalty.detach() * (cfg.r1_every if do_r1 else 0), torch.sign(lr).sum(), torch.tensor(float(lr.numel()), device=lr.device)])
+                            penalty.detach() * (self.cfg.r1_every if do_r1 else 0), torch.sign(lr).sum(),
+                            torch.tensor(float(lr.numel()), device=lr.device)])
 
     # .. sampling and export .......................................................................
     def export_net(self) -> torch.nn.Module:
@@ -644,10 +657,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", help="run directory or checkpoint file to continue")
     run.add_argument("--init-from", metavar="MODEL_FOLDER",
                      help="warm-start G from an exported model (same classes; a larger --size grows it); D starts "
-                     "fresh, which sets a trained G back: to continue a run use --resume")
+                     "fresh, which sets a trained G back (--d-warmup N trains D alone first): to continue a run "
+                     "use --resume")
     for name, kind in (("seed", int), ("sample-seed", int), ("threads", int), ("sample-every", int),
                        ("ckpt-every", int), ("log-every", int), ("max-minutes", float), ("max-cpu-minutes", float),
-                       ("fid-every", int), ("fid-images", int)):
+                       ("d-warmup", int), ("fid-every", int), ("fid-images", int)):
         run.add_argument(f"--{name}", type=kind)
     run.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
     meta = p.add_argument_group("export")
@@ -690,8 +704,8 @@ def check_config(cfg: TrainConfig) -> None:
             problems.append(f"--{name.replace('_', '-')} must be at least 1")
     if not 0 <= cfg.ema < 1:
         problems.append("--ema must be in [0, 1)")
-    if cfg.r1 < 0 or cfg.max_minutes < 0 or cfg.max_cpu_minutes < 0 or not 0 <= cfg.augment_p <= 1:
-        problems.append("--r1, --max-minutes and --max-cpu-minutes must be >= 0, --augment-p in [0, 1]")
+    if min(cfg.r1, cfg.max_minutes, cfg.max_cpu_minutes, cfg.d_warmup) < 0 or not 0 <= cfg.augment_p <= 1:
+        problems.append("--r1, --max-minutes, --max-cpu-minutes and --d-warmup must be >= 0, --augment-p in [0, 1]")
     if cfg.arch not in ARCH_DEFAULTS:
         problems.append(f"--arch must be one of {', '.join(ARCH_DEFAULTS)}")
     if cfg.condition and cfg.condition not in ("level", "plane"):
