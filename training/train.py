@@ -55,6 +55,7 @@ from .fidlog import TrainFID
 from .runlog import MetricsLog, fid_records, grid, plot_fid_curves, save_synthetic_png
 
 LOSSES = ("bce", "ns", "hinge")
+CONDITIONS = ("level", "plane", "contrast")  # = training.data.LABEL_KINDS (kept here: no import of data at start)
 # What train_step returns, in this order (one float64 vector, so all ranks sum it in one collective).
 STATS = ("loss_d", "loss_g", "d_real", "d_fake", "r1", "sign_sum", "count")
 STAT = {name: i for i, name in enumerate(STATS)}
@@ -68,6 +69,9 @@ class TrainConfig:
     size: int = 64
     axes: list[int] = field(default_factory=lambda: [2])
     condition: str = ""             # label kind to condition on (training.data.LABEL_KINDS); "" = unconditional
+    # draw real images with probability 1/(size of their class): a rare class (2 contrast-enhanced scans
+    # beside 700 T1 slices) is then seen as often as a common one, by D and, through the labels, by G
+    balance_classes: bool = False
     arch: str = "dcgan"             # generator: dcgan | style (medgan.config.ARCHS)
     # recipe (the defaults are the small-data recipe)
     recipe: str = "small-data"
@@ -193,11 +197,13 @@ class IndexStream:
     """Endless shuffled indices: fresh seeded permutations appended as needed, so no image is dropped and
     a dataset smaller than a batch still works. Its state (generator + remaining buffer) is checkpointed."""
 
-    def __init__(self, n: int, gen: torch.Generator):
-        self.n, self.gen = n, gen
+    def __init__(self, n: int, gen: torch.Generator, weights: torch.Tensor | None = None):
+        self.n, self.gen, self.weights = n, gen, weights
         self.buffer = torch.empty(0, dtype=torch.int64)
 
     def take(self, count: int) -> torch.Tensor:
+        if self.weights is not None:  # balanced: independent draws by weight (with replacement)
+            return torch.multinomial(self.weights, count, replacement=True, generator=self.gen)
         while len(self.buffer) < count:
             self.buffer = torch.cat([self.buffer, torch.randperm(self.n, generator=self.gen)])
         out, self.buffer = self.buffer[:count], self.buffer[count:]
@@ -301,7 +307,8 @@ class Trainer:
         self.gen_perm = torch.Generator().manual_seed(stream_seed(cfg.seed, 1))      # shared by all ranks
         self.gen_noise = torch.Generator().manual_seed(stream_seed(cfg.seed, 2, self.d.rank))
         self.gen_aug = torch.Generator().manual_seed(stream_seed(cfg.seed, 3, self.d.rank))
-        self.stream = IndexStream(len(images), self.gen_perm)
+        self.stream = IndexStream(len(images), self.gen_perm, weights=self.class_weights() if cfg.balance_classes
+                                  else None)
         self.ada = AdaptiveP(cfg.ada_target, cfg.ada_kimg, p=0.0) if cfg.augment and cfg.ada_target > 0 else None
         self.step = 0
         self.elapsed = 0.0          # training wall time, summed over resumes
@@ -315,15 +322,23 @@ class Trainer:
             if self.G_ema is not None:
                 self.G_ema.load_state_dict(self.G.state_dict())
 
+    def class_weights(self) -> torch.Tensor:
+        """Per image 1/(images of its class), so each class is drawn equally often."""
+        if self.labels is None:
+            raise UsageError("--balance-classes needs --condition (labels to balance)")
+        counts = torch.bincount(self.labels.cpu(), minlength=len(self.classes)).double()
+        return (1.0 / counts)[self.labels.cpu()]
+
     def warm_start(self, folder: str | Path) -> dict[str, Any]:
         """Start G and its EMA from an exported model folder: every tensor whose name and shape match is
         copied. Layers the source lacks (a grown resolution) keep their init except their toRGB weights, which
         start at zero, so the first images are the source's, up-sampled (the skip outputs sum)."""
         folder = Path(folder)
         source = ModelConfig.load(folder)
-        if source.generator.arch != self.cfg.arch or list(source.generator.classes) != self.classes:
+        source_classes = list(source.generator.classes)
+        if source.generator.arch != self.cfg.arch or bool(source_classes) != bool(self.classes):
             raise UsageError(f"--init-from {folder}: its generator ({source.generator.arch}, classes "
-                             f"{source.generator.classes}) does not match this run ({self.cfg.arch}, {self.classes})")
+                             f"{source_classes}) does not match this run ({self.cfg.arch}, {self.classes})")
         own = self.G.state_dict()
         tensors = load_weights(folder, source.id)
         copied = {k: v for k, v in tensors.items() if k in own and own[k].shape == v.shape}
@@ -337,7 +352,9 @@ class Trainer:
         prior = source.training or {}
         self.init_info = {"model": source.id, "resolution": source.generator.resolution,
                           "steps": prior.get("steps", 0) + prior.get("init_from", {}).get("steps", 0),
-                          "cpu_time_s": cumulative_cpu_s(prior), "copied": len(copied), "new": new}
+                          "cpu_time_s": cumulative_cpu_s(prior), "copied": len(copied), "new": new,
+                          # other classes (brain levels -> MR contrasts): class tensors of another shape start new
+                          **({"classes": source_classes} if source_classes != self.classes else {})}
         return self.init_info
 
     # .. one step ..................................................................................
@@ -631,7 +648,10 @@ def build_parser() -> argparse.ArgumentParser:
     rec = p.add_argument_group("recipe (each flag overrides the recipe)")
     rec.add_argument("--recipe", choices=sorted(RECIPES), help="default small-data")
     rec.add_argument("--arch", choices=sorted(ARCH_DEFAULTS), help="generator architecture (default dcgan)")
-    rec.add_argument("--condition", help="label kind to condition on: level or plane (default: unconditional)")
+    rec.add_argument("--condition", help="label kind to condition on: level, plane or contrast (default: "
+                                         "unconditional)")
+    rec.add_argument("--balance-classes", action=argparse.BooleanOptionalAction,
+                     help="draw each class equally often (rare contrasts), not in proportion to the data")
     rec.add_argument("--style-mixing", type=float, help="style only: probability of mixing two latents")
     rec.add_argument("--loss", choices=LOSSES)
     rec.add_argument("--augment", action=argparse.BooleanOptionalAction, help="DiffAugment")
@@ -656,7 +676,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="run directory (default runs/<dataset>-<recipe>-<size>)")
     run.add_argument("--resume", help="run directory or checkpoint file to continue")
     run.add_argument("--init-from", metavar="MODEL_FOLDER",
-                     help="warm-start G from an exported model (same classes; a larger --size grows it); D starts "
+                     help="warm-start G from an exported model (conditional if this run is; other classes start "
+                     "their class tensors new; a larger --size grows it); D starts "
                      "fresh, which sets a trained G back (--d-warmup N trains D alone first): to continue a run "
                      "use --resume")
     for name, kind in (("seed", int), ("sample-seed", int), ("threads", int), ("sample-every", int),
@@ -708,8 +729,10 @@ def check_config(cfg: TrainConfig) -> None:
         problems.append("--r1, --max-minutes, --max-cpu-minutes and --d-warmup must be >= 0, --augment-p in [0, 1]")
     if cfg.arch not in ARCH_DEFAULTS:
         problems.append(f"--arch must be one of {', '.join(ARCH_DEFAULTS)}")
-    if cfg.condition and cfg.condition not in ("level", "plane"):
-        problems.append(f"--condition must be level or plane, got {cfg.condition!r}")
+    if cfg.condition and cfg.condition not in CONDITIONS:
+        problems.append(f"--condition must be one of {', '.join(CONDITIONS)}, got {cfg.condition!r}")
+    if cfg.balance_classes and not cfg.condition:
+        problems.append("--balance-classes needs --condition (labels to balance)")
     if cfg.condition and cfg.arch != "style":
         problems.append("--condition needs --arch style (DCGAN models are unconditional)")
     if cfg.fid_every < 0 or cfg.fid_images < 2 or not 0 <= cfg.style_mixing <= 1:
