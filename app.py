@@ -3,7 +3,8 @@
 Run `python app.py` (honours GRADIO_SERVER_NAME / GRADIO_SERVER_PORT). API names for gradio_client:
 /generate(model, seed, count, truncation, label), /download(model, seed, count, fmt, label, truncation, image_class),
 /interpolate(model, seed_a, seed_b, frames, truncation, label), /mix(model, row_seeds, col_seeds, crossover,
-truncation, label), /models(), /stats(model).
+truncation, label), /models(), /stats(model). Scripts that want raw arrays fast: GET /medgan/v1/generate.npz
+(see FAST_ROUTE), outside Gradio's queue.
 """
 from __future__ import annotations
 
@@ -399,20 +400,69 @@ def build_demo() -> gr.Blocks:
 
 def cap_uploads(demo: gr.Blocks) -> gr.Blocks:
     """Bound Gradio's upload route (/gradio_api/upload), open to anyone although this app has no upload
-    widget, to MEDGAN_MAX_UPLOAD_MB. Gradio takes the cap only as `launch(max_file_size=…)` and resets the
-    Blocks' own attribute there, so this demo's `launch` is wrapped: the cap holds whoever launches `demo`
-    (a Space runner included) unless they pass their own. `gr.mount_gradio_app` needs `max_file_size=` too."""
+    widget, to MEDGAN_MAX_UPLOAD_MB, and add the queue-free route for scripts (FAST_ROUTE). Gradio takes the cap
+    only as `launch(max_file_size=…)` and resets the Blocks' own attribute there, and extra routes only as
+    `launch(app_kwargs={"routes": …})` (FastAPI's own argument: they are matched before Gradio's), so this
+    demo's `launch` is wrapped: both hold whoever launches `demo` (a Space runner included) unless they pass
+    their own. `gr.mount_gradio_app` needs `max_file_size=` too; mount `fast_routes()` on the parent app."""
     launch = demo.launch
 
     @functools.wraps(launch)
     def capped_launch(*args, **kwargs):
         if kwargs.get("max_file_size") is None:
             kwargs["max_file_size"] = limits.max_upload_bytes()
+        app_kwargs = dict(kwargs.get("app_kwargs") or {})
+        app_kwargs["routes"] = [*fast_routes(), *app_kwargs.get("routes", [])]
+        kwargs["app_kwargs"] = app_kwargs
         return launch(*args, **kwargs)
 
     demo.launch = capped_launch
     demo.max_file_size = limits.max_upload_bytes()
     return demo
+
+
+# --- the queue-free route for scripts ---------------------------------------------------------------
+# GET /medgan/v1/generate.npz?model=ID&seed=0&count=16[&truncation=1][&label=any]: the batch of /generate as
+# one .npz (medgan.service.arrays_npz), answered at once: no queue, no SSE, no PNG encoding, no cached files.
+# It has its own MEDGAN_CONCURRENCY slots; when they are taken it answers 429 with Retry-After instead of
+# queueing, so it cannot build a backlog. Same validation, count limit and time limit as /generate.
+FAST_ROUTE = "/medgan/v1/generate.npz"
+FAST_PARAMS = ("model", "seed", "count", "truncation", "label")
+_fast_slots = threading.BoundedSemaphore(limits.concurrency())
+ERROR_STATUS = {"UnknownModelError": 404, "GenerationError": 503, "SourceUnavailableError": 503}
+
+
+def fast_routes() -> list:
+    from starlette.routing import Route
+    return [Route(FAST_ROUTE, generate_npz, methods=["GET"])]
+
+
+def generate_npz(request):
+    """The starlette handler of FAST_ROUTE (sync: Starlette runs it in its thread pool)."""
+    from starlette.responses import JSONResponse, Response
+    query = request.query_params
+    unknown = sorted(set(query) - set(FAST_PARAMS))
+    if unknown or "model" not in query:
+        problem = f"unknown parameter(s) {', '.join(unknown)}" if unknown else "the model parameter is required"
+        return JSONResponse({"error": f"{problem}; parameters: {', '.join(FAST_PARAMS)}"}, status_code=400)
+    if not _fast_slots.acquire(blocking=False):
+        return JSONResponse({"error": "busy: all generation slots of this route are in use; retry shortly"},
+                            status_code=429, headers={"Retry-After": "1"})
+    try:
+        data, name = limits.run_with_time_limit(
+            service.arrays_npz, query["model"], query.get("seed", "0"), query.get("count", "16"),
+            query.get("truncation", "1"), query.get("label", "any"))
+    except MedganError as exc:
+        log(f"generate.npz refused: {type(exc).__name__}: {one_line(str(exc))}")
+        return JSONResponse({"error": str(exc)}, status_code=ERROR_STATUS.get(type(exc).__name__, 400))
+    except Exception as exc:
+        log(f"unexpected {type(exc).__name__} in generate.npz: {one_line(str(exc))}\n"
+            f"{traceback.format_exc().rstrip()}")
+        return JSONResponse({"error": f"Internal error ({type(exc).__name__})"}, status_code=500)
+    finally:
+        _fast_slots.release()
+    return Response(data, media_type="application/octet-stream",
+                    headers={"Content-Disposition": f'attachment; filename="{name}"', "X-MedGAN-Synthetic": "true"})
 
 
 demo = build_demo()

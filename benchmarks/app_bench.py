@@ -62,6 +62,16 @@ def client(url: str, downloads: Path | None = None):
     return Client(url, download_files=str(downloads) if downloads else False, verbose=False)
 
 
+def fast_route_images(route, model_id: str, seed: int):
+    """The images of one GET of the app's queue-free route (raises on an error answer)."""
+    import io
+    import numpy as np
+    answer = route.get("/medgan/v1/generate.npz", params={"model": model_id, "seed": seed, "count": COUNT})
+    answer.raise_for_status()
+    with np.load(io.BytesIO(answer.content), allow_pickle=False) as z:
+        return z["images"]
+
+
 def run_app(models: list[BenchModel], quick: bool) -> dict[str, Any]:
     """Cold start (1 start in quick mode, else 3) and, on the last start, /generate latency over HTTP."""
     starts, calls = (1, 5) if quick else (3, 50)
@@ -103,21 +113,29 @@ def measure_latency(answer, full, model_id: str, calls: int, proc: subprocess.Po
     Also the CPU time per call of the app (psutil, read between calls) and of the client (this process),
     which a busy machine inflates far less than wall time."""
     full.predict(model_id, 0, COUNT, api_name="/generate")  # warm the downloading client too
-    times: dict[str, list[float]] = {"answer": [], "round_trip": []}
-    cpu: dict[str, list[float]] = {"answer": [], "round_trip": []}
-    client_cpu: dict[str, list[float]] = {"answer": [], "round_trip": []}
+    import httpx
+    route = httpx.Client(base_url=answer.src.rstrip("/"), timeout=120)
+    ways = {"answer": lambda seed: answer.predict(model_id, seed, COUNT, api_name="/generate"),
+            "round_trip": lambda seed: full.predict(model_id, seed, COUNT, api_name="/generate"),
+            # the queue-free route (app.FAST_ROUTE): the same images as one .npz, no queue, SSE or PNGs
+            "fast_route": lambda seed: fast_route_images(route, model_id, seed)}
+    times: dict[str, list[float]] = {name: [] for name in ways}
+    cpu: dict[str, list[float]] = {name: [] for name in ways}
+    client_cpu: dict[str, list[float]] = {name: [] for name in ways}
+    ways["fast_route"](0)
     for i in range(calls):
-        pair = (("answer", answer), ("round_trip", full))
-        for name, c in (pair if i % 2 == 0 else pair[::-1]):
+        order = list(ways) if i % 2 == 0 else list(ways)[::-1]
+        for name in order:
             cpu_before = app_cpu_seconds(proc) if proc else 0.0
             began, cpu_began = time.perf_counter(), time.process_time()
-            result = c.predict(model_id, 1000 + i, COUNT, api_name="/generate")
+            result = ways[name](1000 + i)
             times[name].append(time.perf_counter() - began)
             client_cpu[name].append(time.process_time() - cpu_began)
             cpu[name].append(app_cpu_seconds(proc) - cpu_before if proc else 0.0)
-            assert len(result) == COUNT, f"/generate returned {len(result)} images, expected {COUNT}"
+            assert len(result) == COUNT, f"{name} returned {len(result)} images, expected {COUNT}"
+    route.close()
     stats = answer.predict(model_id, api_name="/stats")
-    model_s = [h["seconds"] for h in stats["history"] if h["count"] == COUNT][-2 * calls:]
+    model_s = [h["seconds"] for h in stats["history"] if h["count"] == COUNT][-3 * calls:]
     out: dict[str, Any] = {"model": model_id, "count": COUNT, "calls_each": calls}
     for name, values in times.items():
         out[name] = {"p50_ms": round(percentile(values, 50) * 1e3, 2), "p95_ms": round(percentile(values, 95) * 1e3, 2),
@@ -128,5 +146,6 @@ def measure_latency(answer, full, model_id: str, calls: int, proc: subprocess.Po
                          "p95_ms": round(percentile(model_s, 95) * 1e3, 2), "samples": len(model_s)}
     out["framework_overhead_p50_ms"] = round(out["answer"]["p50_ms"] - out["model_time"]["p50_ms"], 2)
     out["download_overhead_p50_ms"] = round(out["round_trip"]["p50_ms"] - out["answer"]["p50_ms"], 2)
+    out["fast_route_overhead_p50_ms"] = round(out["fast_route"]["p50_ms"] - out["model_time"]["p50_ms"], 2)
     out["stats_fields"] = sorted(stats)
     return out

@@ -28,6 +28,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     app = s.get("app", {})
     out.append(_target("/generate 16 images @64²: server's answer p50", app.get("answer", {}).get("p50_ms"),
                        100, False, "ms"))
+    out.append(_target("  queue-free GET /medgan/v1/generate.npz, same 16 images, p50",
+                       app.get("fast_route", {}).get("p50_ms"), 100, False, "ms"))
     cold = s.get("cold_start", {})
     out.append(_target("cold start: python app.py -> first /generate answer", cold.get("median_to_first_answer_s"),
                        8, False, "s"))
@@ -122,10 +124,12 @@ def print_report(results: dict[str, Any]) -> None:
         rows = [[label, app[k]["p50_ms"], app[k]["p95_ms"], app[k].get("app_cpu_ms_p50", ""),
                  app[k].get("client_cpu_ms_p50", "")]
                 for label, k in (("server's answer (download_files=False)", "answer"),
-                                 ("full round trip (PNGs downloaded)", "round_trip"))]
+                                 ("full round trip (PNGs downloaded)", "round_trip"),
+                                 ("queue-free GET /medgan/v1/generate.npz", "fast_route")) if k in app]
         rows += [["model time (from /stats)", app["model_time"]["p50_ms"], app["model_time"]["p95_ms"], "", ""],
                  ["framework overhead (answer - model)", app["framework_overhead_p50_ms"], "", "", ""],
-                 ["download overhead (round trip - answer)", app["download_overhead_p50_ms"], "", "", ""]]
+                 ["download overhead (round trip - answer)", app["download_overhead_p50_ms"], "", "", ""],
+                 ["queue-free route overhead (route - model)", app.get("fast_route_overhead_p50_ms", ""), "", "", ""]]
         _section(f"/generate of {app['count']} images over HTTP, {app['calls_each']} calls each",
                  _table(["", "p50 ms", "p95 ms", "app CPU ms/call", "client CPU ms/call"], rows))
     if "rows" in s.get("training", {}):

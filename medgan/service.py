@@ -200,6 +200,26 @@ def generate(model_id: object, seed: object, count: object, truncation: object =
     return gallery(arrays, prov)
 
 
+def arrays_npz(model_id: object, seed: object, count: object, truncation: object = 1.0, label: object = None,
+               registry: Registry | None = None) -> tuple[bytes, str]:
+    """The batch as one .npz for programs (the app's queue-free route): `images` uint8 [count, H, W], `index`,
+    `classes` (the class of each image, "" for unconditional models) and `provenance`, a JSON string with what
+    a PNG's text chunks say of each image ("Synthetic": "true" …). Same validation and limits as generate();
+    loads with numpy.load(…, allow_pickle=False). Returns (bytes, a synthetic_… file name)."""
+    import io
+    import json
+
+    arrays, prov, _ = batch(model_id, seed, count, truncation, label, registry)
+    n = len(arrays)
+    facts = [{k: v for k, v in prov.for_index(i).items() if k != "CreationTime"} for i in range(n)]
+    buffer = io.BytesIO()
+    np.savez(buffer, images=arrays, index=np.arange(n, dtype=np.int64),
+             classes=np.array([prov.classes.get(i, "") for i in range(n)], dtype=str),
+             provenance=np.array(json.dumps({"synthetic": True, "model": prov.model_id, "seed": prov.seed,
+                                             "notice": NOTICE.replace("**", ""), "images": facts})))
+    return buffer.getvalue(), f"{file_stem(prov.model_id, prov.seed, 0).rsplit('_', 1)[0]}_n{n}.npz"
+
+
 def export(model_id: object, seed: object, count: object, fmt: object = "png", label: object = False,
            registry: Registry | None = None, truncation: object = 1.0, image_class: object = None) -> Path:
     """A zip of the batch in `fmt` with metadata.json and README.txt, in the export folder. (`label` is the

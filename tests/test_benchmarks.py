@@ -123,6 +123,7 @@ def test_quick_benchmark_writes_every_section(tmp_path):
     assert not errors, errors
     assert sections["inference"]["models"][0]["pixels"]["ok"]
     assert sections["app"]["answer"]["p50_ms"] > 0 and sections["app"]["model_time"]["samples"] >= 5
+    assert sections["app"]["fast_route"]["p50_ms"] > 0
     assert sections["cold_start"]["runs"][0]["rss_all_models_loaded_mb"] > 0
     assert {t["status"] for t in results["targets"]} <= {"PASS", "FAIL", "N/A"} and len(results["targets"]) >= 5
     assert "## Targets" in proc.stdout
