@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phone-home at start-up
-# OpenMP threads sleep instead of spinning when idle: on a shared or busy machine spinning threads starve
-# the one doing the work (measured 7x slower generation, benchmarks "threads"); set before torch loads.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OpenMP's wait policy is chosen by `import medgan` (below, before torch loads): PASSIVE when the machine is
+# busy at start-up, else OpenMP's default; each generation's thread count then follows the load
+# (medgan.threads, measured by benchmarks "threads").
 
 import functools
 import importlib.util

@@ -119,53 +119,105 @@ def run_variants(models: list[BenchModel], quick: bool) -> dict[str, Any]:
     return out
 
 
-THREAD_CONFIGS = [("1 thread", 1, None), ("2 threads, OMP active (default)", 2, None),
-                  ("2 threads, OMP_WAIT_POLICY=PASSIVE", 2, "PASSIVE")]
+# (name, torch threads or "adaptive", OMP_WAIT_POLICY or None = OpenMP's default; "adaptive" = medgan.threads
+# as the app runs it: the policy chosen at import, the thread count per call by fair_share)
+THREAD_CONFIGS = [("1 thread", "1", None), ("2 threads, OMP default (spins)", "2", None),
+                  ("2 threads, OMP_WAIT_POLICY=PASSIVE", "2", "PASSIVE"), ("adaptive (app)", "adaptive", None)]
 PROBE = """
 import json, sys, time, torch
-from medgan.generator import Generator
-torch.set_num_threads(int(sys.argv[2]))
+from medgan import threads
+from medgan.generator import Generator, load_weights
+from benchmarks.reference_dcgan import load_reference, reference_generate
 gen, seconds, out = Generator.from_folder(sys.argv[1], device="cpu"), float(sys.argv[4]), {}
-for n in map(int, sys.argv[3].split(",")):
-    gen.generate(n, 0, output_type="np")
+from pathlib import Path
+ref = load_reference(gen.config.generator, load_weights(Path(sys.argv[1]), gen.id))
+adaptive = sys.argv[2] == "adaptive"
+if not adaptive:
+    torch.set_num_threads(int(sys.argv[2]))
+
+def timed(fn, n):
+    with (threads.fair_share() if adaptive else torch.inference_mode()):
+        began = time.perf_counter(); fn(n); return time.perf_counter() - began
+
+def median(fn, n):
+    timed(fn, n)
     times, end = [], time.perf_counter() + seconds
     while time.perf_counter() < end or len(times) < 3:
-        began = time.perf_counter(); gen.generate(n, len(times), output_type="np"); times.append(time.perf_counter() - began)
-    out[n] = sorted(times)[len(times) // 2]
-print(json.dumps(out))
+        times.append(timed(fn, n))
+    return sorted(times)[len(times) // 2]
+
+with torch.inference_mode():
+    for n in map(int, sys.argv[3].split(",")):
+        ours = median(lambda k: gen.generate(k, 0, output_type="np"), n)
+        theirs = median(lambda k: reference_generate(ref, k, gen.config.generator.latent_dim), n)
+        out[n] = [ours, theirs]
+print(json.dumps({"times": out, "policy": __import__("os").environ.get("OMP_WAIT_POLICY", "DEFAULT")}))
 """
 
 
+def _busy(count: int) -> list:
+    """`count` processes that keep one core each busy (a machine with other work on it)."""
+    import subprocess
+    import sys
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+
+
 def run_threads(models: list[BenchModel], quick: bool) -> dict[str, Any]:
-    """generate(n) in fresh processes per thread setting (OMP's wait policy is fixed at start-up), the
-    settings alternating round by round; each sample is the median call time over ~1 s."""
+    """generate(n) and the reference DCGAN in fresh processes per thread setting (OMP's wait policy is fixed at
+    start-up), on the machine as it is ("quiet") and with every core kept busy by other processes ("busy");
+    settings alternate round by round; each sample is the median call time over ~1 s."""
+    import os
+    m = models[0]
+    counts, rounds, seconds = ([16], 1, 0.2) if quick else ([16, 64], 2, 1.0)
+    out: dict[str, Any] = {"model": m.id, "cpu_count": os.cpu_count(), "rows": []}
+    for load in ("quiet", "busy"):
+        hogs = _busy(os.cpu_count() or 1) if load == "busy" else []
+        try:
+            result = _thread_rounds(m, counts, rounds, seconds)
+        finally:
+            for hog in hogs:
+                hog.kill()
+                hog.wait()
+        if "error" in result:
+            return result
+        out["rows"] += [{"load": load, **row} for row in result["rows"]]
+        out.setdefault("adaptive_policy", {})[load] = result["adaptive_policy"]
+    return out
+
+
+def _thread_rounds(m: BenchModel, counts: list[int], rounds: int, seconds: float) -> dict[str, Any]:
     import json
     import os
     import subprocess
     import sys
     from .models import ROOT
-    m = models[0]
-    counts, rounds, seconds = ([16], 1, 0.2) if quick else ([1, 16, 64], 3, 1.0)
-    out: dict[str, Any] = {"model": m.id, "cpu_count": os.cpu_count(), "rows": []}
-    times: dict[int, dict[str, list[float]]] = {n: {name: [] for name, _, _ in THREAD_CONFIGS} for n in counts}
+    times = {n: {name: [] for name, _, _ in THREAD_CONFIGS} for n in counts}
+    refs = {n: {name: [] for name, _, _ in THREAD_CONFIGS} for n in counts}
+    adaptive_policy = ""
     for r in range(rounds):
-        for name, threads, policy in THREAD_CONFIGS[r % 3:] + THREAD_CONFIGS[:r % 3]:
-            env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+        k = r % len(THREAD_CONFIGS)
+        for name, threads, policy in THREAD_CONFIGS[k:] + THREAD_CONFIGS[:k]:
+            env = {key: v for key, v in os.environ.items() if key != "OMP_WAIT_POLICY"}
             if policy:
                 env["OMP_WAIT_POLICY"] = policy
-            proc = subprocess.run([sys.executable, "-c", PROBE, str(m.folder), str(threads),
-                                   ",".join(map(str, counts)), str(seconds)],
-                                  cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+            proc = subprocess.run([sys.executable, "-c", PROBE, str(m.folder), threads, ",".join(map(str, counts)),
+                                   str(seconds)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
             if proc.returncode != 0:
                 return {"error": proc.stderr[-400:]}
-            for n, t in json.loads(proc.stdout.strip().splitlines()[-1]).items():
-                times[int(n)][name].append(t)
+            answer = json.loads(proc.stdout.strip().splitlines()[-1])
+            adaptive_policy = answer["policy"] if threads == "adaptive" else adaptive_policy
+            for n, (ours, theirs) in answer["times"].items():
+                times[int(n)][name].append(ours)
+                refs[int(n)][name].append(theirs)
+    rows = []
     for n in counts:
         row: dict[str, Any] = {"count": n, **{k: summary(v, n) for k, v in times[n].items()}}
+        for name, _, _ in THREAD_CONFIGS:
+            row[name]["vs_reference"] = round(ratio({"ref": refs[n][name], "ours": times[n][name]}, "ref", "ours"), 3)
         for name, _, _ in THREAD_CONFIGS[1:]:
             row[f"{name} vs 1 thread"] = round(ratio(times[n], "1 thread", name), 3)
-        out["rows"].append(row)
-    return out
+        rows.append(row)
+    return {"rows": rows, "adaptive_policy": adaptive_policy}
 
 
 def run_compile(models: list[BenchModel], quick: bool) -> dict[str, Any]:

@@ -25,6 +25,10 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                                row["speedup"] if row else None, 1.5, True, "x"))
             out.append(_target(f"  same, 1 thread, CPU time (noise-robust), batch {batch}",
                                row.get("speedup_1thread_cpu") if row else None, 1.5, True, "x"))
+    for row in s.get("threads", {}).get("rows", []):
+        adaptive = row.get("adaptive (app)", {})
+        out.append(_target(f"generate vs reference, adaptive threads, {row['load']} machine, batch {row['count']}",
+                           adaptive.get("vs_reference"), 1.5, True, "x"))
     app = s.get("app", {})
     out.append(_target("/generate 16 images @64²: server's answer p50", app.get("answer", {}).get("p50_ms"),
                        100, False, "ms"))
@@ -109,9 +113,11 @@ def print_report(results: dict[str, Any]) -> None:
         _section("generate(count) time (ms) and a linear fit",
                  _table(["model", "count:ms", "ms/image", "fixed ms", "R²"], rows))
     if "rows" in s.get("threads", {}):
-        rows = [[r["count"], k, v["median_ms"], v["items_per_s"]] for r in s["threads"]["rows"]
-                for k, v in r.items() if isinstance(v, dict)]
-        _section("Thread settings (fresh process each)", _table(["count", "setting", "ms", "img/s"], rows))
+        rows = [[r.get("load", ""), r["count"], k, v["median_ms"], v["items_per_s"], v.get("vs_reference", "")]
+                for r in s["threads"]["rows"] for k, v in r.items() if isinstance(v, dict)]
+        _section(f"Thread settings (fresh process each; quiet = the machine as it is, busy = every core kept busy; "
+                 f"adaptive chose OMP {s['threads'].get('adaptive_policy', {})})",
+                 _table(["load", "count", "setting", "ms", "img/s", "reference ms / ours"], rows))
     cold, app = s.get("cold_start", {}), s.get("app", {})
     if "runs" in cold:
         rows = [[i + 1, r["to_port_s"], r["to_first_answer_s"], r["app_cpu_s_to_first_answer"], r["rss_at_port_mb"],

@@ -10,7 +10,13 @@ Imports neither gradio nor training code.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+
+from . import threads as _threads
+
+if "torch" not in sys.modules:  # OpenMP reads OMP_WAIT_POLICY once, when torch loads (see medgan.threads)
+    _threads.choose_wait_policy()
 
 from .config import GeneratorConfig, ModelConfig
 from .errors import (ConfigError, GenerationError, InvalidArgumentError, MedganError, SourceUnavailableError,

@@ -21,6 +21,7 @@ from .files import prune_tree
 from .export import Provenance, atomic_write, check_format, file_stem, label_image, png_bytes, write_zip
 from .imaging import mixing_figure
 from .registry import Registry, get_registry
+from .threads import fair_share
 from .sources import ModelInfo
 from .validation import check_count, check_flag, check_label, check_model_id, check_seed, check_truncation
 
@@ -172,7 +173,8 @@ def batch(model_id: object, seed: object, count: object, truncation: object = 1.
     reg = _registry(registry)
     gen = reg.load(model_id)
     kwargs, classes = controls(gen, truncation, label)
-    arrays = gen.generate(count=count, seed=seed, output_type="np", **kwargs)
+    with fair_share():  # as many threads as the machine can spare now (medgan.threads)
+        arrays = gen.generate(count=count, seed=seed, output_type="np", **kwargs)
     names = gen.class_names(gen.labels(count, seed, label=kwargs.get("label"))) if classes else []
     fields = dict(model_id=model_id, seed=seed, revision=getattr(gen, "revision", ""),
                   truncation=kwargs.get("truncation", 1.0), classes=dict(enumerate(names)))

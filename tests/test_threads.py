@@ -1,0 +1,73 @@
+"""medgan.threads: the wait policy chosen at import and the thread count per generation follow the machine."""
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from medgan import threads
+from medgan.testing import ROOT
+
+
+def test_thread_count_is_a_fair_share_and_one_while_spinning_threads_would_fight_for_cores():
+    assert threads.threads_for(1, 0.0, 2, spinning=True) == 2      # quiet machine: every core
+    assert threads.threads_for(2, 0.0, 2, spinning=True) == 1      # two generations of ours: one each
+    assert threads.threads_for(1, 1.8, 2, spinning=True) == 1      # busy: spinning threads would be 5x slower
+    assert threads.threads_for(1, 1.8, 2, spinning=False) == 2     # sleeping threads still help when busy
+    assert threads.threads_for(3, 0.0, 8, spinning=False) == 2
+    assert threads.threads_for(5, 0.0, 2, spinning=False) == 1
+
+
+def test_usage_counts_the_machine_busy_time_less_this_process_own(monkeypatch):
+    """Others = (machine busy seconds - this process's CPU seconds) / wall seconds, over >= 0.5 s intervals."""
+    clock = {"wall": 100.0, "busy": 50.0, "own": 3.0}
+    monkeypatch.setattr(threads.time, "monotonic", lambda: clock["wall"])
+    monkeypatch.setattr(threads.time, "process_time", lambda: clock["own"])
+    monkeypatch.setattr(threads, "_busy_seconds", lambda: clock["busy"])
+    usage = threads.Usage()
+    clock.update(wall=102.0, busy=53.0, own=4.0)      # 2 s: machine busy 3 s, ours 1 s -> others 1 core
+    assert usage.others_now() == pytest.approx(1.0)
+    clock.update(wall=102.2, busy=53.4, own=4.0)      # too short an interval: the last estimate stands
+    assert usage.others_now() == pytest.approx(1.0)
+    clock.update(wall=104.0, busy=53.9, own=5.0)      # 2 s: busy 0.9 s, all ours -> nobody else
+    assert usage.others_now() == pytest.approx(0.0)
+    monkeypatch.setattr(threads, "_busy_seconds", lambda: None)  # no /proc: the load average less our share
+    monkeypatch.setattr(threads, "_load_average", lambda: 1.5)
+    clock.update(wall=106.0, own=6.0)
+    assert threads.Usage().others_now() == pytest.approx(1.5)
+
+
+def test_wait_policy_is_passive_on_a_busy_machine_default_on_a_quiet_one_and_explicit_wins(monkeypatch):
+    assert threads.choose_wait_policy({"OMP_WAIT_POLICY": "active"}) == "ACTIVE"
+    environ: dict = {}
+    monkeypatch.setattr(threads.Usage, "others_now", lambda self, min_interval_s=0.5: 0.1)
+    assert threads.choose_wait_policy(environ) == "DEFAULT" and "OMP_WAIT_POLICY" not in environ
+    monkeypatch.setattr(threads.Usage, "others_now", lambda self, min_interval_s=0.5: threads.cores())
+    assert threads.choose_wait_policy(environ) == "PASSIVE" and environ["OMP_WAIT_POLICY"] == "PASSIVE"
+
+
+def test_fair_share_sets_torch_threads_and_import_medgan_sets_the_policy_before_torch():
+    with threads.fair_share() as count:
+        assert torch.get_num_threads() == count >= 1
+    assert threads._in_flight == 0
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    code = "import os, medgan, torch; print(os.environ.get('OMP_WAIT_POLICY', 'DEFAULT'))"
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(threads.cores() + 1)]
+    try:
+        time.sleep(0.3)
+        busy = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=120)
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    assert busy.returncode == 0 and busy.stdout.strip() == "PASSIVE", busy.stderr[-1000:]
+    explicit = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+                              capture_output=True, text=True, timeout=120)
+    assert explicit.stdout.strip() == "ACTIVE"
+
+
+if __name__ == "__main__":
+    pytest.main([__file__])
