@@ -278,8 +278,7 @@ def read_dicom(path: Path) -> Item:
     else:
         arr = _modality(arr, ds, apply_modality_lut)
         window = _window(ds)
-    spacing = _find(ds, "PixelSpacing") or _find(ds, "ImagerPixelSpacing") or (1.0, 1.0)
-    spacing = tuple(float(s) for s in spacing)[:2]
+    spacing, notes = _pixel_spacing(ds)
     if nframes > 1:
         indices = list(range(nframes))
     else:
@@ -288,8 +287,22 @@ def read_dicom(path: Path) -> Item:
         except (TypeError, ValueError):
             indices = [0]
     subject = str(ds.get("PatientID", "") or "").strip() or None
-    return Item("frames", list(arr), spacing, subject=subject, window=window,
+    return Item("frames", list(arr), spacing, subject=subject, window=window, notes=notes,
                 invert=photometric == "MONOCHROME1", indices=indices, identifiers=_patient_fields(ds))
+
+
+def _pixel_spacing(ds) -> tuple[tuple[float, float], list[str]]:
+    """(row, col) mm from PixelSpacing, else ImagerPixelSpacing (projection images: CR/DX); square pixels
+    where neither holds two positive numbers (some CR files store "0\\0")."""
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        value = _find(ds, keyword)
+        try:
+            spacing = tuple(float(v) for v in value)[:2] if value else ()
+        except (TypeError, ValueError):
+            spacing = ()
+        if len(spacing) == 2 and all(v > 0 for v in spacing):
+            return spacing, []
+    return (1.0, 1.0), ["no usable PixelSpacing/ImagerPixelSpacing: square pixels assumed"]
 
 
 PATIENT_FIELDS = ("PatientID", "PatientName", "PatientBirthDate", "OtherPatientIDs", "OtherPatientNames",
