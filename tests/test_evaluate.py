@@ -62,6 +62,7 @@ def test_cli_smoke_with_real_inception(tmp_path):
     floor = report["floor"]
     assert floor["fallback"] is False and floor["subjects"] in ([2, 1], [1, 2])
     assert floor["n"] == 6 and {"fid", "kid", "precision", "recall", "model_same_n"} <= set(floor)
+    assert floor["vs_heldout"]["subjects"] == ["s3"] and floor["vs_heldout"]["n"] == 6
     memo = report["memorization"]
     assert memo["primary_distance"].startswith("pixel") and memo["n_heldout_queries"] == 6
     assert 0 <= memo["fraction_closer"] <= 1 and memo["inception"]["median_synthetic"] > 0
@@ -86,6 +87,7 @@ def test_cli_smoke_with_real_inception(tmp_path):
         assert fig.format == "PNG" and fig.width > 600 and fig.height > 400
     card = (folder / "README.md").read_text()
     assert "A tiny random test model." not in card  # re-rendered from config.json + eval.json
+    assert "Against the **held-out subjects** (s3; n = 6" in card
 
 
 @pytest.mark.slow
@@ -154,6 +156,10 @@ def test_copying_generator_is_flagged_and_single_subject_floor_falls_back(tmp_pa
     assert r["floor"]["n"] == 10
     assert r["precision"] == 1.0 and r["recall"] == 1.0  # the synthetic set IS the train set
     assert r["fid"] == pytest.approx(0, abs=1e-3)
+    held = r["floor"]["vs_heldout"]  # against the held-out subject, beside the real floor across the split
+    assert held["subjects"] == ["b"] and held["n"] == 10
+    assert np.isfinite(held["model"]["fid"]) and np.isfinite(held["floor_train_vs_heldout"]["fid"])
+    assert set(held["model"]["kid"]) == {"mean", "std"}
     assert list(result.syn_nn_dist[:8]) == [0.0] * 8
     assert E.config_metrics(r, "cmd")["floor"]["fallback"] is True
 

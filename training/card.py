@@ -248,6 +248,17 @@ def _memorization(evaluation: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
+def _heldout(held: Any) -> list[str]:
+    """Against the held-out subjects, beside the real floor across the split (eval.json floor.vs_heldout)."""
+    if not isinstance(held, dict) or not isinstance(held.get("model"), dict):
+        return []
+    model, floor = held["model"], held.get("floor_train_vs_heldout") or {}
+    rows = [("FID ↓", model.get("fid"), floor.get("fid")), ("KID ↓", model.get("kid"), floor.get("kid"))]
+    return ["", f"Against the **held-out subjects** ({_fmt(', '.join(held.get('subjects', [])))}; n = {held['n']} "
+            "images per side), beside the floor between the real training and held-out slices:", "",
+            _table(rows, ("metric", "model vs held-out", "real train vs held-out"))]
+
+
 def _evaluation(evaluation: dict[str, Any], folder: Path, public: bool = True) -> str:
     """The Evaluation section; `public`: the real slices eval.png shows may be published (training.privacy)."""
     if _number(evaluation.get("fid")) is None:
@@ -281,6 +292,7 @@ def _evaluation(evaluation: dict[str, Any], folder: Path, public: bool = True) -
                 f"{_fmt(_number(same_n))}, to compare with the floor's {_fmt(_number(floor.get('fid')))}."]
     if floor.get("note"):
         out += ["", f"**Note:** {_fmt(floor['note'])}."]
+    out += _heldout(floor.get("vs_heldout"))
     memo = _memorization(evaluation)
     if _number(memo.get("median_synthetic")) is not None:
         out += ["", "**Memorisation check.** Distance (pixel RMS, [0, 1] intensities) from each image to its "

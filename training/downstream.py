@@ -4,8 +4,8 @@
            [--quick] [--seeds 3] [--classifier cnn|resnet18|both] [--init PATH] [--threads 1]
 
 The task is labelled from REAL data with a subject-level split: classify the slice's anatomical `level` (the
-5 position bands the conditional generator is trained with; training.data) or, where the data has several
-slicing planes, its `plane`. Classifiers train on the dataset's `train` split (the generator's training
+5 position bands the conditional generator is trained with; training.data), where the data has several
+slicing planes its `plane`, and where it mixes MR contrasts (brain-mr) its `contrast`. Classifiers train on the dataset's `train` split (the generator's training
 subjects) and are tested ONLY on its `heldout` split. Before anything is trained, the test subjects are compared
 with the subjects the generator was trained on (training_data in config.json: a recorded list; else the
 training-split sha256 matched against this dataset's train split; else every subject of the recorded sources,
@@ -56,7 +56,7 @@ from medgan.errors import MedganError
 from .downstream_card import CLASSIFIER_NAMES, HEADLINE, card_section, fmt_number, fmt_stat  # noqa: F401
 
 SCHEMA_VERSION = 1
-TASKS = ("level", "plane")
+TASKS = ("level", "plane", "contrast")
 CLASSIFIERS = ("cnn", "resnet18")
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 DEFAULT_STEPS = {"cnn": 200, "resnet18": 100}
@@ -445,6 +445,7 @@ class Task:
     source: str
     split: str | None
     notes: list[str] = field(default_factory=list)
+    split_modes: list[str] = field(default_factory=list)  # a stratified split's per-contrast modes (brain-mr)
 
 
 def resolve_model(spec: str) -> tuple[Any, Path | None]:
@@ -498,7 +499,8 @@ def load_task(task: str, source: str, size: int, axes: tuple[int, ...]):
     if source in BUILTIN_DATASETS:
         name = source
     t = Task(task, list(classes), ds.images[train], labels[train], ds.subject[train].astype(str),
-             ds.images[test], labels[test], ds.subject[test].astype(str), name, str(source), ds.meta.get("split"))
+             ds.images[test], labels[test], ds.subject[test].astype(str), name, str(source), ds.meta.get("split"),
+             split_modes=sorted(set(ds.meta.get("split_by_contrast", {}).values())))
     return t, ds
 
 
@@ -537,7 +539,7 @@ def leakage_check(training_data: dict[str, Any], ds, task: Task, gen_axes: tuple
         return {**check, "status": "passed",
                 "message": f"no test subject ({', '.join(test_subjects)}) is among the generator's training "
                            f"subjects ({', '.join(sorted(gen_subjects))}) or the classifier's"}
-    slab = task.split == "slab" or training_data.get("split") == "slab"
+    slab = "slab" in (task.split, training_data.get("split")) or "slab" in task.split_modes
     if allow_slab and slab:
         return {**check, "status": "slab-split",
                 "message": f"NOT subject-independent: {', '.join(overlap)} is in training and test as two disjoint "

@@ -242,6 +242,8 @@ def evaluate(gen: Any, real: RealData, num: int = 2000, seed: int = 0, batch: in
         headline = feature_metrics(features.synthetic, features.train, seed)
     with _timed(timing, "floor_s"):
         floor = floor_stage(real, sets, features, num, seed)
+    with _timed(timing, "heldout_s"):
+        floor["vs_heldout"] = heldout_stage(real, sets, features, seed)
     with _timed(timing, "ms_ssim_s"):
         diversity = diversity_stage(real, sets, seed)
     with _timed(timing, "memorization_s"):
@@ -302,6 +304,24 @@ def floor_stage(real: RealData, sets: Sets, features: Features, num: int, seed: 
     else:
         floor["note"] = f"halves too small for a floor (n={n_floor})"
     return floor
+
+
+def heldout_stage(real: RealData, sets: Sets, features: Features, seed: int) -> dict[str, Any]:
+    """Against the HELD-OUT subjects (people neither the generator nor the floor's halves saw): the model's
+    FID/KID, and the real floor between the two splits (train vs held-out), both at one n."""
+    n = min(len(features.held), len(features.train), len(features.synthetic))
+    subjects = sorted(set(real.subject[sets.held_used].tolist()))
+    if n < PR_K + 2:
+        return {"n": int(n), "subjects": subjects, "note": f"too few held-out slices for FID/KID (n={n})"}
+    hrng = np.random.default_rng(seed + 2)
+    held = features.held[sample(np.arange(len(features.held)), n, hrng)]
+    train = features.train[sample(np.arange(len(features.train)), n, hrng)]
+    model, floor = feature_metrics(features.synthetic[:n], held, seed), feature_metrics(train, held, seed)
+    return {"n": int(n), "subjects": subjects,
+            "model": {"fid": model["fid"], "kid": {"mean": model["kid"], "std": model["kid_std"]}},
+            "floor_train_vs_heldout": {"fid": floor["fid"], "kid": {"mean": floor["kid"], "std": floor["kid_std"]}},
+            "how": f"the first {n} synthetic images vs {n} held-out slices; floor: {n} train slices vs the same "
+                   f"held-out slices (real vs real across the split)"}
 
 
 def diversity_stage(real: RealData, sets: Sets, seed: int) -> dict[str, Any]:
@@ -613,6 +633,12 @@ def summary(report: dict[str, Any]) -> str:
                      f" FID {f['fid']:.2f}  KID {f['kid']['mean']:.4f}  P {f['precision']:.3f}  R {f['recall']:.3f}")
         lines.append(f"  model at the same n vs the same half: FID {same['fid']:.2f}  KID {same['kid']['mean']:.4f}  "
                      f"P {same['precision']:.3f}  R {same['recall']:.3f}")
+    held = (report.get("floor") or {}).get("vs_heldout") or {}
+    if "model" in held:
+        lines.append(f"  vs held-out subjects ({', '.join(held['subjects'])}; n={held['n']} each): FID "
+                     f"{held['model']['fid']:.1f}, KID {held['model']['kid']['mean']:.4f}; real floor train vs "
+                     f"held-out: FID {held['floor_train_vs_heldout']['fid']:.1f}, KID "
+                     f"{held['floor_train_vs_heldout']['kid']['mean']:.4f}")
     if memo["median_heldout"] is not None:
         lines.append(f"  NN to train (pixel RMS): synthetic median {memo['median_synthetic']:.4f}, held-out median "
                      f"{memo['median_heldout']:.4f}; {memo['fraction_closer']:.1%} of synthetic closer than the "
