@@ -74,6 +74,8 @@ LEVEL_NAMES = {2: ["inferior", "lower", "middle", "upper", "superior"],
                0: ["left", "left-mid", "midline", "right-mid", "right"]}
 PLANES = {0: "sagittal", 1: "coronal", 2: "axial", -1: "native"}
 LABEL_KINDS = ("level", "plane", "contrast")
+LABEL_DOCS = {"level": f"{LEVEL_BANDS} bands of each volume's extent along its slicing axis", "plane": "slicing axis",
+              "contrast": "MR contrast named per source file"}
 
 
 class DatasetError(MedganError, ValueError):
@@ -251,18 +253,9 @@ def ingest(inputs: Sequence[str | Path] | str | Path, size: int, *, axes: Iterab
         shown = "; ".join(f"{s['file']}: {s['reason']}" for s in skipped[:5]) or "no files found"
         raise DatasetError(f"no usable slices in {', '.join(map(str, inputs))} "
                            f"({len(files)} files read, {len(skipped)} skipped: {shown})")
-    subject = np.array(rows["subject"])
-    axis = np.array(rows["axis"], np.int8)
-    pos = np.array(rows["pos"], np.float64)
-    thick, split_modes = np.array(rows["thick"], np.float64), {}
-    if contrasts:  # each contrast split on its own: a rare contrast keeps subjects on both sides
-        by_source = {src["id"]: src.get("contrast", "") for src in sources}
-        split, keep, mode, warnings, split_modes = S.assign_split_by(
-            np.array([by_source[f] for f in rows["source"]]), subject, axis, pos, thick, float(heldout), int(seed),
-            slab_gap, templates=set(templates))
-    else:
-        split, keep, mode, warnings = S.assign_split(subject, axis, pos, thick, float(heldout), int(seed), slab_gap,
-                                                     templates=set(templates))
+    subject, axis, pos = np.array(rows["subject"]), np.array(rows["axis"], np.int8), np.array(rows["pos"], np.float64)
+    split, keep, mode, warnings, split_modes = _split(rows, sources, bool(contrasts), heldout, seed, slab_gap,
+                                                     templates)
     source = np.array(rows["source"])
     ds = SliceDataset(np.stack(rows["images"])[:, None], source, subject, axis, np.array(rows["index"], np.int32),
                       split, level=level_bands(source, axis, pos)).subset(keep)
@@ -277,10 +270,8 @@ def ingest(inputs: Sequence[str | Path] | str | Path, size: int, *, axes: Iterab
         "split": mode, "heldout_fraction": float(heldout), "seed": int(seed), "slab_gap": slab_gap,
         "split_rule": S.SPLIT_RULES[mode], **({"split_by_contrast": split_modes} if split_modes else {}),
         "warnings": warnings, "sources": sources, "skipped": skipped,
-        "templates": sorted(set(templates)), "labels": {"level": f"{LEVEL_BANDS} bands of each volume's extent "
-                                                                 "along its slicing axis", "plane": "slicing axis",
-                                                                 **({"contrast": "MR contrast named per source file"}
-                                                                    if contrasts else {})},
+        "templates": sorted(set(templates)),
+        "labels": {kind: text for kind, text in LABEL_DOCS.items() if kind != "contrast" or contrasts},
         "counts": {"files_found": len(files), "files_read": len(sources), "files_skipped": len(skipped),
                    "slices": len(ds), "train": int((ds.split == "train").sum()),
                    "heldout": int((ds.split == "heldout").sum()), "per_axis": per_axis,
@@ -290,6 +281,20 @@ def ingest(inputs: Sequence[str | Path] | str | Path, size: int, *, axes: Iterab
                    "heldout_subjects": len(set(ds.subject[ds.split == "heldout"].tolist()))},
     }
     return ds
+
+
+def _split(rows: dict[str, list], sources: list[dict], by_contrast: bool, heldout: float, seed: int, slab_gap: int,
+           templates: Iterable[str]) -> tuple:
+    """(split, keep, mode, warnings, per-contrast modes) of the rows (training.slicing's rules). With contrasts,
+    each is split on its own: a greedy split over all subjects could hold out every subject of a rare one."""
+    subject, axis = np.array(rows["subject"]), np.array(rows["axis"], np.int8)
+    pos, thick = np.array(rows["pos"], np.float64), np.array(rows["thick"], np.float64)
+    args = (float(heldout), int(seed), slab_gap)
+    if by_contrast:
+        by_source = {src["id"]: src.get("contrast", "") for src in sources}
+        group = np.array([by_source[f] for f in rows["source"]])
+        return S.assign_split_by(group, subject, axis, pos, thick, *args, templates=set(templates))
+    return (*S.assign_split(subject, axis, pos, thick, *args, templates=set(templates)), {})
 
 
 def _quote_as_id(message: str, path: Path, fid: str) -> str:
