@@ -267,6 +267,7 @@ def test_d_warmup_trains_only_the_discriminator(tmp_path):
                      str(tmp_path / "src" / "model"), "--out", str(out)]) == 0
         after = Generator.from_folder(out / "model", device="cpu").generate(8, 3, output_type="np")
         assert np.array_equal(after, before) == (steps == 3), steps
+    assert "the discriminator trained alone for its first 3 steps" in (out / "model" / "README.md").read_text()
     assert main([*common, "--d-warmup", "-1", "--out", str(tmp_path / "bad")]) != 0
 
 

@@ -221,11 +221,18 @@ def _warm_start(t: dict[str, Any]) -> list[str]:
     init = t.get("init_from")
     if not isinstance(init, dict) or not init:
         return []
-    total = t.get("cpu_time_total_s")
-    grown = f", grown from {init.get('resolution')}² (new layers: {len(init.get('new') or [])} tensors)" \
-        if init.get("new") else ""
+    total, config = t.get("cpu_time_total_s"), t.get("config") if isinstance(t.get("config"), dict) else {}
+    new = len(init.get("new") or [])
+    if init.get("classes"):  # another class set: a transfer (brain levels -> MR contrasts, brain -> chest)
+        how = f", a model with other classes ({', '.join(init['classes'])}), whose {new} class tensors started new"
+    elif new and init.get("resolution") != config.get("size", init.get("resolution")):
+        how = f", grown from {init.get('resolution')}² (new layers: {new} tensors)"
+    else:
+        how = ""
+    warmup = config.get("d_warmup") or 0
+    d_text = f"trained alone for its first {warmup} steps" if warmup else "started fresh"
     return ["", f"**Warm start.** The generator started from `{init.get('model')}` ({init.get('steps')} steps, "
-            f"{float(init.get('cpu_time_s', 0)) / 60:.1f} CPU-minutes{grown}); the discriminator started fresh. "
+            f"{float(init.get('cpu_time_s', 0)) / 60:.1f} CPU-minutes{how}); the discriminator {d_text}. "
             + (f"Total training CPU time of the lineage: **{total / 60:.1f} min**."
                if isinstance(total, (int, float)) else "")]
 
