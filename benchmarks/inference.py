@@ -124,8 +124,9 @@ def run_variants(models: list[BenchModel], quick: bool) -> dict[str, Any]:
 THREAD_CONFIGS = [("1 thread", "1", None), ("2 threads, OMP default (spins)", "2", None),
                   ("2 threads, OMP_WAIT_POLICY=PASSIVE", "2", "PASSIVE"), ("adaptive (app)", "adaptive", None)]
 PROBE = """
-import json, sys, time, torch
-from medgan import threads
+import json, sys, time
+from medgan import threads  # before torch, as the app imports it: the wait policy is chosen here
+import torch
 from medgan.generator import Generator, load_weights
 from benchmarks.reference_dcgan import load_reference, reference_generate
 gen, seconds, out = Generator.from_folder(sys.argv[1], device="cpu"), float(sys.argv[4]), {}
@@ -159,7 +160,10 @@ def _busy(count: int) -> list:
     """`count` processes that keep one core each busy (a machine with other work on it)."""
     import subprocess
     import sys
-    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    import time
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    time.sleep(0.5)  # running before the probe starts, as a machine already at work would be
+    return hogs
 
 
 def run_threads(models: list[BenchModel], quick: bool) -> dict[str, Any]:

@@ -4,12 +4,15 @@ busy one does not make OpenMP threads spin for cores they cannot get.
 Two decisions, both measured by `python -m benchmarks --sections threads` (quiet and with the cores busy):
 - `choose_wait_policy()`, once, before torch loads (OpenMP reads OMP_WAIT_POLICY only then): an explicit
   OMP_WAIT_POLICY wins; otherwise PASSIVE (idle threads sleep at once) when the machine is already busy at
-  start-up (0.1 s of /proc/stat), else OpenMP's default (idle threads spin briefly between the many small parallel regions of one
-  forward pass, then sleep), which is what lets a second core help on a quiet machine.
+  start-up (the median of 5 run-queue samples over 0.1 s), else OpenMP's default (idle threads spin briefly
+  between the many small parallel regions of one forward pass, then sleep), which is what lets a second core
+  help on a quiet machine.
 - `fair_share()`, around each generation: its thread count is the cores left by this process's other
-  generations in flight and by the rest of the machine (its busy time minus this process's CPU time since
-  the previous generation, from /proc/stat), at least 1. One thread has no worker threads to spin, so on a busy machine the default policy costs
-  nothing; on a quiet one the call gets every core.
+  generations in flight and by the rest of the machine (threads of other processes waiting to run, from the
+  run queue), at least 1. One thread has no worker threads to spin, so on a busy machine the default policy
+  costs nothing; on a quiet one the call gets every core. The rest of the machine is measured as demand, not
+  as CPU time: spinning threads of ours take CPU time from the others, which then looked idle (measured:
+  a CPU-time estimate kept 2 spinning threads on a busy machine, 5x slower than 1 thread).
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
-MIN_INTERVAL_S = 0.5   # shorter intervals since the last sample reuse its estimate (jiffies are 10 ms)
+MIN_INTERVAL_S = 0.5   # calls within this long of the last estimate reuse it
 
 
 def cores() -> int:
@@ -29,32 +32,55 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-def _busy_seconds() -> float | None:
-    """CPU seconds the whole machine has spent busy since boot (/proc/stat), or None off Linux."""
+def _runnable_others() -> int | None:
+    """Threads of OTHER processes that want a core right now: /proc/stat's procs_running (every runnable
+    thread on the machine) less this process's threads in state R (its spinning OpenMP workers included).
+    Demand, not consumption: CPU time would under-count others exactly when our spinning threads crowd them out."""
     try:
         with open("/proc/stat") as fh:
-            fields = [int(v) for v in fh.readline().split()[1:]]
-    except (OSError, ValueError):
+            running = next(int(line.split()[1]) for line in fh if line.startswith("procs_running"))
+        own = 0
+        for task in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{task}/stat") as fh:
+                    own += fh.read().rsplit(")", 1)[1].split()[0] == "R"
+            except (OSError, IndexError):
+                continue  # the thread ended meanwhile
+    except (OSError, StopIteration, ValueError):
         return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+    return max(0, running - own)
+
+
+def sampled_others(samples: int = 3, gap_s: float = 0.001) -> float | None:
+    """The median of `samples` run-queue readings `gap_s` apart (the run queue flickers), or None off Linux."""
+    readings = []
+    for k in range(samples):
+        readings.append(_runnable_others())
+        if readings[-1] is None:
+            return None
+        if k + 1 < samples:
+            time.sleep(gap_s)
+    return float(sorted(readings)[len(readings) // 2])
 
 
 class Usage:
-    """Cores the REST of the machine is using: machine busy time minus this process's CPU time, per wall
-    second, over the interval since the previous sample (the 1-minute load average where /proc is absent)."""
+    """Cores the REST of the machine wants (`sampled_others`), re-estimated at most every `MIN_INTERVAL_S`;
+    the 1-minute load average less this process's share where /proc is absent."""
 
     def __init__(self) -> None:
-        self.at, self.busy, self.own, self.others = time.monotonic(), _busy_seconds(), time.process_time(), 0.0
+        self.at, self.own, self.others = time.monotonic(), time.process_time(), None
 
-    def others_now(self, min_interval_s: float = MIN_INTERVAL_S) -> float:
-        now, busy, own = time.monotonic(), _busy_seconds(), time.process_time()
-        if busy is None or self.busy is None:
-            return max(0.0, _load_average() - own_share(own - self.own, now - self.at))
-        if now - self.at >= min_interval_s:
-            self.others = max(0.0, ((busy - self.busy) - (own - self.own)) / (now - self.at))
-            self.at, self.busy, self.own = now, busy, own
-        return self.others
+    def others_now(self, min_interval_s: float = MIN_INTERVAL_S, samples: int = 3, gap_s: float = 0.001) -> float:
+        now = time.monotonic()
+        if self.others is not None and now - self.at < min_interval_s:
+            return self.others
+        others = sampled_others(samples, gap_s)
+        if others is None:
+            own = time.process_time()
+            others = max(0.0, _load_average() - own_share(own - self.own, now - self.at))
+            self.own = own
+        self.at, self.others = now, others
+        return others
 
 
 def own_share(cpu_s: float, wall_s: float) -> float:
@@ -70,13 +96,12 @@ def _load_average() -> float:
 
 def choose_wait_policy(environ: dict | None = None, sample_s: float = 0.1) -> str:
     """Set OMP_WAIT_POLICY (before torch is imported) unless it is set; returns the policy in effect. Busy =
-    the rest of the machine uses more than (cores - 0.5) over `sample_s`."""
+    other processes' runnable threads reach (cores - 0.5), the median of 5 samples over `sample_s`."""
     environ = os.environ if environ is None else environ
     if environ.get("OMP_WAIT_POLICY"):
         return environ["OMP_WAIT_POLICY"].upper()
-    usage = Usage()
-    time.sleep(sample_s)
-    if usage.others_now(min_interval_s=0) >= cores() - 0.5:  # no spare core now: never spin
+    others = Usage().others_now(min_interval_s=0, samples=5, gap_s=sample_s / 4)
+    if others >= cores() - 0.5:  # no spare core now: never spin
         environ["OMP_WAIT_POLICY"] = "PASSIVE"
         return "PASSIVE"
     return "DEFAULT"

@@ -20,31 +20,38 @@ def test_thread_count_is_a_fair_share_and_one_while_spinning_threads_would_fight
     assert threads.threads_for(5, 0.0, 2, spinning=False) == 1
 
 
-def test_usage_counts_the_machine_busy_time_less_this_process_own(monkeypatch):
-    """Others = (machine busy seconds - this process's CPU seconds) / wall seconds, over >= 0.5 s intervals."""
-    clock = {"wall": 100.0, "busy": 50.0, "own": 3.0}
+def test_usage_counts_other_processes_runnable_threads_not_this_one(monkeypatch):
+    """Others = runnable threads machine-wide less ours in state R (median of samples), re-read every >= 0.5 s."""
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(3)]
+    try:
+        time.sleep(0.3)
+        assert threads.sampled_others(samples=5, gap_s=0.01) >= 2.5    # three spinning processes want cores
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    readings = iter([3, 1, 2, 0, 0, 0, 5, 5, 5])
+    monkeypatch.setattr(threads, "_runnable_others", lambda: next(readings))
+    clock = {"wall": 100.0}
     monkeypatch.setattr(threads.time, "monotonic", lambda: clock["wall"])
-    monkeypatch.setattr(threads.time, "process_time", lambda: clock["own"])
-    monkeypatch.setattr(threads, "_busy_seconds", lambda: clock["busy"])
     usage = threads.Usage()
-    clock.update(wall=102.0, busy=53.0, own=4.0)      # 2 s: machine busy 3 s, ours 1 s -> others 1 core
-    assert usage.others_now() == pytest.approx(1.0)
-    clock.update(wall=102.2, busy=53.4, own=4.0)      # too short an interval: the last estimate stands
-    assert usage.others_now() == pytest.approx(1.0)
-    clock.update(wall=104.0, busy=53.9, own=5.0)      # 2 s: busy 0.9 s, all ours -> nobody else
-    assert usage.others_now() == pytest.approx(0.0)
-    monkeypatch.setattr(threads, "_busy_seconds", lambda: None)  # no /proc: the load average less our share
+    assert usage.others_now() == 2.0                  # median of 3, 1, 2
+    clock["wall"] = 100.2
+    assert usage.others_now() == 2.0                  # within 0.5 s: the estimate stands, nothing read
+    clock["wall"] = 101.0
+    assert usage.others_now() == 0.0
+    monkeypatch.setattr(threads, "_runnable_others", lambda: None)   # no /proc: the load average less our share
     monkeypatch.setattr(threads, "_load_average", lambda: 1.5)
-    clock.update(wall=106.0, own=6.0)
+    monkeypatch.setattr(threads.time, "process_time", lambda: 0.0)
     assert threads.Usage().others_now() == pytest.approx(1.5)
 
 
 def test_wait_policy_is_passive_on_a_busy_machine_default_on_a_quiet_one_and_explicit_wins(monkeypatch):
     assert threads.choose_wait_policy({"OMP_WAIT_POLICY": "active"}) == "ACTIVE"
     environ: dict = {}
-    monkeypatch.setattr(threads.Usage, "others_now", lambda self, min_interval_s=0.5: 0.1)
+    monkeypatch.setattr(threads.Usage, "others_now", lambda self, *a, **k: 0.1)
     assert threads.choose_wait_policy(environ) == "DEFAULT" and "OMP_WAIT_POLICY" not in environ
-    monkeypatch.setattr(threads.Usage, "others_now", lambda self, min_interval_s=0.5: threads.cores())
+    monkeypatch.setattr(threads.Usage, "others_now", lambda self, *a, **k: threads.cores())
     assert threads.choose_wait_policy(environ) == "PASSIVE" and environ["OMP_WAIT_POLICY"] == "PASSIVE"
 
 
