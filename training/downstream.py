@@ -512,7 +512,8 @@ def generator_subjects(training_data: dict[str, Any], ds, gen_axes: tuple[int, .
             return {str(v) for v in value}, f"recorded list training_data[{key!r}]", True
     recorded = training_data.get("sha256")
     if isinstance(recorded, str) and recorded:
-        mask = (ds.split == "train") & np.isin(ds.axis, gen_axes)
+        # as load_dataset selects slices for training: the generator's axes plus native 2-D images (axis -1)
+        mask = (ds.split == "train") & ((ds.axis < 0) | np.isin(ds.axis, gen_axes))
         digest = hashlib.sha256(np.ascontiguousarray(ds.images[mask]).tobytes()).hexdigest()
         if digest == recorded:
             return ({str(s) for s in ds.subject[mask]},
@@ -860,7 +861,9 @@ def run_study(gen, task: Task, settings: Settings, leakage: dict[str, Any], *, m
 
 TASK_DESCRIPTIONS = {"level": "the slice's level: band of its position within the volume along the slicing axis "
                               "(5 bands, training.data)",
-                     "plane": "the slicing plane of the slice"}
+                     "plane": "the slicing plane of the slice",
+                     "contrast": "the MR contrast of the slice's source series (T1, contrast-enhanced T1, PD; "
+                                 "named per source in training.data)"}
 
 
 def _settings_block(settings: Settings) -> dict[str, Any]:
