@@ -243,6 +243,15 @@ def test_scores_and_intervals():
     assert D.verdict(D.summarize([-0.1, 0.1, 0.0])) == "no measurable effect"
 
 
+def test_balanced_batches_draw_every_class_equally_often():
+    import torch
+    y = torch.tensor([0] * 900 + [1] * 90 + [2] * 10)
+    for balanced, expected in ((False, [0.90, 0.09, 0.01]), (True, [1 / 3] * 3)):
+        draw = D.batch_sampler(y, 64, torch.Generator().manual_seed(0), balanced)
+        share = torch.bincount(y[torch.cat([draw() for _ in range(300)])], minlength=3).double() / (300 * 64)
+        assert np.allclose(share.numpy(), expected, atol=0.02), (balanced, share)
+
+
 def test_resnet18_has_one_input_channel_and_init_loads_safetensors_only(tmp_path):
     import torch
     from safetensors.torch import save_file

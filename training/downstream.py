@@ -193,7 +193,7 @@ SCHEMA: dict[str, Any] = {
                                                     "minItems": 1},
                                     "steps": {"type": "object", "additionalProperties": _INT},
                                     "batch_size": _INT, "lr": _NUM, "finetune_lr": _NUM, "optimizer": _STR,
-                                    "quick": {"type": "boolean"}, "threads": _INT, "device": _STR,
+                                    "quick": {"type": "boolean"}, "balanced_batches": {"type": "boolean"}, "threads": _INT, "device": _STR,
                                     "init": {"type": ["object", "null"]}, "pretrained_note": _STR}},
         "regimes": {"type": "array", "minItems": len(REGIMES), "items": {
             "type": "object", "required": ["id", "title", "real_fraction", "synthetic_ratio", "phases", "medigan"],
@@ -393,9 +393,12 @@ def to_input(x):
     return x.float().div_(127.5).sub_(1.0)
 
 
-def fit(net, x, y, *, steps: int, lr: float, batch: int, seed: int, device, desc: str = "", progress=None):
-    """`steps` AdamW steps (weight decay 1e-4, cosine decay to 0) on batches drawn uniformly with replacement
-    from uint8 images x [n, 1, N, N] and labels y, in an order fixed by `seed`."""
+def fit(net, x, y, *, steps: int, lr: float, batch: int, seed: int, device, desc: str = "", progress=None,
+        balanced: bool = False):
+    """`steps` AdamW steps (weight decay 1e-4, cosine decay to 0) on batches drawn with replacement from uint8
+    images x [n, 1, N, N] and labels y, in an order fixed by `seed`: uniformly, or with every class equally
+    likely (`balanced`: each image weighted 1 / its class's count; for skewed tasks such as brain-mr's contrast,
+    where a uniform draw teaches the majority class)."""
     import torch
     import torch.nn.functional as F
 
@@ -404,9 +407,10 @@ def fit(net, x, y, *, steps: int, lr: float, batch: int, seed: int, device, desc
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
     gen = torch.Generator().manual_seed(seed)
+    draw = batch_sampler(y, batch, gen, balanced)
     net.train()
     for _ in range(steps):
-        idx = torch.randint(len(x), (batch,), generator=gen)
+        idx = draw()
         loss = F.cross_entropy(net(to_input(x[idx]).to(device)), y[idx].to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -416,6 +420,16 @@ def fit(net, x, y, *, steps: int, lr: float, batch: int, seed: int, device, desc
             progress.update(1)
     net.eval()
     return net
+
+
+def batch_sampler(y, batch: int, gen, balanced: bool):
+    """A function drawing `batch` indices of labels y with replacement: uniformly, or each class equally likely."""
+    import torch
+
+    if not balanced:
+        return lambda: torch.randint(len(y), (batch,), generator=gen)
+    weights = 1.0 / torch.bincount(y)[y].double()
+    return lambda: torch.multinomial(weights, batch, replacement=True, generator=gen)
 
 
 def predict(net, x, device, batch: int = 256) -> np.ndarray:
@@ -603,6 +617,7 @@ class Settings:
     quick: bool = False
     init: str | None = None
     progress: bool = True
+    balanced: bool = False     # class-balanced batches (see fit)
 
 
 def regimes_for(settings: Settings) -> list[dict[str, Any]]:
@@ -674,7 +689,8 @@ def _train_regime(study: _Study, regime: dict[str, Any], net, data: dict[str, An
     import torch
 
     s, n_real = study.settings, len(data["yr"])
-    common = {"batch": s.batch_size, "device": study.device, "desc": regime["id"], "progress": study.bar}
+    common = {"batch": s.batch_size, "device": study.device, "desc": regime["id"], "progress": study.bar,
+              "balanced": s.balanced}
     ft_lr = s.lr * FINETUNE_LR_FACTOR
     n_syn = int(round(regime["synthetic_ratio"] * n_real))
     if regime["phases"] == "pretrain-finetune":
@@ -869,8 +885,10 @@ TASK_DESCRIPTIONS = {"level": "the slice's level: band of its position within th
 def _settings_block(settings: Settings) -> dict[str, Any]:
     return {"seeds": settings.seeds, "classifiers": settings.classifiers, "steps": settings.steps,
             "batch_size": settings.batch_size, "lr": settings.lr, "finetune_lr": settings.lr * FINETUNE_LR_FACTOR,
-            "optimizer": "AdamW (weight decay 1e-4), cosine decay to 0, batches drawn with replacement, no "
-                         "augmentation, final weights tested",
+            "optimizer": "AdamW (weight decay 1e-4), cosine decay to 0, batches drawn with replacement"
+                         + (", class-balanced" if settings.balanced else "") + ", no augmentation, final weights "
+                         "tested",
+            "balanced_batches": settings.balanced,
             "quick": settings.quick, "threads": settings.threads, "device": settings.device,
             "pretrained_note": IMAGENET_NOTE}
 
@@ -987,6 +1005,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--init", help="a local .safetensors checkpoint to start one more regime from (fine-tuned on "
                                   "real); ImageNet weights cannot be downloaded here")
     p.add_argument("--truncation", type=float, default=1.0, help="ψ for the synthetic images (default 1)")
+    p.add_argument("--balanced-batches", action="store_true",
+                   help="draw every class equally often in training batches (for skewed tasks, e.g. contrast)")
     p.add_argument("--allow-slab-split", action="store_true",
                    help="run on a single-subject slab split (e.g. head-ct), reported as not subject-independent")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
@@ -1031,7 +1051,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings(seeds=[args.seed + i for i in range(args.seeds)], classifiers=classifiers, steps=steps,
                             batch_size=args.batch_size, lr=args.lr, threads=args.threads, device=args.device,
                             truncation=args.truncation, quick=args.quick, init=args.init,
-                            progress=not args.quiet)
+                            progress=not args.quiet, balanced=args.balanced_batches)
         report = run_study(gen, task, settings, leakage, model_folder=None if args.no_write else write_folder,
                            command=command)
     except LeakageError as exc:
