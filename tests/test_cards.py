@@ -136,3 +136,13 @@ def test_card_cli_check_flags_a_stale_card_and_rewrites_it(tiny_evaluated, tmp_p
     assert card_mod.main([str(folder)]) == 0
     assert card_mod.main(["--check", str(folder)]) == 0
     assert (folder / "README.md").read_text().split("\n---\n\n", 1)[1].startswith("# Renamed model\n")
+
+
+def test_card_names_the_subjects_and_how_many_were_in_the_training_split():
+    from types import SimpleNamespace
+    from training.card import _subjects
+    sources = [{"subject": "lung1"}, {"subject": "lung2"}]
+    meta = {"sources": sources, "subjects": 2, "train_subjects": 1}
+    assert _subjects(SimpleNamespace(training_data=meta)) == "2 subjects (lung1, lung2), 1 of them in the training split"
+    meta["train_subjects"] = 2
+    assert _subjects(SimpleNamespace(training_data=meta)) == "2 subjects (lung1, lung2)"

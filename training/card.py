@@ -186,6 +186,9 @@ def _subjects(config: ModelConfig) -> str:
     if not count:
         return "few subjects"
     shown = f" ({', '.join(names)})" if names and len(names) == count and count <= 5 else ""
+    trained = meta.get("train_subjects")
+    if isinstance(trained, int) and 0 < trained < count:  # the rest were held out for evaluation
+        shown += f", {trained} of them in the training split"
     return f"{'only one subject' if count == 1 else f'{count} subjects'}{shown}"
 
 
