@@ -8,7 +8,7 @@ import pytest
 from gradio_client import Client
 from PIL import Image
 
-from helpers import SHIPPED, make_style_folder, running_app
+from helpers import SHIPPED_DCGAN, make_style_folder, running_app
 
 pytestmark = pytest.mark.slow  # starts the app
 
@@ -27,8 +27,8 @@ def client(app, tmp_path):
 
 
 def test_generate_keeps_its_three_argument_form_and_takes_truncation_and_class(client):
-    old = client.predict(SHIPPED[0], 7, 2, api_name="/generate")
-    assert [r["caption"] for r in old] == [f"SYNTHETIC · {SHIPPED[0]} · seed 7 · #{i}" for i in range(2)]
+    old = client.predict(SHIPPED_DCGAN, 7, 2, api_name="/generate")
+    assert [r["caption"] for r in old] == [f"SYNTHETIC · {SHIPPED_DCGAN} · seed 7 · #{i}" for i in range(2)]
     drawn = client.predict("style-tiny", 7, 3, api_name="/generate")
     assert all(r["caption"].split(" · ")[4] in ("dark", "bright") for r in drawn)
     fixed = client.predict("style-tiny", 7, 3, 0.6, "bright", api_name="/generate")
@@ -73,7 +73,7 @@ def test_mix_returns_a_grid_with_header_row_and_column(client):
     ("/mix", ("style-tiny", "1, x", "2", 2, 1.0, "any"), "row_seeds"),
     ("/mix", ("style-tiny", "1", ", ".join(map(str, range(9))), 2, 1.0, "any"), "col_seeds"),
     ("/mix", ("style-tiny", "1", "2", 9, 1.0, "any"), "crossover"),
-    ("/mix", (SHIPPED[0], "1", "2", 2, 1.0, "any"), "DCGAN"),
+    ("/mix", (SHIPPED_DCGAN, "1", "2", 2, 1.0, "any"), "DCGAN"),
 ])
 def test_bad_input_is_named(client, api, args, field):
     with pytest.raises(Exception, match=field):

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import medgan
-from helpers import ROOT, SHIPPED, build_hf_cache, make_style_folder
+from helpers import ROOT, SHIPPED, SHIPPED_DCGAN, build_hf_cache, make_style_folder
 from medgan.config import GeneratorConfig, ModelConfig
 from medgan.errors import ConfigError, InvalidArgumentError
 from medgan.generator import Generator
@@ -115,7 +115,7 @@ def test_bad_controls_are_refused_by_name(style_folder, kwargs, match):
 
 
 def test_dcgan_truncation_scales_z_and_labels_are_refused():
-    gen = medgan.load_model(SHIPPED[0])
+    gen = medgan.load_model(SHIPPED_DCGAN)
     assert np.array_equal(gen.generate(3, 5, truncation=1.0, output_type="np"), gen.generate(3, 5, output_type="np"))
     assert not np.array_equal(gen.generate(3, 5, truncation=0.5, output_type="np"), gen.generate(3, 5, output_type="np"))
     with pytest.raises(InvalidArgumentError, match="unconditional"):
@@ -144,8 +144,8 @@ def test_interpolation_ends_and_mixing_grid(style_folder):
         gen.mix("1, x", [2])
     with pytest.raises(InvalidArgumentError, match="frames"):
         gen.interpolate(1, 2, 10**6)
-    dcgan = medgan.load_model(SHIPPED[0])
-    with pytest.raises(InvalidArgumentError, match=f"{SHIPPED[0]}.*DCGAN"):
+    dcgan = medgan.load_model(SHIPPED_DCGAN)
+    with pytest.raises(InvalidArgumentError, match=f"{SHIPPED_DCGAN}.*DCGAN"):
         dcgan.mix([1], [2])
     dc_frames = dcgan.interpolate(1, 2, 4, output_type="np")
     assert np.array_equal(dc_frames[0], dcgan.generate(1, 1, output_type="np")[0])
