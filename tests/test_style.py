@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import medgan
-from helpers import ROOT, SHIPPED, SHIPPED_DCGAN, build_hf_cache, make_style_folder
+from helpers import ROOT, SHIPPED_DCGAN, SHIPPED_DCGANS, build_hf_cache, make_style_folder
 from medgan.config import GeneratorConfig, ModelConfig
 from medgan.errors import ConfigError, InvalidArgumentError
 from medgan.generator import Generator
@@ -52,10 +52,7 @@ def test_param_count_matches_the_module_and_config_round_trips():
 
 def test_old_config_without_arch_loads_as_dcgan(tmp_path):
     """Folders written before generator.arch existed (a shipped DCGAN's config with the key removed)."""
-    dcgans = [n for n in SHIPPED if json.loads((ROOT / "weights" / n / "config.json").read_text())
-              ["generator"].get("arch", "dcgan") == "dcgan"]
-    assert dcgans, "no shipped DCGAN folder to turn into an old one"
-    for name in dcgans:
+    for name in SHIPPED_DCGANS:
         folder = tmp_path / name
         folder.mkdir()
         config = json.loads((ROOT / "weights" / name / "config.json").read_text())
