@@ -69,6 +69,117 @@ def _section(title: str, body: str) -> None:
     print(f"\n## {title}\n{body}")
 
 
+def _inference(sec: dict[str, Any]) -> tuple[str, str]:
+    rows = []
+    for e in sec["models"]:
+        for b in e["batches"]:
+            rows.append([e["model"], b["batch"], b["medgan"]["median_ms"], b["medgan"]["items_per_s"],
+                         b["reference"]["median_ms"], b["reference"]["items_per_s"], f"{b['speedup']}x",
+                         f"{b.get('speedup_1thread_cpu', '')}x"])
+        p = e["pixels"]
+        rows.append([e["model"], "pixels", f"max |diff| {p['max_grey_levels']} grey level(s)",
+                     f"mean {p['mean_grey_levels']}", "", "", "OK" if p["ok"] else "OUT OF TOLERANCE", ""])
+    return ("In-process generate(n, output_type='np') vs PyTorch-examples reference",
+            _table(["model", "batch", "medgan ms", "img/s", "reference ms", "img/s", "speedup",
+                    "speedup (1 thread, CPU time)"], rows))
+
+
+def _variants(sec: dict[str, Any]) -> tuple[str, str]:
+    rows = [[f["batch"], k, v["median_ms"], v["items_per_s"], f"{v['vs_plain']}x"]
+            for f in sec["forward"] for k, v in f.items() if isinstance(v, dict)]
+    rows += [[t["count"], f"generate, {k}", v["median_ms"], v["items_per_s"], ""]
+             for t in sec["tiles"] for k, v in t.items() if isinstance(v, dict)]
+    return ("What each optimisation pays (forward only) and the cost of fixed tiles",
+            _table(["batch", "variant", "ms", "img/s", "vs plain"], rows))
+
+
+def _profile(sec: dict[str, Any]) -> tuple[str, str]:
+    rows = [[k, v["median_ms"]] for k, v in sec["steps"].items()]
+    return "Where a /generate of 16 goes, without the web layer", _table(["step", "ms"], rows)
+
+
+def _roofline(sec: dict[str, Any]) -> tuple[str, str]:
+    rows = [[r["model"], r["gflop_per_image"], r["images_per_s"], r["achieved_gflops"], r["peak_gflops"],
+             f"{r['fraction_of_peak']:.0%}"] for r in sec["rows"]]
+    return (f"Roofline (peak = {sec['rows'][0]['matmul_size']}² fp32 matmul, same threads)",
+            _table(["model", "GFLOP/img", "img/s", "GFLOP/s", "peak GFLOP/s", "of peak"], rows))
+
+
+def _scaling(sec: dict[str, Any]) -> tuple[str, str]:
+    rows = [[r["model"], " ".join(f"{p['count']}:{p['ms']}" for p in r["points"]), r["fit"]["ms_per_image"],
+             r["fit"]["fixed_ms"], r["fit"]["r2"]] for r in sec["rows"]]
+    return "generate(count) time (ms) and a linear fit", _table(["model", "count:ms", "ms/image", "fixed ms", "R²"], rows)
+
+
+def _threads(sec: dict[str, Any]) -> tuple[str, str]:
+    rows = [[r.get("load", ""), r["count"], k, v["median_ms"], v["items_per_s"], v.get("vs_reference", "")]
+            for r in sec["rows"] for k, v in r.items() if isinstance(v, dict)]
+    return (f"Thread settings (fresh process each; quiet = the machine as it is, busy = every core kept busy; "
+            f"adaptive chose OMP {sec.get('adaptive_policy', {})})",
+            _table(["load", "count", "setting", "ms", "img/s", "reference ms / ours"], rows))
+
+
+def _cold_start(sec: dict[str, Any]) -> tuple[str, str]:
+    rows = [[i + 1, r["to_port_s"], r["to_first_answer_s"], r["app_cpu_s_to_first_answer"], r["rss_at_port_mb"],
+             r["rss_after_first_answer_mb"], r["rss_all_models_loaded_mb"], r["local_models_loaded"]]
+            for i, r in enumerate(sec["runs"])]
+    return ("Cold start (python app.py) and memory",
+            _table(["start", "to port s", "to 1st answer s", "app CPU s", "RSS port MiB", "RSS 1st MiB",
+                    "RSS all MiB", "models"], rows))
+
+
+def _app(app: dict[str, Any]) -> tuple[str, str]:
+    rows = [[label, app[k]["p50_ms"], app[k]["p95_ms"], app[k].get("app_cpu_ms_p50", ""),
+             app[k].get("client_cpu_ms_p50", "")]
+            for label, k in (("server's answer (download_files=False)", "answer"),
+                             ("full round trip (PNGs downloaded)", "round_trip"),
+                             ("queue-free GET /medgan/v1/generate.npz", "fast_route")) if k in app]
+    rows += [["model time (from /stats)", app["model_time"]["p50_ms"], app["model_time"]["p95_ms"], "", ""],
+             ["framework overhead (answer - model)", app["framework_overhead_p50_ms"], "", "", ""],
+             ["download overhead (round trip - answer)", app["download_overhead_p50_ms"], "", "", ""],
+             ["queue-free route overhead (route - model)", app.get("fast_route_overhead_p50_ms", ""), "", "", ""]]
+    return (f"/generate of {app['count']} images over HTTP, {app['calls_each']} calls each",
+            _table(["", "p50 ms", "p95 ms", "app CPU ms/call", "client CPU ms/call"], rows))
+
+
+def _training(t: dict[str, Any]) -> tuple[str, str]:
+    rows = [[r["contender"], r["median_ms"], r["items_per_s"], f"{r.get('vs_reference', 1.0)}x"] for r in t["rows"]]
+    return f"Training step, {t['size']}², batch {t['batch']}", _table(["", "ms/step", "img/s", "vs ref"], rows)
+
+
+def _export(e: dict[str, Any]) -> tuple[str, str]:
+    rows = [[r["workers"], r["seconds"], r["images_per_min"]] for r in e["rows"]]
+    return f"Dataset export, {e['count']} PNGs (whole command)", _table(["workers", "s", "images/min"], rows)
+
+
+def _style(st: dict[str, Any]) -> tuple[str, str]:
+    rows = [[f"batch {r['batch']}", "medgan vs plain", r["medgan"]["median_ms"], r["reference"]["median_ms"],
+             f"{r['ratio']}x", f"{r['ratio_1thread_cpu']}x"] for r in st["vs_reference"]]
+    rows += [[f"batch {r['batch']}", f"style vs DCGAN ({st['dcgan_model']})", r["style"]["median_ms"],
+              r["dcgan"]["median_ms"], f"{r['ratio']}x", f"{r['ratio_1thread_cpu']}x"] for r in st["vs_dcgan"]]
+    rows += [[f"{r['images']} images", f"{r['call']} vs generate", r[r["call"]]["median_ms"],
+              r["generate"]["median_ms"], f"{r['ratio']}x", f"{r['ratio_1thread_cpu']}x"] for r in st["explore"]]
+    return f"Style generator ({st['model']})", _table(["", "pair", "A ms", "B ms", "A/B or B/A", "1 thread CPU"], rows)
+
+
+def _training_arch(sec: dict[str, Any]) -> tuple[str, str]:
+    rows = [[r["arch"], f"{r['size']}²", r["batch"], r["cpu_s_per_step"], r["kimg_per_cpu_hour"]] for r in sec["rows"]]
+    return ("Training throughput per architecture (small-data recipe, 1 thread)",
+            _table(["arch", "size", "batch", "CPU s/step", "kimg per CPU-hour"], rows))
+
+
+def _compile(c: dict[str, Any]) -> tuple[str, str]:
+    return "torch.compile", f"compile {c['compile_seconds']} s; compiled vs FastDCGAN: {c['compiled_vs_fast']}x"
+
+
+# (section, the key that shows it ran, its renderer), in the printed order.
+_RENDERERS = (("inference", "models", _inference), ("variants", "forward", _variants), ("profile", "steps", _profile),
+              ("roofline", "rows", _roofline), ("scaling", "rows", _scaling), ("threads", "rows", _threads),
+              ("cold_start", "runs", _cold_start), ("app", "answer", _app), ("training", "rows", _training),
+              ("export", "rows", _export), ("style", "vs_reference", _style),
+              ("training_arch", "rows", _training_arch), ("compile", "compile_seconds", _compile))
+
+
 def print_report(results: dict[str, Any]) -> None:
     m, s = results["machine"], results["sections"]
     print(f"# MedGAN Studio benchmarks{' (quick)' if results['quick'] else ''} — {results['started_utc']}")
@@ -79,90 +190,9 @@ def print_report(results: dict[str, Any]) -> None:
             _section(name, f"ERROR: {sec['error']}")
         elif "skipped" in sec:
             _section(name, f"skipped: {sec['skipped']}")
-    if "models" in s.get("inference", {}):
-        rows = []
-        for e in s["inference"]["models"]:
-            for b in e["batches"]:
-                rows.append([e["model"], b["batch"], b["medgan"]["median_ms"], b["medgan"]["items_per_s"],
-                             b["reference"]["median_ms"], b["reference"]["items_per_s"], f"{b['speedup']}x",
-                             f"{b.get('speedup_1thread_cpu', '')}x"])
-            p = e["pixels"]
-            rows.append([e["model"], "pixels", f"max |diff| {p['max_grey_levels']} grey level(s)",
-                         f"mean {p['mean_grey_levels']}", "", "", "OK" if p["ok"] else "OUT OF TOLERANCE", ""])
-        _section("In-process generate(n, output_type='np') vs PyTorch-examples reference",
-                 _table(["model", "batch", "medgan ms", "img/s", "reference ms", "img/s", "speedup",
-                         "speedup (1 thread, CPU time)"], rows))
-    if "forward" in s.get("variants", {}):
-        rows = [[f["batch"], k, v["median_ms"], v["items_per_s"], f"{v['vs_plain']}x"]
-                for f in s["variants"]["forward"] for k, v in f.items() if isinstance(v, dict)]
-        rows += [[t["count"], f"generate, {k}", v["median_ms"], v["items_per_s"], ""]
-                 for t in s["variants"]["tiles"] for k, v in t.items() if isinstance(v, dict)]
-        _section("What each optimisation pays (forward only) and the cost of fixed tiles",
-                 _table(["batch", "variant", "ms", "img/s", "vs plain"], rows))
-    if "steps" in s.get("profile", {}):
-        rows = [[k, v["median_ms"]] for k, v in s["profile"]["steps"].items()]
-        _section("Where a /generate of 16 goes, without the web layer", _table(["step", "ms"], rows))
-    if "rows" in s.get("roofline", {}):
-        rows = [[r["model"], r["gflop_per_image"], r["images_per_s"], r["achieved_gflops"], r["peak_gflops"],
-                 f"{r['fraction_of_peak']:.0%}"] for r in s["roofline"]["rows"]]
-        _section(f"Roofline (peak = {s['roofline']['rows'][0]['matmul_size']}² fp32 matmul, same threads)",
-                 _table(["model", "GFLOP/img", "img/s", "GFLOP/s", "peak GFLOP/s", "of peak"], rows))
-    if "rows" in s.get("scaling", {}):
-        rows = [[r["model"], " ".join(f"{p['count']}:{p['ms']}" for p in r["points"]), r["fit"]["ms_per_image"],
-                 r["fit"]["fixed_ms"], r["fit"]["r2"]] for r in s["scaling"]["rows"]]
-        _section("generate(count) time (ms) and a linear fit",
-                 _table(["model", "count:ms", "ms/image", "fixed ms", "R²"], rows))
-    if "rows" in s.get("threads", {}):
-        rows = [[r.get("load", ""), r["count"], k, v["median_ms"], v["items_per_s"], v.get("vs_reference", "")]
-                for r in s["threads"]["rows"] for k, v in r.items() if isinstance(v, dict)]
-        _section(f"Thread settings (fresh process each; quiet = the machine as it is, busy = every core kept busy; "
-                 f"adaptive chose OMP {s['threads'].get('adaptive_policy', {})})",
-                 _table(["load", "count", "setting", "ms", "img/s", "reference ms / ours"], rows))
-    cold, app = s.get("cold_start", {}), s.get("app", {})
-    if "runs" in cold:
-        rows = [[i + 1, r["to_port_s"], r["to_first_answer_s"], r["app_cpu_s_to_first_answer"], r["rss_at_port_mb"],
-                 r["rss_after_first_answer_mb"], r["rss_all_models_loaded_mb"], r["local_models_loaded"]]
-                for i, r in enumerate(cold["runs"])]
-        _section("Cold start (python app.py) and memory",
-                 _table(["start", "to port s", "to 1st answer s", "app CPU s", "RSS port MiB", "RSS 1st MiB",
-                         "RSS all MiB", "models"], rows))
-    if "answer" in app:
-        rows = [[label, app[k]["p50_ms"], app[k]["p95_ms"], app[k].get("app_cpu_ms_p50", ""),
-                 app[k].get("client_cpu_ms_p50", "")]
-                for label, k in (("server's answer (download_files=False)", "answer"),
-                                 ("full round trip (PNGs downloaded)", "round_trip"),
-                                 ("queue-free GET /medgan/v1/generate.npz", "fast_route")) if k in app]
-        rows += [["model time (from /stats)", app["model_time"]["p50_ms"], app["model_time"]["p95_ms"], "", ""],
-                 ["framework overhead (answer - model)", app["framework_overhead_p50_ms"], "", "", ""],
-                 ["download overhead (round trip - answer)", app["download_overhead_p50_ms"], "", "", ""],
-                 ["queue-free route overhead (route - model)", app.get("fast_route_overhead_p50_ms", ""), "", "", ""]]
-        _section(f"/generate of {app['count']} images over HTTP, {app['calls_each']} calls each",
-                 _table(["", "p50 ms", "p95 ms", "app CPU ms/call", "client CPU ms/call"], rows))
-    if "rows" in s.get("training", {}):
-        t = s["training"]
-        rows = [[r["contender"], r["median_ms"], r["items_per_s"], f"{r.get('vs_reference', 1.0)}x"] for r in t["rows"]]
-        _section(f"Training step, {t['size']}², batch {t['batch']}", _table(["", "ms/step", "img/s", "vs ref"], rows))
-    if "rows" in s.get("export", {}):
-        e = s["export"]
-        rows = [[r["workers"], r["seconds"], r["images_per_min"]] for r in e["rows"]]
-        _section(f"Dataset export, {e['count']} PNGs (whole command)", _table(["workers", "s", "images/min"], rows))
-    if "vs_reference" in s.get("style", {}):
-        st = s["style"]
-        rows = [[f"batch {r['batch']}", "medgan vs plain", r["medgan"]["median_ms"], r["reference"]["median_ms"],
-                 f"{r['ratio']}x", f"{r['ratio_1thread_cpu']}x"] for r in st["vs_reference"]]
-        rows += [[f"batch {r['batch']}", f"style vs DCGAN ({st['dcgan_model']})", r["style"]["median_ms"],
-                  r["dcgan"]["median_ms"], f"{r['ratio']}x", f"{r['ratio_1thread_cpu']}x"] for r in st["vs_dcgan"]]
-        rows += [[f"{r['images']} images", f"{r['call']} vs generate", r[r["call"]]["median_ms"],
-                  r["generate"]["median_ms"], f"{r['ratio']}x", f"{r['ratio_1thread_cpu']}x"] for r in st["explore"]]
-        _section(f"Style generator ({st['model']})", _table(["", "pair", "A ms", "B ms", "A/B or B/A", "1 thread CPU"], rows))
-    if "rows" in s.get("training_arch", {}):
-        rows = [[r["arch"], f"{r['size']}²", r["batch"], r["cpu_s_per_step"], r["kimg_per_cpu_hour"]]
-                for r in s["training_arch"]["rows"]]
-        _section("Training throughput per architecture (small-data recipe, 1 thread)",
-                 _table(["arch", "size", "batch", "CPU s/step", "kimg per CPU-hour"], rows))
-    if "compile_seconds" in s.get("compile", {}):
-        c = s["compile"]
-        _section("torch.compile", f"compile {c['compile_seconds']} s; compiled vs FastDCGAN: {c['compiled_vs_fast']}x")
+    for name, key, render in _RENDERERS:
+        if key in s.get(name, {}):
+            _section(*render(s[name]))
     rows = [[t["status"], t["target"], f"{t['value']} {t['unit']}" if t["value"] is not None else "—",
              f"{t['rule']} {t['limit']} {t['unit']}"] for t in results["targets"]]
     _section("Targets", _table(["", "target", "measured", "required"], rows))
