@@ -134,7 +134,27 @@ def test_resume_is_bit_identical(tmp_path, npz, recipe):
     config = json.loads((tmp_path / "b/model/config.json").read_text())
     assert config["training"]["resumed_with"] == [f"python -m training.train --resume {tmp_path / 'b'} --steps 8"]
     # A different model (recipe option) cannot sneak in on resume.
-    assert main(["--resume", str(tmp_path / "b"), "--steps", "10", "--lr-g", "0.1"]) == 2
+    assert main(["--resume", str(tmp_path / "b"), "--steps", "10", "--r1", "5"]) == 2
+    if recipe == "small-data":
+        assert main(["--resume", str(tmp_path / "b"), "--steps", "10", "--ema", "0"]) == 2
+
+
+@pytest.mark.slow
+def test_resume_can_anneal_learning_rates_and_ema(tmp_path, npz):
+    """An annealing phase: lower rates reach the optimisers (the saved state carries the old ones), a longer EMA
+    is used, and the command that did it is recorded."""
+    common = ["--data", str(npz), *TINY, "--steps", "4", "--seed", "3"]
+    assert main([*common, "--out", str(tmp_path / "a")]) == 0
+    before = ckpt.load_checkpoint(tmp_path / "a")[1]
+    anneal = ["--resume", str(tmp_path / "a"), "--steps", "6", "--lr-g", "1e-5", "--lr-d", "2e-5", "--ema", "0.9999"]
+    assert main(anneal) == 0
+    meta = ckpt.load_checkpoint(tmp_path / "a")[1]
+    assert [g["lr"] for g in meta["opt_g"]["param_groups"]] == [1e-5]
+    assert [g["lr"] for g in meta["opt_d"]["param_groups"]] == [2e-5]
+    assert before["opt_g"]["param_groups"][0]["lr"] != 1e-5
+    config = json.loads((tmp_path / "a/model/config.json").read_text())
+    assert config["training"]["config"]["ema"] == 0.9999 and config["training"]["config"]["lr_g"] == 1e-5
+    assert config["training"]["resumed_with"] == ["python -m training.train " + " ".join(anneal)]
 
 
 def _env() -> dict[str, str]:

@@ -154,7 +154,10 @@ RECIPES: dict[str, dict[str, Any]] = {
 ARCH_NAMES = {"dcgan": "DCGAN", "style": "StyleGAN2-lite (style-based, modulated convs, skip outputs)"}
 # Options that may change when resuming; anything else would make the resumed run a different run.
 RESUMABLE = {"steps", "fid_every", "fid_images", "max_minutes", "max_cpu_minutes", "sample_every", "ckpt_every", "log_every", "threads", "device", "out",
-             "export", "model_id", "title", "modality", "organ", "plane", "description"}
+             "export", "model_id", "title", "modality", "organ", "plane", "description",
+             # The schedule, not the model: a resumed run may anneal (lower learning rates, a longer EMA) once
+             # its FID plateaus. The resume command that did so is kept in config.json's resumed_with.
+             "lr_g", "lr_d", "ema"}
 
 
 class UsageError(Exception):
@@ -522,6 +525,9 @@ class Trainer:
             self.gen_aug.manual_seed(stream_seed(self.cfg.seed, 3 + 1000 * meta["step"], self.d.rank))
         if self.ada and meta.get("ada"):
             self.ada.load(meta["ada"])
+        for opt, lr in ((self.opt_g, self.cfg.lr_g), (self.opt_d, self.cfg.lr_d)):
+            for group in opt.param_groups:  # the saved state carries the old rate; the config may anneal it
+                group["lr"] = lr
         self.step, self.elapsed = int(meta["step"]), float(meta["elapsed"])
         self.cpu_elapsed = float(meta.get("cpu_elapsed", 0.0))
         self.commands, self.last = list(meta.get("commands", [])), dict(meta.get("last", {}))
@@ -702,6 +708,8 @@ def make_config(args: dict[str, Any], resumed: dict[str, Any] | None = None) -> 
         if changed:
             raise UsageError(f"cannot change {', '.join('--' + k.replace('_', '-') for k in changed)} when "
                              "resuming (start a new run instead)")
+        if (base.get("ema", 0) > 0) != (given.get("ema", base.get("ema", 0)) > 0):
+            raise UsageError("--ema can be changed when resuming, but not switched on or off (start a new run)")
         return TrainConfig(**{**base, **given})
     recipe = given.get("recipe", TrainConfig.recipe)
     arch = given.get("arch", TrainConfig.arch)
