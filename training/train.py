@@ -3,6 +3,7 @@
     python -m training.train --dataset brain-t1 --size 64 --out runs/brain-t1 --recipe small-data
     python -m training.train --dataset brain-t1 --arch style --condition level --out runs/brain-style
     python -m training.train --resume runs/brain-t1                       # continue exactly
+    python -m training.train --resume runs/brain-t1 --lr-g 5e-4 --ema 0.999 # anneal once FID plateaus
     torchrun --nproc_per_node 2 -m training.train --dataset brain-t1 ...  # data-parallel
 
 Two recipes (`--recipe dcgan | small-data`); every recipe setting is also a flag that overrides it.
