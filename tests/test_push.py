@@ -59,6 +59,16 @@ def test_upload_is_refused_offline_and_without_a_token(model, capsys, monkeypatc
     assert "no Hugging Face token: set HF_TOKEN or run `hf auth login`" in capsys.readouterr().err
 
 
+def test_the_exported_discriminator_is_never_uploaded(model, tmp_path):
+    """discriminator.safetensors (training state for --init-from) is neither an error nor uploaded."""
+    import shutil
+    from training.discriminator import DISCRIMINATOR_FILE, DCGANDiscriminator, save_discriminator
+    folder = shutil.copytree(model, tmp_path / "with-d")
+    save_discriminator(folder, DCGANDiscriminator(32, 1, 4), {"step": 1})
+    assert (folder / DISCRIMINATOR_FILE).is_file()
+    assert push_mod.validate_folder(folder) == push_mod.validate_folder(model)
+
+
 def test_validation_names_every_problem(model, tmp_path):
     import shutil
     bad = shutil.copytree(model, tmp_path / "bad")

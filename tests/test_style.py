@@ -258,6 +258,7 @@ def test_d_warmup_trains_only_the_discriminator(tmp_path):
     assert main([*common, "--steps", "2", "--out", str(tmp_path / "src")]) == 0
     source = Generator.from_folder(tmp_path / "src" / "model", device="cpu")
     before = source.generate(8, 3, output_type="np")
+    (tmp_path / "src" / "model" / "discriminator.safetensors").unlink()  # a fresh D, as before exports carried one
     for steps in (3, 4):
         out = tmp_path / f"warm{steps}"
         assert main([*common, "--steps", str(steps), "--d-warmup", "3", "--init-from",
@@ -266,6 +267,43 @@ def test_d_warmup_trains_only_the_discriminator(tmp_path):
         assert np.array_equal(after, before) == (steps == 3), steps
     assert "the discriminator trained alone for its first 3 steps" in (out / "model" / "README.md").read_text()
     assert main([*common, "--d-warmup", "-1", "--out", str(tmp_path / "bad")]) != 0
+
+
+def test_warm_start_continues_with_the_exported_discriminator(tmp_path, capsys):
+    """An export carries its discriminator; --init-from continues with it when it fits (so a model can be
+    trained on after its run folder is gone), and starts D fresh when it does not."""
+    from training.discriminator import DISCRIMINATOR_FILE
+    from training.train import Trainer, make_config
+    npz = _two_class_npz(tmp_path / "two.npz", n=8, size=32)
+    common = ["--data", str(npz), "--arch", "style", "--condition", "level", "--batch-size", "8", "--threads", "1",
+              "--w-dim", "32", "--latent-dim", "16", "--sample-every", "1000", "--ckpt-every", "1000", "--size", "32",
+              "--base-width", "4"]
+    assert main([*common, "--d-width", "8", "--steps", "3", "--out", str(tmp_path / "src")]) == 0
+    source = tmp_path / "src" / "model"
+    assert (source / DISCRIMINATOR_FILE).is_file()
+    from training import checkpoint as ckpt
+    run_d = ckpt.subdict(ckpt.load_checkpoint(tmp_path / "src")[0], "D")
+    images, classes = np.zeros((4, 1, 32, 32), np.float32), Generator.from_folder(source, device="cpu").classes
+
+    def warm(d_width: int) -> tuple[dict, Trainer]:
+        cfg = make_config({"arch": "style", "size": 32, "base_width": 4, "d_width": d_width, "w_dim": 32,
+                           "latent_dim": 16, "condition": "level", "out": str(tmp_path / "w")})
+        trainer = Trainer(cfg, images, labels=np.zeros(4), classes=classes)
+        return trainer.warm_start(source), trainer
+
+    info, trainer = warm(8)
+    assert info["discriminator"] == "restored (step 3)"
+    assert all(torch.equal(v, run_d[k]) for k, v in trainer.D.state_dict().items())
+    info, trainer = warm(4)
+    assert info["discriminator"].startswith("fresh: the saved discriminator's tensors do not fit")
+    assert main([*common, "--d-width", "8", "--steps", "1", "--init-from", str(source),
+                 "--out", str(tmp_path / "cont")]) == 0
+    card = (tmp_path / "cont" / "model" / "README.md").read_text()
+    assert "the discriminator continued from the source's exported discriminator" in card
+    assert main([*common, "--resume", str(source / DISCRIMINATOR_FILE)]) != 0
+    assert "holds only an exported discriminator" in capsys.readouterr().err
+    (source / DISCRIMINATOR_FILE).unlink()
+    assert warm(8)[0]["discriminator"] == f"fresh: the source has no {DISCRIMINATOR_FILE}"
 
 
 def test_balanced_classes_and_a_warm_start_across_class_sets(tmp_path, capsys):

@@ -233,7 +233,9 @@ def _warm_start(t: dict[str, Any]) -> list[str]:
     else:
         how = ""
     warmup = config.get("d_warmup") or 0
-    d_text = f"trained alone for its first {warmup} steps" if warmup else "started fresh"
+    restored = str(init.get("discriminator", "")).startswith("restored")
+    d_text = ("continued from the source's exported discriminator" if restored else
+              f"trained alone for its first {warmup} steps" if warmup else "started fresh")
     return ["", f"**Warm start.** The generator started from `{init.get('model')}` ({init.get('steps')} steps, "
             f"{float(init.get('cpu_time_s', 0)) / 60:.1f} CPU-minutes{how}); the discriminator {d_text}. "
             + (f"Total training CPU time of the lineage: **{total / 60:.1f} min**."

@@ -2,9 +2,19 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
+
+from .checkpoint import CheckpointError, load_checkpoint, prefixed, save_checkpoint, subdict
+
+# Saved beside an exported generator so that `--init-from` can continue with the discriminator that grew with
+# it: run folders (full checkpoints) do not always survive a machine, and a fresh D sets a trained G back
+# (README: sessions 3-4), or never learns at all against a good one (a fresh D on brain-t1-style-64 stayed at
+# chance for 800 steps). Training state only: medgan never reads it, `training.push` never uploads it.
+DISCRIMINATOR_FILE = "discriminator.safetensors"
 
 
 def discriminator_widths(resolution: int, base_width: int, max_width: int = 512) -> list[int]:
@@ -67,3 +77,27 @@ def dcgan_init(module: nn.Module, convs: bool = True) -> None:
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.normal_(m.weight, 1.0, 0.02)
             nn.init.zeros_(m.bias)
+
+
+def save_discriminator(folder: str | Path, D: nn.Module, meta: dict[str, Any]) -> Path:
+    """Write D's state dict to folder/discriminator.safetensors (safetensors, atomic), `meta` as JSON."""
+    return save_checkpoint(Path(folder) / DISCRIMINATOR_FILE, prefixed(D.state_dict(), "D"),
+                           {**meta, "kind": "discriminator"})
+
+
+def restore_discriminator(folder: str | Path, D: nn.Module) -> str:
+    """Load folder/discriminator.safetensors into D when its tensors match D's names and shapes; returns what
+    happened ("restored (step N)", or "fresh: <why>"), for config.json and the card."""
+    path = Path(folder) / DISCRIMINATOR_FILE
+    if not path.is_file():
+        return f"fresh: the source has no {DISCRIMINATOR_FILE}"
+    try:
+        tensors, meta = load_checkpoint(path)
+    except CheckpointError as exc:
+        return f"fresh: {exc}"
+    saved, own = subdict(tensors, "D"), D.state_dict()
+    if meta.get("kind") != "discriminator" or saved.keys() != own.keys() or any(
+            saved[k].shape != own[k].shape for k in own):
+        return "fresh: the saved discriminator's tensors do not fit this one (another --size, --d-width or class set)"
+    D.load_state_dict(saved)
+    return f"restored (step {meta.get('step', '?')})"

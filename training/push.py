@@ -35,6 +35,8 @@ from medgan.errors import MedganError
 from medgan.files import atomic_write, file_digest
 from medgan.generator import PICKLE_SUFFIXES, WEIGHTS_FILE
 
+from .discriminator import DISCRIMINATOR_FILE
+
 ROOT = Path(__file__).resolve().parent.parent
 REQUIRED = ("config.json", WEIGHTS_FILE, "README.md")
 ALLOWED = (*REQUIRED, "eval.json", "samples.png", "loss.png", "eval.png", "fid.png", "downstream.json",
@@ -87,6 +89,8 @@ def validate_folder(folder: str | Path, *, allow_real_images: bool = False,
         path = folder / name
         if path.is_dir() or path.is_symlink():
             problems.append(f"{name}: only plain files are uploaded (a folder or link is here)")
+        elif name == DISCRIMINATOR_FILE:  # training state for --init-from: stays here (not needed to
+            names.remove(name)             # sample, and a discriminator is the model that has seen the data)
         elif name.endswith(PICKLE_SUFFIXES) or (name != WEIGHTS_FILE and name.endswith(".safetensors")):
             problems.append(f"{name}: pickle-format or extra weights files are never published; "
                             f"weights must be {WEIGHTS_FILE}")
@@ -272,7 +276,8 @@ def space_files(root: Path) -> list[str]:
                              capture_output=True).stdout.decode()
     except (OSError, subprocess.CalledProcessError) as exc:
         raise PushError(f"cannot list the app's files with git in {root}: {exc}") from None
-    files = sorted(f for f in out.split("\0") if f and (root / f).is_file())
+    files = sorted(f for f in out.split("\0") if f and (root / f).is_file()
+                   and Path(f).name != DISCRIMINATOR_FILE)  # training state: the app never loads it
     pickles = [f for f in files if f.endswith(PICKLE_SUFFIXES)]
     if pickles:
         raise PushError(f"pickle files are never uploaded: {', '.join(pickles)}")

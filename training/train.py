@@ -51,7 +51,7 @@ from medgan.perf import cpu_name
 
 from . import checkpoint as ckpt
 from .augment import AdaptiveP, diff_augment, hflip, parse_policy
-from .discriminator import DCGANDiscriminator, dcgan_init
+from .discriminator import DCGANDiscriminator, dcgan_init, restore_discriminator, save_discriminator
 from .fidlog import TrainFID
 from .runlog import MetricsLog, fid_records, grid, plot_fid_curves, save_synthetic_png
 
@@ -121,7 +121,8 @@ class TrainConfig:
     max_cpu_minutes: float = 0.0
     out: str = ""
     # warm start: G (and its EMA) from an exported model folder; tensors match by name and shape, so a
-    # 128² run can grow from a 64² model whose widths it shares (see Trainer.warm_start). D starts fresh.
+    # 128² run can grow from a 64² model whose widths it shares (see Trainer.warm_start). D continues from the
+    # folder's discriminator.safetensors when that fits (same size, width and classes), else starts fresh.
     init_from: str = ""
     # steps at the start in which only D learns (G and its EMA frozen): after --init-from a fresh D gives G
     # random gradients that undo its training; a short D-only phase makes the first G updates meaningful
@@ -357,6 +358,7 @@ class Trainer:
         self.init_info = {"model": source.id, "resolution": source.generator.resolution,
                           "steps": prior.get("steps", 0) + prior.get("init_from", {}).get("steps", 0),
                           "cpu_time_s": cumulative_cpu_s(prior), "copied": len(copied), "new": new,
+                          "discriminator": restore_discriminator(folder, self.D),
                           # other classes (brain levels -> MR contrasts): class tensors of another shape start new
                           **({"classes": source_classes} if source_classes != self.classes else {})}
         return self.init_info
@@ -608,7 +610,8 @@ def hardware(d: Dist, device: torch.device) -> dict[str, Any]:
 
 def export_model(trainer: Trainer, folder: Path, data_info: dict[str, Any], hw: dict[str, Any],
                  run_dir: Path) -> Path:
-    """Write a medgan model folder: weights, config.json, samples.png, loss.png, README.md card."""
+    """Write a medgan model folder: weights, config.json, samples.png, loss.png, README.md card, and the
+    discriminator (for a later --init-from; training.discriminator.DISCRIMINATOR_FILE)."""
     from .card import write_card
 
     cfg = trainer.cfg
@@ -633,6 +636,9 @@ def export_model(trainer: Trainer, folder: Path, data_info: dict[str, Any], hw: 
                          description=cfg.description, generator=trainer.gcfg, training_data=data_info,
                          license="mit", training=training, extra={"architecture": ARCH_NAMES[cfg.arch]})
     save_model_folder(folder, config, net)
+    save_discriminator(folder, trainer.D, {"model_id": model_id, "step": trainer.step, "d_width": cfg.d_width,
+                                           "spectral_norm": cfg.spectral_norm, "d_batchnorm": cfg.d_batchnorm,
+                                           "classes": trainer.classes})
     # The sample grid comes from the saved folder through medgan itself: exactly what users will see.
     images = Generator.from_folder(folder, device="cpu").generate(64, seed=cfg.sample_seed, output_type="np")
     save_synthetic_png(folder / "samples.png", grid(images), {"model_id": model_id, "seed": str(cfg.sample_seed)})
@@ -684,9 +690,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", help="run directory or checkpoint file to continue")
     run.add_argument("--init-from", metavar="MODEL_FOLDER",
                      help="warm-start G from an exported model (conditional if this run is; other classes start "
-                     "their class tensors new; a larger --size grows it); D starts "
-                     "fresh, which sets a trained G back (--d-warmup N trains D alone first): to continue a run "
-                     "use --resume")
+                     "their class tensors new; a larger --size grows it); D continues from the folder's "
+                     "discriminator.safetensors when it fits, else starts fresh, which sets a trained G back "
+                     "(--d-warmup N trains D alone first): to continue a run use --resume")
     for name, kind in (("seed", int), ("sample-seed", int), ("threads", int), ("sample-every", int),
                        ("ckpt-every", int), ("log-every", int), ("max-minutes", float), ("max-cpu-minutes", float),
                        ("d-warmup", int), ("fid-every", int), ("fid-images", int)):
@@ -939,7 +945,11 @@ def main(argv: list[str] | None = None) -> int:
         if resume:
             try:
                 path = ckpt.resolve(resume)
-                resumed_cfg = ckpt.load_checkpoint(path)[1]["config"]
+                meta = ckpt.load_checkpoint(path)[1]
+                if meta.get("kind") == "discriminator":
+                    raise UsageError(f"{resume} holds only an exported discriminator: continue from its model "
+                                     "folder with --init-from, or --resume a run folder")
+                resumed_cfg = meta["config"]
             except ckpt.CheckpointError as exc:
                 raise UsageError(str(exc)) from None
             args.setdefault("out", str(path.parent))
