@@ -298,6 +298,7 @@ def test_warm_start_continues_with_the_exported_discriminator(tmp_path, capsys):
     assert info["discriminator"].startswith("fresh: the saved discriminator's tensors do not fit")
     assert main([*common, "--d-width", "8", "--steps", "1", "--init-from", str(source),
                  "--out", str(tmp_path / "cont")]) == 0
+    assert "discriminator restored (step 3)" in capsys.readouterr().out
     card = (tmp_path / "cont" / "model" / "README.md").read_text()
     assert "the discriminator continued from the source's exported discriminator" in card
     assert main([*common, "--resume", str(source / DISCRIMINATOR_FILE)]) != 0

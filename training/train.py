@@ -821,7 +821,8 @@ def run(cfg: TrainConfig, argv: list[str], resume: str | None = None, images: np
             log.truncate_after(trainer.step)
     elif cfg.init_from:
         info = trainer.warm_start(cfg.init_from)
-        print(f"warm start from {info['model']}: {info['copied']} tensors copied, {len(info['new'])} new", flush=True)
+        print(f"warm start from {info['model']}: {info['copied']} tensors copied, {len(info['new'])} new; "
+              f"discriminator {info['discriminator']}", flush=True)
     trainer.commands.append(command_line(argv, d))
     hw = hardware(d, device)
     if d.main:
