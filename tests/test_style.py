@@ -249,8 +249,9 @@ def test_warm_start_grows_a_model_and_records_its_cpu_time(tmp_path):
     assert f"started from `{source.id}`" in card and "grown from 32²" in card
 
 
-def test_d_warmup_trains_only_the_discriminator(tmp_path):
-    """--d-warmup N: for the first N steps only D learns, so a warm-started G exports unchanged, and one step past the warm-up changes G."""
+def test_d_warmup_trains_only_the_discriminator(tmp_path, capsys):
+    """--d-warmup N: for the first N steps only D learns, so a warm-started G exports unchanged, and one step past the
+    warm-up changes G. A fresh D behind fixed strong augmentation gets a note pointing at ADA; with ADA, none."""
     npz = _two_class_npz(tmp_path / "two.npz", n=8, size=32)
     common = ["--data", str(npz), "--arch", "style", "--condition", "level", "--batch-size", "8", "--d-width", "8",
               "--w-dim", "32", "--latent-dim", "16", "--threads", "1", "--sample-every", "1000", "--ckpt-every", "1",
@@ -265,7 +266,11 @@ def test_d_warmup_trains_only_the_discriminator(tmp_path):
                      str(tmp_path / "src" / "model"), "--out", str(out)]) == 0
         after = Generator.from_folder(out / "model", device="cpu").generate(8, 3, output_type="np")
         assert np.array_equal(after, before) == (steps == 3), steps
+        assert "may never leave chance" in capsys.readouterr().out
     assert "the discriminator trained alone for its first 3 steps" in (out / "model" / "README.md").read_text()
+    assert main([*common, "--steps", "1", "--ada-target", "0.6", "--init-from", str(tmp_path / "src" / "model"),
+                 "--out", str(tmp_path / "ada")]) == 0
+    assert "may never leave chance" not in capsys.readouterr().out
     assert main([*common, "--d-warmup", "-1", "--out", str(tmp_path / "bad")]) != 0
 
 

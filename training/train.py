@@ -823,6 +823,11 @@ def run(cfg: TrainConfig, argv: list[str], resume: str | None = None, images: np
         info = trainer.warm_start(cfg.init_from)
         print(f"warm start from {info['model']}: {info['copied']} tensors copied, {len(info['new'])} new; "
               f"discriminator {info['discriminator']}", flush=True)
+        if info["discriminator"].startswith("fresh") and trainer.policy and not trainer.ada and cfg.augment_p >= 0.5:
+            # Measured on brain-t1 (README, session 10): behind p=1 augmentation a fresh D stayed at chance
+            # (logits within ±0.01) against a trained G for 825 steps; with ADA it separated within 100.
+            print(f"note: a fresh discriminator behind fixed --augment-p {cfg.augment_p:g} may never leave chance "
+                  "against a trained generator; --ada-target 0.6 starts p at 0 so it can learn", flush=True)
     trainer.commands.append(command_line(argv, d))
     hw = hardware(d, device)
     if d.main:
