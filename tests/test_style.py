@@ -249,6 +249,39 @@ def test_warm_start_grows_a_model_and_records_its_cpu_time(tmp_path):
     assert f"started from `{source.id}`" in card and "grown from 32²" in card
 
 
+def test_train_new_only_keeps_the_copied_layers_fixed(tmp_path, capsys):
+    """--train-new-only grows a model with the copied layers fixed (only the new resolution's tensors learn);
+    --no-train-new-only on --resume then trains everything. Without --init-from, or with nothing new, it is refused."""
+    from medgan.generator import load_weights
+    npz = _two_class_npz(tmp_path / "two.npz", n=8, size=64)
+    common = ["--data", str(npz), "--arch", "style", "--condition", "level", "--batch-size", "8", "--d-width", "8",
+              "--w-dim", "32", "--latent-dim", "16", "--threads", "1", "--sample-every", "1000", "--ckpt-every", "1000",
+              "--ema", "0.5"]
+    assert main([*common, "--size", "32", "--base-width", "4", "--steps", "2", "--out", str(tmp_path / "small")]) == 0
+    src = tmp_path / "small" / "model"
+    before = load_weights(src, Generator.from_folder(src, device="cpu").id)
+
+    def changed(folder: Path) -> set[str]:
+        after = load_weights(folder, Generator.from_folder(folder, device="cpu").id)
+        return {k for k, v in before.items() if k != "mapping.w_avg" and not torch.equal(after[k], v)}
+
+    grow = [*common, "--size", "64", "--base-width", "2", "--init-from", str(src), "--out", str(tmp_path / "grown")]
+    assert main([*grow, "--steps", "3", "--train-new-only"]) == 0
+    assert changed(tmp_path / "grown" / "model") == set()
+    new = load_weights(tmp_path / "grown" / "model", "x")
+    assert new["to_image.4.weight"].abs().sum() > 0  # started at zero, learned
+    card = (tmp_path / "grown" / "model" / "README.md").read_text()
+    assert "only the new layers learned" in card
+    assert main(["--resume", str(tmp_path / "grown"), "--steps", "5", "--no-train-new-only"]) == 0
+    assert changed(tmp_path / "grown" / "model")  # the copied layers learn again
+    assert main([*common, "--size", "32", "--base-width", "4", "--steps", "1", "--train-new-only",
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert "--train-new-only needs --init-from" in capsys.readouterr().err
+    assert main([*common, "--size", "32", "--base-width", "4", "--steps", "1", "--train-new-only", "--init-from",
+                 str(src), "--out", str(tmp_path / "same")]) == 2
+    assert "nothing would learn" in capsys.readouterr().err
+
+
 def test_d_warmup_trains_only_the_discriminator(tmp_path, capsys):
     """--d-warmup N: for the first N steps only D learns, so a warm-started G exports unchanged, and one step past the
     warm-up changes G. A fresh D behind fixed strong augmentation gets a note pointing at ADA; with ADA, none."""

@@ -232,6 +232,8 @@ def _warm_start(t: dict[str, Any]) -> list[str]:
         how = f", grown from {init.get('resolution')}² (new layers: {new} tensors)"
     else:
         how = ""
+    if config.get("train_new_only"):
+        how += "; only the new layers learned, the copied ones stayed fixed (`--train-new-only`)"
     warmup = config.get("d_warmup") or 0
     restored = str(init.get("discriminator", "")).startswith("restored")
     d_text = ("continued from the source's exported discriminator" if restored else

@@ -128,6 +128,10 @@ class TrainConfig:
     # random when G starts following it. Measured (README, sessions 4 and 10): it did not prevent the set-back a
     # fresh D gives a trained G, even at 1,000 steps; a D restored with the model does better.
     d_warmup: int = 0
+    # with --init-from: the generator tensors copied from the source stay fixed and only the new ones (a grown
+    # resolution's layer and toRGB) learn, so a fresh D cannot set back the source's anatomy while the new layer
+    # learns detail (sessions 3-10: every fresh D set a trained G back). May be switched off on --resume.
+    train_new_only: bool = False
     export: str = ""                # model folder; "" = <out>/model
     # model metadata for the export
     model_id: str = ""
@@ -160,7 +164,7 @@ RESUMABLE = {"steps", "fid_every", "fid_images", "max_minutes", "max_cpu_minutes
              "export", "model_id", "title", "modality", "organ", "plane", "description",
              # The schedule, not the model: a resumed run may anneal (lower learning rates, a longer EMA) once
              # its FID plateaus. The resume command that did so is kept in config.json's resumed_with.
-             "lr_g", "lr_d", "ema"}
+             "lr_g", "lr_d", "ema", "train_new_only"}
 
 
 class UsageError(Exception):
@@ -363,6 +367,17 @@ class Trainer:
                           # other classes (brain levels -> MR contrasts): class tensors of another shape start new
                           **({"classes": source_classes} if source_classes != self.classes else {})}
         return self.init_info
+
+    def freeze_copied(self) -> None:
+        """--train-new-only: G's parameters that --init-from copied stop learning (Adam skips a parameter
+        without a gradient); the rest, named in init_info["new"], learn. Called after warm_start and on resume."""
+        new = set(self.init_info.get("new", []))
+        learns = {name: not self.cfg.train_new_only or name in new for name, _ in self.G.named_parameters()}
+        if not any(learns.values()):
+            raise UsageError(f"--train-new-only: --init-from {self.cfg.init_from} already has every parameter of "
+                             "this generator, so nothing would learn (it is for growing a model to a larger --size)")
+        for name, p in self.G.named_parameters():
+            p.requires_grad_(learns[name])
 
     # .. one step ..................................................................................
     @property
@@ -698,6 +713,9 @@ def build_parser() -> argparse.ArgumentParser:
                        ("ckpt-every", int), ("log-every", int), ("max-minutes", float), ("max-cpu-minutes", float),
                        ("d-warmup", int), ("fid-every", int), ("fid-images", int)):
         run.add_argument(f"--{name}", type=kind)
+    run.add_argument("--train-new-only", action=argparse.BooleanOptionalAction,
+                     help="with --init-from: the copied generator layers stay fixed, only the new ones (a grown "
+                     "--size) learn; --no-train-new-only on --resume fine-tunes everything")
     run.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
     meta = p.add_argument_group("export")
     meta.add_argument("--export", metavar="FOLDER", help="model folder to write (default <out>/model)")
@@ -747,6 +765,8 @@ def check_config(cfg: TrainConfig) -> None:
         problems.append(f"--arch must be one of {', '.join(ARCH_DEFAULTS)}")
     if cfg.condition and cfg.condition not in CONDITIONS:
         problems.append(f"--condition must be one of {', '.join(CONDITIONS)}, got {cfg.condition!r}")
+    if cfg.train_new_only and not cfg.init_from:
+        problems.append("--train-new-only needs --init-from (it keeps the copied layers fixed)")
     if cfg.balance_classes and not cfg.condition:
         problems.append("--balance-classes needs --condition (labels to balance)")
     if cfg.condition and cfg.arch != "style":
@@ -829,6 +849,7 @@ def run(cfg: TrainConfig, argv: list[str], resume: str | None = None, images: np
             # (logits within ±0.01) against a trained G for 825 steps; with ADA it separated within 100.
             print(f"note: a fresh discriminator behind fixed --augment-p {cfg.augment_p:g} may never leave chance "
                   "against a trained generator; --ada-target 0.6 starts p at 0 so it can learn", flush=True)
+    trainer.freeze_copied()
     trainer.commands.append(command_line(argv, d))
     hw = hardware(d, device)
     if d.main:
