@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import medgan
 from helpers import ROOT, SHIPPED_DCGAN, SHIPPED_DCGANS, build_hf_cache, make_style_folder
@@ -367,3 +368,49 @@ def test_balanced_classes_and_a_warm_start_across_class_sets(tmp_path, capsys):
     assert info["new"] and all("embed" in k or "w_avg" in k for k in info["new"]), info["new"]
     assert main(["--data", str(npz), "--arch", "style", "--balance-classes", "--out", str(tmp_path / "bad")]) == 2
     assert "--balance-classes needs --condition" in capsys.readouterr().err
+
+
+def test_phase_balanced_kernels_draw_no_checkerboard():
+    """A stride-2 transposed conv with a random 4x4 kernel turns a constant input into a 2x2 pattern; the projected
+    kernel gives a constant output, is a projection (applied twice = once) and leaves a balanced kernel alone."""
+    from medgan.stylenet import phase_balanced
+    weight = torch.randn(6, 5, 4, 4, generator=torch.Generator().manual_seed(0))
+    ones = torch.ones(1, 6, 8, 8)
+    interior = (slice(None), slice(None), slice(2, -2), slice(2, -2))  # away from the zero padding
+
+    def spread(w):
+        out = F.conv_transpose2d(ones, w, stride=2, padding=1)[interior]
+        return (out.amax(dim=(2, 3)) - out.amin(dim=(2, 3))).max().item()
+
+    balanced = phase_balanced(weight)
+    assert spread(weight) > 1.0
+    assert spread(balanced) < 1e-5
+    assert torch.allclose(phase_balanced(balanced), balanced, atol=1e-6)
+    bilinear = torch.tensor([1.0, 3.0, 3.0, 1.0])
+    smooth = torch.outer(bilinear, bilinear).expand(6, 5, 4, 4)
+    assert torch.allclose(phase_balanced(smooth), smooth)
+
+
+def test_balance_up_keeps_the_learning_up_kernels_balanced(tmp_path, capsys):
+    """--balance-up with --train-new-only: the grown layer's kernel learns and stays phase-balanced; the copied
+    up-sampling kernels are not touched. Refused for DCGAN."""
+    from medgan.generator import load_weights
+    from medgan.stylenet import phase_balanced
+    npz = _two_class_npz(tmp_path / "two.npz", n=8, size=64)
+    common = ["--data", str(npz), "--arch", "style", "--condition", "level", "--batch-size", "8", "--d-width", "8",
+              "--w-dim", "32", "--latent-dim", "16", "--threads", "1", "--sample-every", "1000", "--ckpt-every", "1000",
+              "--ema", "0.5"]
+    assert main([*common, "--size", "32", "--base-width", "4", "--steps", "2", "--out", str(tmp_path / "small")]) == 0
+    src = tmp_path / "small" / "model"
+    before = load_weights(src, "x")
+    assert main([*common, "--size", "64", "--base-width", "2", "--init-from", str(src), "--train-new-only",
+                 "--balance-up", "--steps", "3", "--out", str(tmp_path / "grown")]) == 0
+    after = load_weights(tmp_path / "grown" / "model", "x")
+    new_kernel = after["layers.4.weight"]
+    assert torch.allclose(phase_balanced(new_kernel), new_kernel, atol=1e-5)
+    assert not torch.allclose(phase_balanced(before["layers.3.weight"]), before["layers.3.weight"], atol=1e-3)
+    assert torch.equal(after["layers.3.weight"], before["layers.3.weight"])  # copied: fixed, not projected
+    card = (tmp_path / "grown" / "model" / "README.md").read_text()
+    assert "checkerboard-free (`--balance-up`)" in card
+    assert main(["--data", str(npz), "--size", "32", "--steps", "1", "--balance-up", "--out", str(tmp_path / "d")]) == 2
+    assert "--balance-up needs --arch style" in capsys.readouterr().err

@@ -234,6 +234,8 @@ def _warm_start(t: dict[str, Any]) -> list[str]:
         how = ""
     if config.get("train_new_only"):
         how += "; only the new layers learned, the copied ones stayed fixed (`--train-new-only`)"
+    if config.get("balance_up"):
+        how += "; the learning up-sampling kernels were kept checkerboard-free (`--balance-up`)"
     warmup = config.get("d_warmup") or 0
     restored = str(init.get("discriminator", "")).startswith("restored")
     d_text = ("continued from the source's exported discriminator" if restored else

@@ -48,6 +48,7 @@ from medgan.errors import MedganError
 from medgan.generator import Generator, load_weights, save_model_folder
 from medgan.nets import DCGANGenerator, build_generator
 from medgan.perf import cpu_name
+from medgan.stylenet import phase_balanced
 
 from . import checkpoint as ckpt
 from .augment import AdaptiveP, diff_augment, hflip, parse_policy
@@ -132,6 +133,10 @@ class TrainConfig:
     # resolution's layer and toRGB) learn, so a fresh D cannot set back the source's anatomy while the new layer
     # learns detail (sessions 3-10: every fresh D set a trained G back). May be switched off on --resume.
     train_new_only: bool = False
+    # style only: after every G step, project the learning stride-2 up-sampling kernels onto those whose four
+    # stride phases sum equally (medgan.stylenet.phase_balanced), so they cannot draw a checkerboard. With
+    # --init-from and without --train-new-only this also changes the copied kernels at the first step.
+    balance_up: bool = False
     export: str = ""                # model folder; "" = <out>/model
     # model metadata for the export
     model_id: str = ""
@@ -164,7 +169,7 @@ RESUMABLE = {"steps", "fid_every", "fid_images", "max_minutes", "max_cpu_minutes
              "export", "model_id", "title", "modality", "organ", "plane", "description",
              # The schedule, not the model: a resumed run may anneal (lower learning rates, a longer EMA) once
              # its FID plateaus. The resume command that did so is kept in config.json's resumed_with.
-             "lr_g", "lr_d", "ema", "train_new_only"}
+             "lr_g", "lr_d", "ema", "train_new_only", "balance_up"}
 
 
 class UsageError(Exception):
@@ -326,6 +331,7 @@ class Trainer:
         self.commands: list[str] = []
         self.last: dict[str, float] = {}
         self.init_info: dict[str, Any] = {}  # what warm_start copied from (kept across resumes)
+        self.balanced: list[str] = []         # --balance-up: G's parameter names projected after each step
         if self.d.world > 1:
             for t in [*self.G.state_dict().values(), *self.D.state_dict().values()]:
                 dist.broadcast(t, 0)
@@ -378,6 +384,19 @@ class Trainer:
                              "this generator, so nothing would learn (it is for growing a model to a larger --size)")
         for name, p in self.G.named_parameters():
             p.requires_grad_(learns[name])
+        if self.cfg.balance_up:
+            self.balanced = [name for name, p in self.G.named_parameters()
+                             if p.requires_grad and name.endswith(".weight")
+                             and getattr(self.G.get_submodule(name[:-len(".weight")]), "up", False)]
+            self.balance_kernels()
+
+    def balance_kernels(self) -> None:
+        """--balance-up: the learning up-sampling kernels of G and its EMA, projected (see TrainConfig)."""
+        with torch.no_grad():
+            for net in filter(None, (self.G, self.G_ema)):
+                for name in self.balanced:
+                    weight = net.get_parameter(name)
+                    weight.copy_(phase_balanced(weight))
 
     # .. one step ..................................................................................
     @property
@@ -461,6 +480,8 @@ class Trainer:
         loss_g.backward()
         self.sync_grads(self.G)
         self.opt_g.step()
+        if self.balanced:
+            self.balance_kernels()
 
         if self.G_ema is not None:
             t = self.step
@@ -716,6 +737,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--train-new-only", action=argparse.BooleanOptionalAction,
                      help="with --init-from: the copied generator layers stay fixed, only the new ones (a grown "
                      "--size) learn; --no-train-new-only on --resume fine-tunes everything")
+    run.add_argument("--balance-up", action=argparse.BooleanOptionalAction,
+                     help="style: keep the learning up-sampling kernels free of checkerboard (equal stride-phase "
+                     "sums, projected after every step)")
     run.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
     meta = p.add_argument_group("export")
     meta.add_argument("--export", metavar="FOLDER", help="model folder to write (default <out>/model)")
@@ -767,6 +791,8 @@ def check_config(cfg: TrainConfig) -> None:
         problems.append(f"--condition must be one of {', '.join(CONDITIONS)}, got {cfg.condition!r}")
     if cfg.train_new_only and not cfg.init_from:
         problems.append("--train-new-only needs --init-from (it keeps the copied layers fixed)")
+    if cfg.balance_up and cfg.arch != "style":
+        problems.append("--balance-up needs --arch style (it balances the style generator's up-sampling kernels)")
     if cfg.balance_classes and not cfg.condition:
         problems.append("--balance-classes needs --condition (labels to balance)")
     if cfg.condition and cfg.arch != "style":
