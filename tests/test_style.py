@@ -250,16 +250,21 @@ def test_warm_start_grows_a_model_and_records_its_cpu_time(tmp_path):
     assert f"started from `{source.id}`" in card and "grown from 32²" in card
 
 
-def test_train_new_only_keeps_the_copied_layers_fixed(tmp_path, capsys):
-    """--train-new-only grows a model with the copied layers fixed (only the new resolution's tensors learn);
-    --no-train-new-only on --resume then trains everything. Without --init-from, or with nothing new, it is refused."""
-    from medgan.generator import load_weights
+def _small_source_to_grow(tmp_path: Path) -> tuple[Path, list[str], Path]:
+    """A 2-step 32² conditional style model to grow to 64²: (its data, the shared flags, its model folder)."""
     npz = _two_class_npz(tmp_path / "two.npz", n=8, size=64)
     common = ["--data", str(npz), "--arch", "style", "--condition", "level", "--batch-size", "8", "--d-width", "8",
               "--w-dim", "32", "--latent-dim", "16", "--threads", "1", "--sample-every", "1000", "--ckpt-every", "1000",
               "--ema", "0.5"]
     assert main([*common, "--size", "32", "--base-width", "4", "--steps", "2", "--out", str(tmp_path / "small")]) == 0
-    src = tmp_path / "small" / "model"
+    return npz, common, tmp_path / "small" / "model"
+
+
+def test_train_new_only_keeps_the_copied_layers_fixed(tmp_path, capsys):
+    """--train-new-only grows a model with the copied layers fixed (only the new resolution's tensors learn);
+    --no-train-new-only on --resume then trains everything. Without --init-from, or with nothing new, it is refused."""
+    from medgan.generator import load_weights
+    npz, common, src = _small_source_to_grow(tmp_path)
     before = load_weights(src, Generator.from_folder(src, device="cpu").id)
 
     def changed(folder: Path) -> set[str]:
@@ -396,12 +401,7 @@ def test_balance_up_keeps_the_learning_up_kernels_balanced(tmp_path, capsys):
     up-sampling kernels are not touched. Refused for DCGAN."""
     from medgan.generator import load_weights
     from medgan.stylenet import phase_balanced
-    npz = _two_class_npz(tmp_path / "two.npz", n=8, size=64)
-    common = ["--data", str(npz), "--arch", "style", "--condition", "level", "--batch-size", "8", "--d-width", "8",
-              "--w-dim", "32", "--latent-dim", "16", "--threads", "1", "--sample-every", "1000", "--ckpt-every", "1000",
-              "--ema", "0.5"]
-    assert main([*common, "--size", "32", "--base-width", "4", "--steps", "2", "--out", str(tmp_path / "small")]) == 0
-    src = tmp_path / "small" / "model"
+    npz, common, src = _small_source_to_grow(tmp_path)
     before = load_weights(src, "x")
     assert main([*common, "--size", "64", "--base-width", "2", "--init-from", str(src), "--train-new-only",
                  "--balance-up", "--steps", "3", "--out", str(tmp_path / "grown")]) == 0

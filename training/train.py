@@ -384,6 +384,10 @@ class Trainer:
                              "this generator, so nothing would learn (it is for growing a model to a larger --size)")
         for name, p in self.G.named_parameters():
             p.requires_grad_(learns[name])
+
+    def start_balancing(self) -> None:
+        """--balance-up: pick G's learning up-sampling kernels (after freeze_copied, so fixed ones are left
+        alone) and project them once, so that training starts from balanced kernels."""
         if self.cfg.balance_up:
             self.balanced = [name for name, p in self.G.named_parameters()
                              if p.requires_grad and name.endswith(".weight")
@@ -391,7 +395,7 @@ class Trainer:
             self.balance_kernels()
 
     def balance_kernels(self) -> None:
-        """--balance-up: the learning up-sampling kernels of G and its EMA, projected (see TrainConfig)."""
+        """The kernels named in self.balanced, in G and its EMA, projected (see TrainConfig.balance_up)."""
         with torch.no_grad():
             for net in filter(None, (self.G, self.G_ema)):
                 for name in self.balanced:
@@ -876,6 +880,7 @@ def run(cfg: TrainConfig, argv: list[str], resume: str | None = None, images: np
             print(f"note: a fresh discriminator behind fixed --augment-p {cfg.augment_p:g} may never leave chance "
                   "against a trained generator; --ada-target 0.6 starts p at 0 so it can learn", flush=True)
     trainer.freeze_copied()
+    trainer.start_balancing()
     trainer.commands.append(command_line(argv, d))
     hw = hardware(d, device)
     if d.main:
