@@ -397,8 +397,8 @@ def test_phase_balanced_kernels_draw_no_checkerboard():
 
 
 def test_balance_up_keeps_the_learning_up_kernels_balanced(tmp_path, capsys):
-    """--balance-up with --train-new-only: the grown layer's kernel learns and stays phase-balanced; the copied
-    up-sampling kernels are not touched. Refused for DCGAN."""
+    """--balance-up with --train-new-only: the grown layer's kernel is phase-balanced in the export; the copied
+    up-sampling kernel (not balanced) is not touched. Refused for DCGAN."""
     from medgan.generator import load_weights
     from medgan.stylenet import phase_balanced
     npz, common, src = _small_source_to_grow(tmp_path)

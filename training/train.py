@@ -48,7 +48,7 @@ from medgan.errors import MedganError
 from medgan.generator import Generator, load_weights, save_model_folder
 from medgan.nets import DCGANGenerator, build_generator
 from medgan.perf import cpu_name
-from medgan.stylenet import phase_balanced
+from medgan.stylenet import StyleLayer, phase_balanced
 
 from . import checkpoint as ckpt
 from .augment import AdaptiveP, diff_augment, hflip, parse_policy
@@ -389,9 +389,8 @@ class Trainer:
         """--balance-up: pick G's learning up-sampling kernels (after freeze_copied, so fixed ones are left
         alone) and project them once, so that training starts from balanced kernels."""
         if self.cfg.balance_up:
-            self.balanced = [name for name, p in self.G.named_parameters()
-                             if p.requires_grad and name.endswith(".weight")
-                             and getattr(self.G.get_submodule(name[:-len(".weight")]), "up", False)]
+            self.balanced = [f"{name}.weight" for name, layer in self.G.named_modules()
+                             if isinstance(layer, StyleLayer) and layer.up and layer.weight.requires_grad]
             self.balance_kernels()
 
     def balance_kernels(self) -> None:
