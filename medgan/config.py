@@ -42,9 +42,16 @@ class GeneratorConfig:
     # the classic way (base_width * 8, 4, 2, 1 at 64²), capped at max_width.
     widths: list[int] = field(default_factory=list)
     max_width: int = 512
+    # Style only, the width schedule of StyleGAN2: > 0 gives each resolution R min(channel_base // R, max_width)
+    # channels (0: the base_width rule above).
+    channel_base: int = 0
     w_dim: int = 256
     mapping_layers: int = 2
     noise: bool = True
+    # Style only: the doublings to this resolution and above are detail blocks (bilinear up-sampling + two
+    # modulated 3x3 convs, medgan.stylenet.DetailBlock) instead of one 4x4 transposed conv. 0 = none, as in
+    # every model folder written before the field existed, so those load and draw as before.
+    detail_from: int = 0
     # Class names of a conditional model (label i = classes[i]); [] = unconditional. `condition` names the
     # label kind the classes come from (level, plane, contrast, …).
     classes: list[str] = field(default_factory=list)
@@ -66,6 +73,13 @@ class GeneratorConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"generator.{name} must be a positive integer, got {value!r}")
+        if any(not isinstance(v, int) or isinstance(v, bool) for v in (self.channel_base, self.detail_from)) \
+                or self.channel_base < 0 or self.detail_from < 0 or (self.detail_from and (
+                self.detail_from < 8 or self.detail_from & (self.detail_from - 1))):
+            raise ConfigError(f"generator.channel_base must be >= 0 and generator.detail_from 0 or a power of two "
+                              f">= 8, got {self.channel_base!r} and {self.detail_from!r}")
+        if self.arch == "dcgan" and (self.channel_base or self.detail_from):
+            raise ConfigError("generator.channel_base and generator.detail_from apply to style models only")
         self.widths = list(self.widths) or self.default_widths()
         if len(self.widths) != self.num_blocks or any(not isinstance(w, int) or w < 1 for w in self.widths):
             raise ConfigError(
@@ -80,7 +94,16 @@ class GeneratorConfig:
 
     def default_widths(self) -> list[int]:
         n = self.num_blocks
+        if self.channel_base:
+            return [min(self.channel_base // (4 * 2 ** i), self.max_width) for i in range(n)]
         return [min(self.base_width * 2 ** (n - 1 - i), self.max_width) for i in range(n)]
+
+    @property
+    def plain_layers(self) -> int:
+        """Style: synthesis layers before the first detail block (4x4 and the transposed-conv doublings)."""
+        if not self.detail_from or self.detail_from > self.resolution:
+            return self.num_blocks
+        return max(1, int(math.log2(self.detail_from)) - 2)
 
     @property
     def conditional(self) -> bool:

@@ -7,7 +7,8 @@
   channel: one matmul instead of a conv;
 - noise * strength + bias is one precomputed map per layer; the leaky ReLU's gain sqrt(2) is folded into the
   demodulation and that map (lrelu(g·x) = g·lrelu(x) for g > 0);
-- transposed convs on channels-last tensors (oneDNN's NHWC kernels, no reorders).
+- transposed convs, and the detail blocks' 3x3 convs, on channels-last tensors (oneDNN's NHWC kernels, no
+  reorders), with bias, noise, demodulation and gain in one fused multiply-add.
 
 Outputs match the module it was built from to float rounding (tests compare them).
 """
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .stylenet import LRELU_GAIN, StyleGenerator, normalize_2nd_moment, upsample
+from .stylenet import LRELU_GAIN, StyleGenerator, normalize_2nd_moment, truncate, upsample
 
 
 class FastStyle(nn.Module):
@@ -43,29 +44,32 @@ class FastStyle(nn.Module):
         self.register_buffer("w_avg", mapping.w_avg.clone())
 
     def _fold_synthesis(self, ref: StyleGenerator) -> None:
-        affines = [m.affine.effective() for m in ref.layers] + [m.affine.effective() for m in ref.to_image]
+        convs = [(m, i) for i, m in enumerate(ref.layers)]
+        convs += [(m, b.ws_index + k) for b in ref.blocks for k, m in enumerate((b.conv0, b.conv1))]
+        images = [(m, i) for i, m in enumerate(ref.to_image)] + [(b.to_image, b.ws_index + 1) for b in ref.blocks]
+        affines = [m.affine.effective() for m, _ in convs] + [m.affine.effective() for m, _ in images]
         self.register_buffer("aff_w", torch.cat([w for w, _ in affines]).t().contiguous())   # [w_dim, S]
         self.register_buffer("aff_b", torch.cat([b for _, b in affines]).contiguous())
         self.splits = [b.numel() for _, b in affines]
-        self.layers = []
-        for i, layer in enumerate(ref.layers):
-            demod = layer.demod_weights().contiguous()
-            c_out = layer.bias.numel()
-            size = 4 * 2 ** i
-            extra = layer.bias.view(1, -1, 1, 1).expand(1, c_out, size, size)
-            if layer.use_noise:
-                extra = extra + layer.noise_const.view(1, 1, size, size) * layer.noise_strength
-            extra = (extra * LRELU_GAIN).contiguous(memory_format=torch.channels_last)
-            if i == 0:  # conv of the constant, one input channel at a time: [c_in, c_out * 16]
-                c_in = ref.const.shape[0]
-                per_channel = F.conv2d(ref.const.unsqueeze(1) * torch.eye(c_in).view(c_in, c_in, 1, 1),
-                                       layer.weight, padding=1)  # [c_in(batch), c_out, 4, 4]
-                weight = per_channel.reshape(c_in, -1).contiguous()
-            else:
-                weight = layer.weight.contiguous(memory_format=torch.channels_last)
-            self.layers.append((weight, demod, extra))
-        self.to_image = [(m.weight.t().contiguous() * m.weight_gain, m.bias.clone()) for m in ref.to_image]
-        self.num_ws = len(ref.layers)
+        self.ws_index = [i for _, i in convs] + [i for _, i in images]   # the w each style block comes from
+        self.layers = [self._fold_conv(ref, layer, first=n == 0) for n, (layer, _) in enumerate(convs)]
+        self.to_image = [(m.weight.t().contiguous() * m.weight_gain, m.bias.clone()) for m, _ in images]
+        self.num_ws, self.plain = ref.num_ws, len(ref.layers)
+
+    @staticmethod
+    def _fold_conv(ref: StyleGenerator, layer, first: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(weight, demod, extra) of one modulated conv: extra = (bias + const noise) * gain, channels-last."""
+        demod = layer.demod_weights().contiguous()
+        extra = layer.bias.view(1, -1, 1, 1)
+        if layer.use_noise:
+            extra = extra + layer.noise_const[None, None] * layer.noise_strength
+        extra = (extra * LRELU_GAIN).contiguous(memory_format=torch.channels_last)
+        if first:  # conv of the constant, one input channel at a time: [c_in, c_out * 16]
+            c_in = ref.const.shape[0]
+            per_channel = F.conv2d(ref.const.unsqueeze(1) * torch.eye(c_in).view(c_in, c_in, 1, 1),
+                                   layer.weight, padding=1)  # [c_in(batch), c_out, 4, 4]
+            return per_channel.reshape(c_in, -1).contiguous(), demod, extra
+        return layer.weight.contiguous(memory_format=torch.channels_last), demod, extra
 
     # -- mapping ------------------------------------------------------------------------------------
     def mapping(self, z: torch.Tensor, labels: torch.Tensor | None, truncation: float = 1.0) -> torch.Tensor:
@@ -74,36 +78,46 @@ class FastStyle(nn.Module):
         x = F.leaky_relu(x, 0.2) * LRELU_GAIN
         for w, b in self.map_rest:
             x = F.leaky_relu(torch.addmm(b, x, w), 0.2) * LRELU_GAIN
-        if truncation != 1.0:
-            avg = self.w_avg[cls]
-            x = avg + truncation * (x - avg)
-        return x
+        return truncate(x, self.w_avg[cls], truncation)
 
     # -- synthesis ----------------------------------------------------------------------------------
+    def styles(self, ws: torch.Tensor) -> list[torch.Tensor]:
+        """Every conv's and toRGB's style [n, c], from one matmul when no styles are mixed."""
+        if bool((ws == ws[:, :1]).all()):
+            return list(torch.addmm(self.aff_b, ws[:, 0], self.aff_w).split(self.splits, dim=1))
+        full = torch.einsum("nlw,ws->nls", ws, self.aff_w) + self.aff_b
+        return [part[:, self.ws_index[k]] for k, part in enumerate(full.split(self.splits, dim=2))]
+
+    def conv(self, k: int, x: torch.Tensor | None, s: torch.Tensor, n: int) -> torch.Tensor:
+        weight, demod, extra = self.layers[k]
+        d = (s.square() @ demod + 1e-8).rsqrt() * LRELU_GAIN
+        if x is None:
+            x = (s @ weight).view(n, -1, 4, 4)
+        elif k < self.plain:
+            x = F.conv_transpose2d((x * s[:, :, None, None]).contiguous(memory_format=torch.channels_last),
+                                   weight, stride=2, padding=1)
+        else:
+            x = F.conv2d((x * s[:, :, None, None]).contiguous(memory_format=torch.channels_last), weight, padding=1)
+        return F.leaky_relu_(torch.addcmul(extra, x, d[:, :, None, None]), 0.2)
+
+    def rgb(self, k: int, x: torch.Tensor, s: torch.Tensor, image: torch.Tensor | None) -> torch.Tensor:
+        w_img, b_img = self.to_image[k]
+        y = torch.einsum("nchw,nco->nohw", x, s.unsqueeze(2) * w_img) + b_img.view(1, -1, 1, 1)
+        return y if image is None else upsample(image) + y
+
     def synthesis(self, ws: torch.Tensor) -> torch.Tensor:
         """ws [n, num_ws, w_dim] -> images [n, C, R, R]."""
-        n, L = ws.shape[0], self.num_ws
-        if bool((ws == ws[:, :1]).all()):   # no mixing: one style matmul for all layers
-            styles = torch.addmm(self.aff_b, ws[:, 0], self.aff_w).split(self.splits, dim=1)
-        else:
-            full = torch.einsum("nlw,ws->nls", ws, self.aff_w) + self.aff_b
-            index = list(range(L)) + list(range(L))  # style block k belongs to layer k mod L
-            styles = [part[:, index[k]] for k, part in enumerate(full.split(self.splits, dim=2))]
-        conv_styles, image_styles = styles[:L], styles[L:]
-        image = None
-        x = None
-        for i, (weight, demod, extra) in enumerate(self.layers):
-            s = conv_styles[i]
-            d = (s.square() @ demod + 1e-8).rsqrt() * LRELU_GAIN
-            if i == 0:
-                x = (s @ weight).view(n, -1, 4, 4)
-            else:
-                x = F.conv_transpose2d((x * s[:, :, None, None]).contiguous(memory_format=torch.channels_last),
-                                       weight, stride=2, padding=1)
-            x = F.leaky_relu_(torch.addcmul(extra, x, d[:, :, None, None]), 0.2)
-            w_img, b_img = self.to_image[i]
-            y = torch.einsum("nchw,nco->nohw", x, image_styles[i].unsqueeze(2) * w_img) + b_img.view(1, -1, 1, 1)
-            image = y if image is None else upsample(image) + y
+        n, convs = ws.shape[0], len(self.layers)
+        styles = self.styles(ws)
+        conv_styles, image_styles = styles[:convs], styles[convs:]
+        image = x = None
+        for i in range(self.plain):
+            x = self.conv(i, x, conv_styles[i], n)
+            image = self.rgb(i, x, image_styles[i], image)
+        for j, k in enumerate(range(self.plain, convs, 2)):
+            x = self.conv(k, upsample(x), conv_styles[k], n)
+            x = self.conv(k + 1, x, conv_styles[k + 1], n)
+            image = self.rgb(self.plain + j, x, image_styles[self.plain + j], image)
         return image
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None, truncation: float = 1.0) -> torch.Tensor:

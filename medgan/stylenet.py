@@ -9,6 +9,9 @@ StyleGAN2's ideas at DCGAN's cost, so it trains and serves on a 2-core CPU:
   per resolution, ~10x the FLOPs); each layer has its own style (style mixing mixes these layers);
 - modulation/demodulation done on the activations (x * s, shared-weight conv, x * d: StyleGAN2's
   "non-fused" form), so every conv is one ordinary batched conv;
+- detail blocks (`GeneratorConfig.detail_from`, 128² and up in new models): from that resolution on, each
+  doubling is StyleGAN2's block instead: bilinear up-sampling, then two modulated 3x3 convs with noise, wide
+  enough to draw fine structure (a single 4x4 transposed conv of 8-16 channels drew speckle at 128²);
 - per-pixel noise with learned strength ("const" noise at inference: the image depends on w alone);
 - skip outputs: every layer adds its 1-channel toRGB image to the up-sampled sum (StyleGAN2's skip G).
 
@@ -31,6 +34,11 @@ W_AVG_BETA = 0.995  # running mean of w during training (StyleGAN2's w_avg_beta)
 
 def normalize_2nd_moment(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return x * (x.square().mean(dim=1, keepdim=True) + eps).rsqrt()
+
+
+def truncate(w: torch.Tensor, w_avg: torch.Tensor, truncation: float) -> torch.Tensor:
+    """The truncation trick: w pulled towards its class's mean w (w_avg + psi * (w - w_avg))."""
+    return w if truncation == 1.0 else w_avg + truncation * (w - w_avg)
 
 
 class EqualLinear(nn.Module):
@@ -76,10 +84,7 @@ class Mapping(nn.Module):
             x = F.leaky_relu(layer(x), 0.2) * LRELU_GAIN
         if update_avg:
             self.track_avg(x.detach(), cls)
-        if truncation != 1.0:
-            avg = self.w_avg[cls]
-            x = avg + truncation * (x - avg)
-        return x
+        return truncate(x, self.w_avg[cls], truncation)
 
     @torch.no_grad()
     def track_avg(self, w: torch.Tensor, cls: torch.Tensor) -> None:
@@ -161,6 +166,25 @@ def upsample(image: torch.Tensor) -> torch.Tensor:
     return F.interpolate(image, scale_factor=2, mode="bilinear", align_corners=False)
 
 
+class DetailBlock(nn.Module):
+    """One doubling in the manner of StyleGAN2: bilinear up-sampling, two modulated 3x3 convs with per-pixel
+    noise, and a toRGB skip. conv0 takes w number `ws_index`, conv1 and toRGB the next one."""
+
+    def __init__(self, c_in: int, c_out: int, cfg: GeneratorConfig, resolution: int, ws_index: int):
+        super().__init__()
+        self.ws_index = ws_index
+        self.conv0 = StyleLayer(c_in, c_out, cfg.w_dim, resolution, up=False, noise=cfg.noise)
+        self.conv1 = StyleLayer(c_out, c_out, cfg.w_dim, resolution, up=False, noise=cfg.noise)
+        self.to_image = ToImage(c_out, cfg.channels, cfg.w_dim)
+
+    def forward(self, x: torch.Tensor, image: torch.Tensor, ws: torch.Tensor,
+                noise: str | torch.Generator = "const") -> tuple[torch.Tensor, torch.Tensor]:
+        k = self.ws_index
+        x = self.conv0(upsample(x), ws[:, k], noise)
+        x = self.conv1(x, ws[:, k + 1], noise)
+        return x, upsample(image) + self.to_image(x, ws[:, k + 1])
+
+
 class StyleGenerator(nn.Module):
     """z [n, latent_dim] (+ labels [n]) -> image [n, channels, R, R], roughly in [-1, 1] (clamped on output)."""
 
@@ -168,18 +192,22 @@ class StyleGenerator(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.mapping = Mapping(cfg)
-        widths = cfg.widths
+        widths, plain = cfg.widths, cfg.plain_layers
         self.const = nn.Parameter(torch.randn(widths[0], 4, 4))
         self.layers = nn.ModuleList()
         self.to_image = nn.ModuleList()
-        for i, c_out in enumerate(widths):
+        for i, c_out in enumerate(widths[:plain]):
             c_in = widths[max(i - 1, 0)]
             self.layers.append(StyleLayer(c_in, c_out, cfg.w_dim, 4 * 2 ** i, up=i > 0, noise=cfg.noise))
             self.to_image.append(ToImage(c_out, cfg.channels, cfg.w_dim))
+        # Detail blocks live in their own list, so a model grown from a plain one keeps every tensor name.
+        self.blocks = nn.ModuleList(
+            DetailBlock(widths[i - 1], widths[i], cfg, 4 * 2 ** i, ws_index=plain + 2 * (i - plain))
+            for i in range(plain, len(widths)))
 
     @property
     def num_ws(self) -> int:
-        return len(self.layers)
+        return len(self.layers) + 2 * len(self.blocks)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None, truncation: float = 1.0) -> torch.Tensor:
         w = self.mapping(z, labels, truncation)
@@ -193,27 +221,27 @@ class StyleGenerator(nn.Module):
             x = layer(x, ws[:, i], noise)
             y = to_image(x, ws[:, i])
             image = y if image is None else upsample(image) + y
+        for block in self.blocks:
+            x, image = block(x, image, ws, noise)
         return image
 
 
 def style_param_count(cfg: GeneratorConfig) -> int:
-    """Parameters of StyleGenerator(cfg), computed without building it (the size cap runs before allocation)."""
-    ncls, wd, widths = len(cfg.classes), cfg.w_dim, cfg.widths
-    dims = [cfg.latent_dim + (wd if ncls else 0)] + [wd] * cfg.mapping_layers
-    count = ncls * wd + sum(a * b + b for a, b in zip(dims, dims[1:])) + widths[0] * 16
-    for i, c_out in enumerate(widths):
-        c_in = widths[max(i - 1, 0)]
-        taps = 16 if i > 0 else 9
-        count += (wd * c_in + c_in) + c_in * c_out * taps + c_out + (1 if cfg.noise else 0)
-        count += (wd * c_out + c_out) + cfg.channels * c_out + cfg.channels
-    return count
+    """Parameters of StyleGenerator(cfg), counted on the meta device (nothing is allocated: the size cap runs
+    before allocation)."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in StyleGenerator(cfg).parameters())
 
 
 def style_flops(cfg: GeneratorConfig) -> int:
     """Multiply-adds x2 of one synthesis pass (convs only)."""
-    flops = 0
-    for i, c_out in enumerate(cfg.widths):
-        c_in, size = cfg.widths[max(i - 1, 0)], 4 * 2 ** max(i - 1, 0)
-        flops += 2 * c_in * c_out * (16 if i > 0 else 9) * size * size
-        flops += 2 * c_out * cfg.channels * (4 * 2 ** i) ** 2
+    flops, widths = 0, cfg.widths
+    for i, c_out in enumerate(widths):
+        c_in, size = widths[max(i - 1, 0)], 4 * 2 ** i
+        if i >= cfg.plain_layers:    # detail block: two 3x3 convs at the output size
+            flops += 2 * (c_in + c_out) * c_out * 9 * size * size
+        else:                        # 3x3 at 4x4, then 4x4 transposed convs scattering from size/2
+            in_size = 4 * 2 ** max(i - 1, 0)
+            flops += 2 * c_in * c_out * (16 if i > 0 else 9) * in_size * in_size
+        flops += 2 * c_out * cfg.channels * size * size
     return flops

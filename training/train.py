@@ -54,6 +54,7 @@ from . import checkpoint as ckpt
 from .augment import AdaptiveP, diff_augment, hflip, parse_policy
 from .discriminator import DCGANDiscriminator, dcgan_init, restore_discriminator, save_discriminator
 from .fidlog import TrainFID
+from .precision import Precision
 from .runlog import MetricsLog, fid_records, grid, plot_fid_curves, save_synthetic_png
 
 LOSSES = ("bce", "ns", "hinge")
@@ -105,6 +106,10 @@ class TrainConfig:
     w_dim: int = 256                # style only: w size, mapping depth, style-mixing probability
     mapping_layers: int = 2
     style_mixing: float = 0.5
+    # style only: StyleGAN2's width schedule (min(channel_base // R, 256) channels at resolution R; 0 = the
+    # base_width rule) and the resolution from which each doubling is a detail block (two 3x3 convs)
+    channel_base: int = 0
+    detail_from: int = 128
     # cheap FID during training: every N steps, fid_images EMA samples vs cached features of the training
     # slices (0 = off); its CPU time is logged apart and not counted against --max-cpu-minutes
     fid_every: int = 0
@@ -114,6 +119,8 @@ class TrainConfig:
     sample_seed: int = 0            # fixed latents medgan.generator.latents(sample_seed, 64, nz)
     threads: int = 0                # 0 = os.cpu_count() (divided among local ranks)
     device: str = ""                # "" = cuda when present, else cpu
+    amp: bool = True                # bf16 autocast where it is fast (CUDA; training.precision), never on CPU
+    compile: bool = False           # torch.compile D's plain passes
     sample_every: int = 500
     ckpt_every: int = 1000
     log_every: int = 50
@@ -169,7 +176,9 @@ RESUMABLE = {"steps", "fid_every", "fid_images", "max_minutes", "max_cpu_minutes
              "export", "model_id", "title", "modality", "organ", "plane", "description",
              # The schedule, not the model: a resumed run may anneal (lower learning rates, a longer EMA) once
              # its FID plateaus. The resume command that did so is kept in config.json's resumed_with.
-             "lr_g", "lr_d", "ema", "train_new_only", "balance_up"}
+             "lr_g", "lr_d", "ema", "train_new_only", "balance_up",
+             # how the device runs it, not what it computes: a run may move between a GPU and the CPU
+             "amp", "compile"}
 
 
 class UsageError(Exception):
@@ -268,7 +277,8 @@ def generator_config(cfg: TrainConfig, channels: int, classes: list[str]) -> Gen
                   base_width=cfg.base_width)
     if cfg.arch == "style":
         return GeneratorConfig(**common, max_width=256, w_dim=cfg.w_dim, mapping_layers=cfg.mapping_layers,
-                               classes=list(classes), condition=cfg.condition)
+                               classes=list(classes), condition=cfg.condition, channel_base=cfg.channel_base,
+                               detail_from=cfg.detail_from if 0 < cfg.detail_from <= cfg.size else 0)
     return GeneratorConfig(**common)
 
 
@@ -310,8 +320,11 @@ class Trainer:
             dcgan_init(self.G)
         self.D = DCGANDiscriminator(cfg.size, images.shape[1], cfg.d_width, batchnorm=cfg.d_batchnorm,
                                     spectral_norm=cfg.spectral_norm, num_classes=len(self.classes))
+        self.precision = Precision.for_device(self.device, cfg.amp, cfg.compile)
+        self.precision.apply_globals()
         self.G.to(self.device).train()
-        self.D.to(self.device).train()
+        self.D = self.precision.prepare(self.D.to(self.device).train())
+        self.D_fast = self.precision.compiled(self.D)   # D's passes without double backward
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False) if cfg.ema > 0 else None
         betas = (cfg.beta1, cfg.beta2)
         # Fused Adam: one kernel instead of a dozen elementwise passes (about 10x cheaper per step on CPU).
@@ -361,7 +374,7 @@ class Trainer:
         new = sorted(k for k in own if k not in copied)
         if not copied:
             raise UsageError(f"--init-from {folder}: no tensor matches this generator's names and shapes")
-        start = {k: torch.zeros_like(own[k]) for k in new if k.startswith("to_image.") and k.endswith(".weight")}
+        start = {k: torch.zeros_like(own[k]) for k in new if "to_image" in k.split(".") and k.endswith(".weight")}
         self.G.load_state_dict({**own, **copied, **start})
         if self.G_ema is not None:
             self.G_ema.load_state_dict(self.G.state_dict())
@@ -413,7 +426,7 @@ class Trainer:
         """This rank's real images and their labels (None when unconditional)."""
         idx = self.stream.take(self.cfg.batch_size)
         idx = idx[self.d.rank * self.local_batch:(self.d.rank + 1) * self.local_batch].to(self.device)
-        x = self.images[idx].float() / 127.5 - 1
+        x = self.precision.layout(self.images[idx].float() / 127.5 - 1)
         labels = self.labels[idx] if self.labels is not None else None
         return (hflip(x, self.gen_aug) if self.cfg.hflip else x), labels
 
@@ -451,15 +464,19 @@ class Trainer:
         (r1 as applied: the lazy penalty times r1_every on its steps, 0 between, so means are per step)."""
         cfg = self.cfg
         real, labels = self.real_batch()
-        fake = self.fake_batch(labels)  # reused for the G step (one G forward per iteration, as in PyTorch's DCGAN)
+        amp = self.precision.autocast
+        with amp(self.device):
+            fake = self.fake_batch(labels)  # reused for the G step (one G forward per iteration, as in PyTorch's DCGAN)
 
         # D step
         self.D.requires_grad_(True)
         self.opt_d.zero_grad(set_to_none=True)
         do_r1 = cfg.r1 > 0 and self.step % cfg.r1_every == 0
         real_in = real.detach().requires_grad_(do_r1)
-        logits_real = self.D(self.augment(real_in), labels)
-        logits_fake = self.D(self.augment(fake.detach()), labels)
+        with amp(self.device, enabled=not do_r1):  # R1 differentiates this pass twice: fp32 and eager
+            logits_real = (self.D if do_r1 else self.D_fast)(self.augment(real_in), labels).float()
+        with amp(self.device):
+            logits_fake = self.D_fast(self.augment(fake.detach()), labels).float()
         loss_d = d_loss(cfg.loss, logits_real, logits_fake)
         penalty = torch.zeros((), device=self.device)
         if do_r1:
@@ -479,7 +496,9 @@ class Trainer:
             self.step += 1
             return self.stats(loss_d, loss_g, logits_real, logits_fake, penalty, do_r1)
         self.opt_g.zero_grad(set_to_none=True)
-        loss_g = g_loss(cfg.loss, self.D(self.augment(fake), labels))
+        with amp(self.device):
+            logits_g = self.D_fast(self.augment(fake), labels).float()
+        loss_g = g_loss(cfg.loss, logits_g)
         loss_g.backward()
         self.sync_grads(self.G)
         self.opt_g.step()
@@ -723,7 +742,7 @@ def build_parser() -> argparse.ArgumentParser:
     opt = p.add_argument_group("optimisation and architecture")
     for name, kind in (("steps", int), ("batch-size", int), ("lr-g", float), ("lr-d", float), ("beta1", float),
                        ("beta2", float), ("latent-dim", int), ("base-width", int), ("d-width", int),
-                       ("w-dim", int), ("mapping-layers", int)):
+                       ("w-dim", int), ("mapping-layers", int), ("channel-base", int), ("detail-from", int)):
         opt.add_argument(f"--{name}", type=kind)
     run = p.add_argument_group("run")
     run.add_argument("--out", help="run directory (default runs/<dataset>-<recipe>-<size>)")
@@ -744,6 +763,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="style: keep the learning up-sampling kernels free of checkerboard (equal stride-phase "
                      "sums, projected after every step)")
     run.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
+    run.add_argument("--amp", action=argparse.BooleanOptionalAction,
+                     help="bf16 autocast for G and D forward passes on CUDA (default on; never used on CPU)")
+    run.add_argument("--compile", action=argparse.BooleanOptionalAction,
+                     help="torch.compile the discriminator's passes that need no double backward")
     meta = p.add_argument_group("export")
     meta.add_argument("--export", metavar="FOLDER", help="model folder to write (default <out>/model)")
     for name in ("model-id", "title", "modality", "organ", "plane", "description"):
@@ -881,7 +904,7 @@ def run(cfg: TrainConfig, argv: list[str], resume: str | None = None, images: np
     trainer.freeze_copied()
     trainer.start_balancing()
     trainer.commands.append(command_line(argv, d))
-    hw = hardware(d, device)
+    hw = {**hardware(d, device), "precision": trainer.precision.describe()}
     if d.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
