@@ -89,7 +89,7 @@ class Mapping(nn.Module):
     @torch.no_grad()
     def track_avg(self, w: torch.Tensor, cls: torch.Tensor) -> None:
         for c in cls.unique().tolist():
-            self.w_avg[c].lerp_(w[cls == c].mean(0), 1 - W_AVG_BETA)
+            self.w_avg[c].lerp_(w[cls == c].float().mean(0), 1 - W_AVG_BETA)  # fp32 under autocast too
 
 
 class StyleLayer(nn.Module):

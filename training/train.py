@@ -110,6 +110,7 @@ class TrainConfig:
     # base_width rule) and the resolution from which each doubling is a detail block (two 3x3 convs)
     channel_base: int = 0
     detail_from: int = 128
+    widths: list[int] = field(default_factory=list)  # G's widths; [] = from the rule. Set by adopt_architecture.
     # cheap FID during training: every N steps, fid_images EMA samples vs cached features of the training
     # slices (0 = off); its CPU time is logged apart and not counted against --max-cpu-minutes
     fid_every: int = 0
@@ -278,8 +279,24 @@ def generator_config(cfg: TrainConfig, channels: int, classes: list[str]) -> Gen
     if cfg.arch == "style":
         return GeneratorConfig(**common, max_width=256, w_dim=cfg.w_dim, mapping_layers=cfg.mapping_layers,
                                classes=list(classes), condition=cfg.condition, channel_base=cfg.channel_base,
-                               detail_from=cfg.detail_from if 0 < cfg.detail_from <= cfg.size else 0)
+                               detail_from=cfg.detail_from if 0 < cfg.detail_from <= cfg.size else 0,
+                               widths=list(cfg.widths))
     return GeneratorConfig(**common)
+
+
+def adopt_architecture(cfg: TrainConfig) -> TrainConfig:
+    """With --init-from a model of this run's size and arch (e.g. one made by training.grow), G is built as that
+    model is (its widths and detail blocks, whatever the flags' defaults say), so every tensor finds its place.
+    Recorded in the run's config, so --resume rebuilds the same network."""
+    if not cfg.init_from or cfg.arch != "style":
+        return cfg
+    source = ModelConfig.load(cfg.init_from).generator
+    if source.arch != cfg.arch or source.resolution != cfg.size:
+        return cfg
+    return dataclasses.replace(cfg, widths=list(source.widths), detail_from=source.detail_from,
+                               channel_base=source.channel_base, latent_dim=source.latent_dim,
+                               base_width=source.base_width, w_dim=source.w_dim,
+                               mapping_layers=source.mapping_layers)
 
 
 def cumulative_cpu_s(training: dict[str, Any]) -> float:
@@ -883,6 +900,8 @@ def run(cfg: TrainConfig, argv: list[str], resume: str | None = None, images: np
     data_info = {"train_slices": len(images), **(data_info or {})}
     data_info.setdefault("sha256", hashlib.sha256(images.tobytes()).hexdigest())
     run_dir = Path(cfg.out)
+    if not resume:
+        cfg = adopt_architecture(cfg)
     trainer = Trainer(cfg, images, d, device, labels=labels, classes=classes)
     log = MetricsLog(run_dir)
     if resume:
