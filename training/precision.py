@@ -52,5 +52,16 @@ class Precision:
     def prepare(self, module: torch.nn.Module) -> torch.nn.Module:
         return module.to(memory_format=torch.channels_last) if self.channels_last else module
 
+    def match_layout(self, opt: torch.optim.Optimizer) -> None:
+        """After an optimizer state is loaded (saved contiguous): give each state tensor its parameter's memory
+        layout, so fused Adam pairs the same elements of parameter, gradient and moments."""
+        if not self.channels_last:
+            return
+        for group in opt.param_groups:
+            for p in group["params"]:
+                for key, value in opt.state.get(p, {}).items():
+                    if torch.is_tensor(value) and value.shape == p.shape and p.dim() == 4:
+                        opt.state[p][key] = value.contiguous(memory_format=torch.channels_last)
+
     def compiled(self, module: torch.nn.Module) -> Callable[..., torch.Tensor]:
         return torch.compile(module) if self.compile else module

@@ -593,6 +593,7 @@ class Trainer:
             self.G_ema.load_state_dict(ckpt.subdict(tensors, "G_ema"))
         self.opt_g.load_state_dict(ckpt.unflatten_optimizer(tensors, meta["opt_g"], "opt_g"))
         self.opt_d.load_state_dict(ckpt.unflatten_optimizer(tensors, meta["opt_d"], "opt_d"))
+        self.precision.match_layout(self.opt_d)
         ckpt.set_global_rng_state(tensors, meta["rng"])
         self.gen_perm.set_state(tensors["gen.perm"])
         self.stream.buffer = tensors["stream.buffer"].clone()
