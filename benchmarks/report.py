@@ -51,6 +51,9 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     for row in style.get("explore", []):
         out.append(_target(f"{row['call']} time / generate of the same {row['images']} images",
                            row["ratio_1thread_cpu"], 1.5, False, "x"))
+    for row in s.get("detail_block", {}).get("rows", []):
+        out.append(_target(f"128² detail block: fast layout vs plain module, batch {row['batch']}, 1 thread CPU time",
+                           row["ratio_1thread_cpu"], 1.3, True, "x"))
     train = next((r for r in s.get("training", {}).get("rows", []) if r["contender"] == "medgan dcgan"), None)
     out.append(_target("training img/s vs reference loop (dcgan recipe)", train["vs_reference"] if train else None,
                        1.0, True, "x"))
@@ -162,6 +165,13 @@ def _style(st: dict[str, Any]) -> tuple[str, str]:
     return f"Style generator ({st['model']})", _table(["", "pair", "A ms", "B ms", "A/B or B/A", "1 thread CPU"], rows)
 
 
+def _detail_block(sec: dict[str, Any]) -> tuple[str, str]:
+    rows = [[f"batch {r['batch']}", r["fast"]["median_ms"], r["plain"]["median_ms"], f"{r['ratio']}x",
+             f"{r['ratio_1thread_cpu']}x"] for r in sec["rows"]]
+    return "128² detail block: fast layout vs plain module", _table(["", "fast ms", "plain ms", "speed-up",
+                                                                    "1 thread CPU"], rows)
+
+
 def _training_arch(sec: dict[str, Any]) -> tuple[str, str]:
     rows = [[r["arch"], f"{r['size']}²", r["batch"], r["cpu_s_per_step"], r["kimg_per_cpu_hour"]] for r in sec["rows"]]
     return ("Training throughput per architecture (small-data recipe, 1 thread)",
@@ -176,7 +186,7 @@ def _compile(c: dict[str, Any]) -> tuple[str, str]:
 _RENDERERS = (("inference", "models", _inference), ("variants", "forward", _variants), ("profile", "steps", _profile),
               ("roofline", "rows", _roofline), ("scaling", "rows", _scaling), ("threads", "rows", _threads),
               ("cold_start", "runs", _cold_start), ("app", "answer", _app), ("training", "rows", _training),
-              ("export", "rows", _export), ("style", "vs_reference", _style),
+              ("export", "rows", _export), ("style", "vs_reference", _style), ("detail_block", "rows", _detail_block),
               ("training_arch", "rows", _training_arch), ("compile", "compile_seconds", _compile))
 
 

@@ -47,6 +47,7 @@ SECTIONS: dict[str, Callable[[list[BenchModel], bool], dict[str, Any]]] = {
     "training": lambda models, quick: training_bench.run_training(quick),
     "export": export_bench.run_export,
     "style": style_bench.run_style,
+    "detail_block": style_bench.run_detail_block,
     "training_arch": style_bench.run_training_arch,
     "compile": inference.run_compile,
 }

@@ -19,6 +19,7 @@ import torch
 
 from medgan.config import GeneratorConfig, ModelConfig
 from medgan.generator import Generator, load_weights, save_model_folder, to_uint8
+from medgan.stylefast import FastStyle
 from medgan.stylenet import StyleGenerator
 
 from .harness import interleaved, ratio, summary
@@ -86,6 +87,36 @@ def run_style(models: list[BenchModel], quick: bool) -> dict[str, Any]:
                       frames, rounds, min_s, name, "generate")
         out["explore"].append({"call": name, "images": frames, **row})  # ratio = call time / generate time
     return out
+
+
+def run_detail_block(models: list[BenchModel], quick: bool) -> dict[str, Any]:
+    """A 128² detail block (bilinear up + two modulated 3x3 convs + toRGB, 16 -> 32 channels, the shape
+    training.grow appends to the 64² models): FastStyle's layout vs the plain module, styles included,
+    const noise, on the same 64² features. Ratio = plain time / fast time."""
+    cfg = GeneratorConfig(resolution=128, detail_from=128, widths=[256, 128, 64, 32, 16, 32], **STYLE_STANDIN)
+    torch.manual_seed(0)
+    net = StyleGenerator(cfg).eval()
+    fast = FastStyle(net)
+    rounds, min_s = (3, 0.02) if quick else (9, 0.1)
+    rows = []
+    for n in ([4, 16] if quick else [16, 64]):
+        x = torch.randn(n, 16, 64, 64)
+        image = torch.randn(n, 1, 64, 64)
+        ws = torch.randn(n, 1, cfg.w_dim).expand(-1, net.num_ws, -1)
+        x_fast = x.contiguous(memory_format=torch.channels_last)
+
+        def plain() -> torch.Tensor:
+            with torch.inference_mode():
+                return net.blocks[0](x, image, ws)[1]
+
+        def folded() -> torch.Tensor:
+            with torch.inference_mode():
+                styles = fast.styles(ws)
+                convs = len(fast.layers)
+                return fast.block(0, x_fast, image, styles[:convs], styles[convs:])[1]
+
+        rows.append({"batch": n, **compare({"fast": folded, "plain": plain}, n, rounds, min_s, "plain", "fast")})
+    return {"includes": run_detail_block.__doc__, "rows": rows}
 
 
 def run_training_arch(models: list[BenchModel], quick: bool) -> dict[str, Any]:

@@ -114,11 +114,17 @@ class FastStyle(nn.Module):
         for i in range(self.plain):
             x = self.conv(i, x, conv_styles[i], n)
             image = self.rgb(i, x, image_styles[i], image)
-        for j, k in enumerate(range(self.plain, convs, 2)):
-            x = self.conv(k, upsample(x), conv_styles[k], n)
-            x = self.conv(k + 1, x, conv_styles[k + 1], n)
-            image = self.rgb(self.plain + j, x, image_styles[self.plain + j], image)
+        for j in range((convs - self.plain) // 2):
+            x, image = self.block(j, x, image, conv_styles, image_styles)
         return image
+
+    def block(self, j: int, x: torch.Tensor, image: torch.Tensor, conv_styles: list[torch.Tensor],
+              image_styles: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Detail block j (medgan.stylenet.DetailBlock): up-sampling, two 3x3 convs, toRGB into the skip sum."""
+        k = self.plain + 2 * j
+        x = self.conv(k, upsample(x), conv_styles[k], x.shape[0])
+        x = self.conv(k + 1, x, conv_styles[k + 1], x.shape[0])
+        return x, self.rgb(self.plain + j, x, image_styles[self.plain + j], image)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None, truncation: float = 1.0) -> torch.Tensor:
         w = self.mapping(z, labels, truncation)
