@@ -75,6 +75,9 @@ def sweep_caches(force: bool = False) -> int:
 
 TITLE = "MedGAN Studio"
 UI_MAX_SEED = 2**32 - 1  # the slider's range; the Python API accepts up to 2**63-1
+# Gradio's Markdown sets `overflow-wrap: anywhere`, which splits words of narrow table columns ("Resolutio/n"):
+# table cells break at spaces and hyphens only, so a column is at least as wide as its longest word.
+CSS = ".prose th, .prose td { overflow-wrap: normal; word-break: normal; hyphens: none; }"
 
 
 def checked_by_medgan(component: gr.components.Component) -> gr.components.Component:
@@ -258,9 +261,18 @@ def steering_controls(classes: list[str], suffix: str) -> tuple[gr.Slider, gr.Dr
     return psi, label
 
 
+def column_widths(rows: list[list], headers: list[str], char_px: int = 9, pad_px: int = 28) -> list[int]:
+    """Pixel widths of the Models table's columns: each fits the longest word of its header and its cells up to
+    48 characters (Gradio sizes columns by their cells alone, so "modality" over "MR" broke mid-word)."""
+    def longest_word(text: object) -> int:
+        return max((len(w) for w in str(text).split()), default=0)
+    return [char_px * max(longest_word(h), *(min(len(str(r[i])), 48) for r in rows), 1) + pad_px
+            for i, h in enumerate(headers)]
+
+
 def build_demo() -> gr.Blocks:
     choices = service.model_choices()
-    default = choices[0][1] if choices else None
+    default = service.default_model()  # the best-measured model (its eval.json), not the first listed
     # Gradio's cache (gallery PNGs, zip copies) is swept on a schedule; set here so any launcher gets it.
     with gr.Blocks(title=TITLE, delete_cache=limits.gradio_cache()) as demo:
         gr.Markdown(f"# {TITLE}\nSynthetic medical images from GANs trained on real, openly licensed scans.")
@@ -268,6 +280,7 @@ def build_demo() -> gr.Blocks:
         if not choices:
             gr.Markdown("**No models are available.** Add model folders to `weights/` or set MEDGAN_WEIGHTS_DIRS.")
         with gr.Tab("Generate"):
+            summary = gr.Markdown(service.model_summary(default) if default else "", elem_id="model-summary")
             with gr.Row():
                 with gr.Column(scale=1):
                     model = gr.Dropdown(choices=choices, value=default, label="Model", allow_custom_value=True,
@@ -340,8 +353,9 @@ def build_demo() -> gr.Blocks:
                 sort = gr.Dropdown(list(zoo.SORTS), value=zoo.SORTS[0], label="Sort", elem_id="models-sort",
                                    min_width=150)
             count_note = gr.Markdown(elem_id="models-count")
-            table = gr.Dataframe(value=models_rows(), headers=MODEL_COLUMNS, interactive=False, wrap=True,
-                                 elem_id="models-table")
+            rows = models_rows()
+            table = gr.Dataframe(value=rows, headers=MODEL_COLUMNS, interactive=False, wrap=True,
+                                 column_widths=column_widths(rows, MODEL_COLUMNS), elem_id="models-table")
             gr.Markdown("FID: measured here (our models, against their training data) or *published* by the "
                         "authors (medigan's catalogue, on their own data): not comparable across datasets. "
                         "Click a row to see its details.")
@@ -363,6 +377,7 @@ def build_demo() -> gr.Blocks:
 
         random_seed.click(lambda: random.randint(0, UI_MAX_SEED), outputs=seed, api_visibility="private")
         model.change(model_info, inputs=model, outputs=info, queue=False, api_visibility="private")
+        model.change(service.model_summary, inputs=model, outputs=summary, queue=False, api_visibility="private")
         model.change(class_choices, inputs=model, outputs=[image_class, class_i, class_m], queue=False,
                      api_visibility="private")
         # One shared pool of MEDGAN_CONCURRENCY workers for every heavy event.
@@ -411,6 +426,7 @@ def cap_uploads(demo: gr.Blocks) -> gr.Blocks:
     def capped_launch(*args, **kwargs):
         if kwargs.get("max_file_size") is None:
             kwargs["max_file_size"] = limits.max_upload_bytes()
+        kwargs["css"] = CSS + (kwargs.get("css") or "")
         app_kwargs = dict(kwargs.get("app_kwargs") or {})
         app_kwargs["routes"] = [*fast_routes(), *app_kwargs.get("routes", [])]
         kwargs["app_kwargs"] = app_kwargs
@@ -472,5 +488,6 @@ if __name__ == "__main__":
         print(f"[medgan] Space {os.environ['SPACE_ID']}: device {medgan.generator.default_device()}, "
               f"ZeroGPU {'on' if spaces else 'off'}", flush=True)
     # Load the default model and run it once while the server starts, so the first request is fast.
-    perf.warm_up_in_background(next((m.id for m in service.models() if m.generatable and m.source == "local"), None))
+    default = service.default_model()
+    perf.warm_up_in_background(default if default in {m.id for m in service.models() if m.source == "local"} else None)
     demo.launch(theme=gr.themes.Soft(), **launch_options())

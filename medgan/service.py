@@ -144,6 +144,38 @@ def explore_models(filters: dict[str, object] | None = None, sort: str | None = 
             "picked": keep, "details": model_details(keep, reg, everything) if keep else ""}
 
 
+# --- the first look: the best-measured model, and one line on the selected one --------------------------
+def model_quality(model_id: str, registry: Registry | None = None) -> zoo.Quality | None:
+    """The headline quality in a local model's eval.json (zoo.quality); None without a readable one."""
+    import json
+
+    folder = _local_folder(model_id, _registry(registry))
+    try:
+        evaluation = json.loads((folder / "eval.json").read_text()) if folder is not None else None
+    except (OSError, ValueError):
+        return None
+    return zoo.quality(evaluation) if isinstance(evaluation, dict) else None
+
+
+def default_model(registry: Registry | None = None) -> str | None:
+    """The model the app opens on: of those that can be sampled from a seed, the best by zoo.quality_rank
+    (closest to held-out people relative to the real floor, by each local model's eval.json); the first listed
+    when none is measured; None when there are none."""
+    reg = _registry(registry)
+    listed = [m for m in models(reg) if m.generatable]
+    return zoo.best_model({m.id: model_quality(m.id, reg) if m.source == "local" else None for m in listed})
+
+
+def model_summary(model_id: object, registry: Registry | None = None) -> str:
+    """The Generate tab's one line: what the model is and its headline quality ("" for an unknown id)."""
+    reg = _registry(registry)
+    try:
+        info = reg.info(check_model_id(model_id))
+    except (InvalidArgumentError, UnknownModelError):
+        return ""
+    return zoo.summary_line(info.to_dict(), model_quality(info.id, reg) if info.source == "local" else None)
+
+
 def caption(model_id: str, seed: int, index: int, prov: Provenance | None = None) -> str:
     facts = [f"ψ {v}" if k == "truncation" else str(v) for k, v in (prov.image_facts(index) if prov else {}).items()
              if k in ("class", "truncation")]

@@ -28,6 +28,9 @@ from .nets import DCGANGenerator
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository: app.py, weights/
 APP = ROOT / "app.py"
+# Debian's chromium driven by Playwright (tests, scripts/screenshots.py): headless, and kept off the network.
+CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
 
 
 def _readme(model_id: str, what: str) -> str:
@@ -147,5 +150,5 @@ def running_app(env: dict[str, str] | None = None, timeout: float = 180.0, lifet
         yield proc
 
 
-__all__ = ["APP", "ROOT", "free_port", "launched_app", "make_model_folder", "make_style_folder", "running_app",
-           "wait_for_port"]
+__all__ = ["APP", "CHROMIUM_ARGS", "ROOT", "free_port", "launched_app", "make_model_folder", "make_style_folder",
+           "running_app", "wait_for_port"]

@@ -6,6 +6,7 @@ a script) filters and sorts the same way; nothing here touches the disk or loads
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 ANY = "any"
@@ -141,3 +142,84 @@ def detail_markdown(row: dict[str, Any], config: dict[str, Any] | None = None) -
     if row.get("notice"):
         parts.append(f"*{row['notice']}*")
     return "\n\n".join(parts)
+
+
+# --- the headline quality of a model, from its eval.json -----------------------------------------------
+HELD_OUT = "held-out people"
+HELD_OUT_SLAB = "a held-out slab"  # the split cut one person's volume: unseen anatomy, not an unseen person
+TRAINING = "training people"
+
+
+@dataclass(frozen=True)
+class Quality:
+    """FID of a model's images against real slices (`against`: people it never saw, a slab of a volume it never
+    saw, or its own training people when the evaluation had none held out), beside the real floor: the FID of real training slices against the
+    same real slices, at the same sample size `n`. A ratio below 1 means the synthetic slices are as close to
+    those people as real training slices are."""
+    fid: float
+    floor: float
+    n: int
+    against: str
+
+    @property
+    def ratio(self) -> float:
+        return self.fid / self.floor
+
+    def text(self) -> str:
+        return f"FID {self.fid:.1f} vs {self.against} (real floor {self.floor:.1f}, n = {self.n})"
+
+
+def _fid_of(block: object) -> float | None:
+    return _number(block.get("fid")) if isinstance(block, dict) else None
+
+
+def quality(evaluation: dict[str, Any] | None) -> Quality | None:
+    """The headline quality recorded in an eval.json (`training.evaluate`), or None when it holds none.
+
+    Preferred: `floor.vs_heldout` (synthetic vs held-out slices beside train vs the same held-out slices). Where the
+    training split had one subject, the floor itself is train vs held-out (`floor.fallback`), so `model_same_n`
+    is the model against the held-out split too. Otherwise only the floor between two halves of the training
+    people is there (`against` = TRAINING). A split by slab (`real_data.split`) holds out anatomy, not people."""
+    evaluation = evaluation or {}
+    floor = evaluation.get("floor")
+    if not isinstance(floor, dict):
+        return None
+    real_data = evaluation.get("real_data") if isinstance(evaluation.get("real_data"), dict) else {}
+    unseen = HELD_OUT_SLAB if real_data.get("split") == "slab" else HELD_OUT
+    held_out = floor.get("vs_heldout")
+    if isinstance(held_out, dict):
+        fid, real, n, against = (_fid_of(held_out.get("model")), _fid_of(held_out.get("floor_train_vs_heldout")),
+                                 held_out.get("n"), unseen)
+    else:
+        fid, real, n = _fid_of(floor.get("model_same_n")), _fid_of(floor), floor.get("n")
+        against = unseen if floor.get("fallback") is True else TRAINING
+    if fid is None or not real or not isinstance(n, int):
+        return None
+    return Quality(fid=fid, floor=real, n=n, against=against)
+
+
+def quality_rank(q: Quality | None) -> tuple[bool, bool, float]:
+    """Sort key, best first: measured against held-out people, then against anything else (a held-out slab, the
+    training people), then unmeasured; within each, the lowest FID relative to its real floor."""
+    return (q is None, q is None or q.against != HELD_OUT, q.ratio if q else 0.0)
+
+
+def best_model(qualities: dict[str, Quality | None]) -> str | None:
+    """The id with the best `quality_rank` (the first listed on ties and when nothing is measured)."""
+    return min(qualities, key=lambda model_id: quality_rank(qualities[model_id]), default=None)
+
+
+def summary_line(row: dict[str, Any], q: Quality | None) -> str:
+    """One Markdown line on what a model is (its title names modality, organ, architecture and size) and how
+    good it measured: the Generate tab's."""
+    classes = row.get("classes") or []
+    if q is not None:
+        measured = q.text()
+    elif fid(row) is not None:
+        which = "measured here" if _number((row.get("metrics") or {}).get("fid")) is not None else "published"
+        measured = f"FID {fid(row):.1f} ({which})"
+    else:
+        measured = "no quality measured"
+    parts = [f"**{row.get('title') or row['id']}** (`{row['id']}`)",
+             f"{len(classes)} classes" if classes else "", measured]
+    return " · ".join(p for p in parts if p)

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from helpers import make_model_folder  # noqa: E402
+from medgan.testing import CHROMIUM_ARGS  # noqa: E402
 
 
 @pytest.fixture
@@ -59,13 +60,9 @@ def artifacts_dir(request, tmp_path_factory) -> Path:
     return Path(cache.mkdir("artifacts")) if cache is not None else tmp_path_factory.mktemp("artifacts")
 
 
-# Debian's chromium, driven by PyPI playwright (never `playwright install`): flags keep it off the network.
+# Debian's chromium, driven by PyPI playwright (never `playwright install`), with medgan.testing.CHROMIUM_ARGS.
 # MEDGAN_TEST_CHROMIUM names another build. Missing: the browser tests skip, saying why, except in CI (CI=true),
 # where they fail, so a CI image without a browser cannot pass silently.
-CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
-
-
 def chromium_path() -> str | None:
     wanted = os.environ.get("MEDGAN_TEST_CHROMIUM", "").strip()
     if wanted:
