@@ -10,6 +10,7 @@ from pathlib import Path
 from medgan.config import ModelConfig
 from medgan.testing import (ROOT, free_port, launched_app, make_model_folder, make_style_folder,  # noqa: F401
                             running_app, wait_for_port)
+from scripts.screenshots import set_slider, wait_for_images  # noqa: F401 (Playwright helpers, shared)
 
 SHIPPED = sorted(p.name for p in (ROOT / "weights").iterdir() if (p / "config.json").is_file())
 # Tests of DCGAN-only behaviour (no labels, no mixing) need a DCGAN, whatever sorts first among the shipped;
@@ -62,10 +63,6 @@ def download_from(page, elem_id: str, path: Path) -> Path:
     return path
 
 
-def set_slider(page, elem_id: str, value: int) -> None:
-    box = page.locator(f"#{elem_id} input[type=number]")
-    box.fill(str(value))
-    box.press("Enter")
 
 
 def patient_dicoms(folder: Path, patients: list[tuple[str, ...]], per_patient: int, shift: int = 2) -> Path:

@@ -5,7 +5,7 @@ import zipfile
 
 import pytest
 
-from helpers import SHIPPED, download_from, make_model_folder, open_app, running_app, set_slider
+from helpers import SHIPPED, download_from, make_model_folder, open_app, running_app, set_slider, wait_for_images
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -17,10 +17,7 @@ def model_label(model_id: str) -> str:
 
 
 def wait_for_gallery(page, count: int) -> None:
-    page.wait_for_function(
-        """n => { const imgs = [...document.querySelectorAll('#gallery .thumbnail-item img')];
-                  return imgs.length === n && imgs.every(i => i.complete && i.naturalWidth > 0); }""",
-        arg=count, timeout=30_000)
+    wait_for_images(page, "gallery", count)
 
 
 def test_generate_and_download_in_a_real_browser(browser, tmp_path, artifacts_dir):

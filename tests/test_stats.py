@@ -5,8 +5,9 @@ import pytest
 from gradio_client import Client
 
 from helpers import make_model_folder, running_app
-from medgan import perf
-from medgan.registry import Registry, default_sources
+from medgan import perf, service
+from medgan.registry import DEFAULT_WEIGHTS_DIR, Registry, default_sources
+from medgan.sources.local import LocalSource
 
 FIELDS = {"model", "loaded", "load_seconds", "last_seconds", "last_count", "images_per_s", "p50_seconds",
           "p95_seconds", "history", "device", "device_name", "precision", "optimized", "threads", "rss_mb",
@@ -54,7 +55,8 @@ def test_stats_api_and_start_up_warm_up_through_the_app(tmp_path):
     with running_app({"MEDGAN_WEIGHTS_DIRS": str(weights)}) as app:
         client = Client(app.url, download_files=False, verbose=False)
         local = [m["id"] for m in client.predict(api_name="/models") if m["source"] == "local"]
-        default = local[0]
+        default = client.predict(api_name="/stats")["model"]  # optional input: the dropdown's default
+        assert default == service.default_model(Registry([LocalSource([weights, DEFAULT_WEIGHTS_DIR])]))
         # The default model is loaded in the background at start-up, without any request; the others are not.
         deadline = time.time() + 60
         while not (s := client.predict(default, api_name="/stats"))["loaded"] and time.time() < deadline:
@@ -67,7 +69,6 @@ def test_stats_api_and_start_up_warm_up_through_the_app(tmp_path):
         assert s["model"] == default and s["last_count"] == 4 and s["last_seconds"] > 0 and s["images_per_s"] > 0
         assert s["load_seconds"] > 0 and s["rss_mb"] > 100 and s["device"] == "cpu" and s["device_name"]
         assert default in s["loaded_models"] and other not in s["loaded_models"]
-        assert client.predict(api_name="/stats")["model"] == default  # optional input: the dropdown's default
         assert client.predict("no-such-model", api_name="/stats")["loaded"] is False
 
 

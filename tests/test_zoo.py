@@ -1,9 +1,11 @@
 """The Models tab's logic (medgan.zoo, service.explore_models): facets, filters, the FID sort, rows, details."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from helpers import ROOT, SHIPPED
+from helpers import ROOT, SHIPPED, make_model_folder
 from medgan import service, zoo
 from medgan.registry import Registry
 from medgan.sources.local import LocalSource
@@ -100,3 +102,78 @@ def test_explore_models_through_the_service(registry):
     none = service.explore_models({"source": "hub"}, registry=registry)
     assert none["rows"] == [] and none["picked"] is None and none["details"] == ""
     assert service.model_details("../../etc/passwd", registry) == "" and service.model_details(None, registry) == ""
+
+
+# --- the first look: the headline quality and the default model -----------------------------------------
+def evaluation(fid, floor, n=100, *, held_out=None, fallback=False, split="subject"):
+    """An eval.json as training.evaluate writes it: the floor, and (`held_out`: (model, floor)) vs_heldout."""
+    block = {"fid": floor, "n": n, "fallback": fallback, "model_same_n": {"fid": fid}}
+    if held_out:
+        block["vs_heldout"] = {"n": n, "model": {"fid": held_out[0]}, "floor_train_vs_heldout": {"fid": held_out[1]}}
+    return {"floor": block, "real_data": {"split": split}}
+
+
+def test_quality_reads_held_out_then_fallback_then_training_halves():
+    q = zoo.quality(evaluation(110.0, 115.0, 267, held_out=(135.7, 136.7)))
+    assert (q.fid, q.floor, q.against) == (135.7, 136.7, zoo.HELD_OUT) and q.ratio < 1
+    assert q.text() == "FID 135.7 vs held-out people (real floor 136.7, n = 267)"
+    q = zoo.quality(evaluation(184.6, 133.8, 128, fallback=True))  # one training subject: B is the held-out split
+    assert (q.fid, q.floor, q.n, q.against) == (184.6, 133.8, 128, zoo.HELD_OUT)
+    assert zoo.quality(evaluation(242.1, 209.7, fallback=True, split="slab")).against == zoo.HELD_OUT_SLAB
+    q = zoo.quality(evaluation(217.5, 241.1))  # two halves of the training people only
+    assert (q.fid, q.floor, q.against) == (217.5, 241.1, zoo.TRAINING)
+    for broken in (None, {}, {"floor": "x"}, {"floor": {"fid": 0, "n": 3, "model_same_n": {"fid": 1}}},
+                   {"floor": {"fid": 100, "n": "3", "model_same_n": {"fid": 1}}},
+                   {"floor": {"fid": 100, "n": 3, "model_same_n": {"fid": float("nan")}}}):
+        assert zoo.quality(broken) is None, broken
+
+
+def test_best_model_prefers_held_out_people_then_ratio_then_unmeasured():
+    q = {"train-only": zoo.quality(evaluation(50.0, 200.0)),              # ratio 0.25, but no unseen people
+         "slab": zoo.quality(evaluation(60.0, 200.0, fallback=True, split="slab")),
+         "held-worse": zoo.quality(evaluation(1.0, 1.0, held_out=(150.0, 100.0))),
+         "held-best": zoo.quality(evaluation(1.0, 1.0, held_out=(99.0, 100.0))),
+         "none": None}
+    assert zoo.best_model(q) == "held-best"
+    assert sorted(q, key=lambda m: zoo.quality_rank(q[m])) == ["held-best", "held-worse", "train-only", "slab",
+                                                                "none"]
+    assert zoo.best_model({"a": None, "b": None}) == "a" and zoo.best_model({}) is None
+
+
+def test_summary_line_names_the_model_and_its_headline_quality():
+    q = zoo.quality(evaluation(1.0, 1.0, 163, held_out=(135.7, 136.7)))
+    line = zoo.summary_line({**row("brain-x"), "classes": ["upper", "lower"], "title": "Brain X"}, q)
+    assert line == "**Brain X** (`brain-x`) · 2 classes · FID 135.7 vs held-out people (real floor 136.7, n = 163)"
+    assert zoo.summary_line(row("m", source="medigan", fid_published=67.6), None).endswith("FID 67.6 (published)")
+    assert zoo.summary_line(row("a", fid=50.0), None).endswith("FID 50.0 (measured here)")
+    assert zoo.summary_line(row("b"), None).endswith("no quality measured")
+
+
+def test_default_model_is_the_best_measured_not_the_first_listed(tmp_path):
+    weights = tmp_path / "weights"
+    for name, evaluated in (("a-first", None), ("b-worse", (150.0, 100.0)), ("c-best", (99.0, 100.0))):
+        folder = make_model_folder(weights, name)
+        if evaluated:
+            (folder / "eval.json").write_text(json.dumps(evaluation(1.0, 1.0, held_out=evaluated)))
+    reg = Registry([LocalSource([weights])])
+    assert service.default_model(reg) == "c-best"
+    assert service.model_summary("c-best", reg).endswith("FID 99.0 vs held-out people (real floor 100.0, n = 100)")
+    assert service.model_summary("a-first", reg).endswith("no quality measured")
+    assert service.model_summary("../x", reg) == "" and service.model_summary("nope", reg) == ""
+    (weights / "c-best" / "eval.json").write_text("{not json")  # unreadable: as unmeasured
+    assert service.model_quality("c-best", reg) is None and service.default_model(reg) == "b-worse"
+    assert service.default_model(Registry([LocalSource([tmp_path / "empty"])])) is None
+
+
+@pytest.mark.skipif(not SHIPPED, reason="no shipped models in weights/")
+def test_the_shipped_default_is_the_closest_to_held_out_people(registry):
+    """Computed here from each shipped eval.json, independently of medgan.zoo: the lowest FID against held-out
+    people relative to the real train-vs-held-out floor, among the models evaluated against held-out people."""
+    ratios = {}
+    for model_id in SHIPPED:
+        data = json.loads((ROOT / "weights" / model_id / "eval.json").read_text())
+        held_out = data["floor"].get("vs_heldout")
+        if held_out:
+            ratios[model_id] = held_out["model"]["fid"] / held_out["floor_train_vs_heldout"]["fid"]
+    assert ratios, "no shipped model is evaluated against held-out people"
+    assert service.default_model(registry) == min(ratios, key=ratios.get)
