@@ -60,19 +60,20 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _table(headers: list[str], rows: list[list[Any]]) -> str:
+def _table(headers: list[str], rows: list[list[Any]], markdown: bool = False) -> str:
+    """Aligned plain-text columns, or a Markdown table (docs/performance.md is made of these)."""
     cells = [[str(c) for c in row] for row in [headers, *rows]]
+    if markdown:
+        lines = ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in cells]
+        lines.insert(1, "|" + "---|" * len(headers))
+        return "\n".join(lines)
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
-def _section(title: str, body: str) -> None:
-    print(f"\n## {title}\n{body}")
-
-
-def _inference(sec: dict[str, Any]) -> tuple[str, str]:
+def _inference(sec: dict[str, Any]) -> tuple[str, list[str], list[list[Any]]]:
     rows = []
     for e in sec["models"]:
         for b in e["batches"]:
@@ -83,55 +84,55 @@ def _inference(sec: dict[str, Any]) -> tuple[str, str]:
         rows.append([e["model"], "pixels", f"max |diff| {p['max_grey_levels']} grey level(s)",
                      f"mean {p['mean_grey_levels']}", "", "", "OK" if p["ok"] else "OUT OF TOLERANCE", ""])
     return ("In-process generate(n, output_type='np') vs PyTorch-examples reference",
-            _table(["model", "batch", "medgan ms", "img/s", "reference ms", "img/s", "speedup",
-                    "speedup (1 thread, CPU time)"], rows))
+            ["model", "batch", "medgan ms", "img/s", "reference ms", "img/s", "speedup",
+             "speedup (1 thread, CPU time)"], rows)
 
 
-def _variants(sec: dict[str, Any]) -> tuple[str, str]:
+def _variants(sec: dict[str, Any]) -> tuple[str, list[str], list[list[Any]]]:
     rows = [[f["batch"], k, v["median_ms"], v["items_per_s"], f"{v['vs_plain']}x"]
             for f in sec["forward"] for k, v in f.items() if isinstance(v, dict)]
     rows += [[t["count"], f"generate, {k}", v["median_ms"], v["items_per_s"], ""]
              for t in sec["tiles"] for k, v in t.items() if isinstance(v, dict)]
     return ("What each optimisation pays (forward only) and the cost of fixed tiles",
-            _table(["batch", "variant", "ms", "img/s", "vs plain"], rows))
+            ["batch", "variant", "ms", "img/s", "vs plain"], rows)
 
 
-def _profile(sec: dict[str, Any]) -> tuple[str, str]:
+def _profile(sec: dict[str, Any]) -> tuple[str, list[str], list[list[Any]]]:
     rows = [[k, v["median_ms"]] for k, v in sec["steps"].items()]
-    return "Where a /generate of 16 goes, without the web layer", _table(["step", "ms"], rows)
+    return "Where a /generate of 16 goes, without the web layer", ["step", "ms"], rows
 
 
-def _roofline(sec: dict[str, Any]) -> tuple[str, str]:
+def _roofline(sec: dict[str, Any]) -> tuple[str, list[str], list[list[Any]]]:
     rows = [[r["model"], r["gflop_per_image"], r["images_per_s"], r["achieved_gflops"], r["peak_gflops"],
              f"{r['fraction_of_peak']:.0%}"] for r in sec["rows"]]
     return (f"Roofline (peak = {sec['rows'][0]['matmul_size']}² fp32 matmul, same threads)",
-            _table(["model", "GFLOP/img", "img/s", "GFLOP/s", "peak GFLOP/s", "of peak"], rows))
+            ["model", "GFLOP/img", "img/s", "GFLOP/s", "peak GFLOP/s", "of peak"], rows)
 
 
-def _scaling(sec: dict[str, Any]) -> tuple[str, str]:
+def _scaling(sec: dict[str, Any]) -> tuple[str, list[str], list[list[Any]]]:
     rows = [[r["model"], " ".join(f"{p['count']}:{p['ms']}" for p in r["points"]), r["fit"]["ms_per_image"],
              r["fit"]["fixed_ms"], r["fit"]["r2"]] for r in sec["rows"]]
-    return "generate(count) time (ms) and a linear fit", _table(["model", "count:ms", "ms/image", "fixed ms", "R²"], rows)
+    return "generate(count) time (ms) and a linear fit", ["model", "count:ms", "ms/image", "fixed ms", "R²"], rows
 
 
-def _threads(sec: dict[str, Any]) -> tuple[str, str]:
+def _threads(sec: dict[str, Any]) -> tuple[str, list[str], list[list[Any]]]:
     rows = [[r.get("load", ""), r["count"], k, v["median_ms"], v["items_per_s"], v.get("vs_reference", "")]
             for r in sec["rows"] for k, v in r.items() if isinstance(v, dict)]
     return (f"Thread settings (fresh process each; quiet = the machine as it is, busy = every core kept busy; "
             f"adaptive chose OMP {sec.get('adaptive_policy', {})})",
-            _table(["load", "count", "setting", "ms", "img/s", "reference ms / ours"], rows))
+            ["load", "count", "setting", "ms", "img/s", "reference ms / ours"], rows)
 
 
-def _cold_start(sec: dict[str, Any]) -> tuple[str, str]:
+def _cold_start(sec: dict[str, Any]) -> tuple[str, list[str], list[list[Any]]]:
     rows = [[i + 1, r["to_port_s"], r["to_first_answer_s"], r["app_cpu_s_to_first_answer"], r["rss_at_port_mb"],
              r["rss_after_first_answer_mb"], r["rss_all_models_loaded_mb"], r["local_models_loaded"]]
             for i, r in enumerate(sec["runs"])]
     return ("Cold start (python app.py) and memory",
-            _table(["start", "to port s", "to 1st answer s", "app CPU s", "RSS port MiB", "RSS 1st MiB",
-                    "RSS all MiB", "models"], rows))
+            ["start", "to port s", "to 1st answer s", "app CPU s", "RSS port MiB", "RSS 1st MiB",
+             "RSS all MiB", "models"], rows)
 
 
-def _app(app: dict[str, Any]) -> tuple[str, str]:
+def _app(app: dict[str, Any]) -> tuple[str, list[str], list[list[Any]]]:
     rows = [[label, app[k]["p50_ms"], app[k]["p95_ms"], app[k].get("app_cpu_ms_p50", ""),
              app[k].get("client_cpu_ms_p50", "")]
             for label, k in (("server's answer (download_files=False)", "answer"),
@@ -139,47 +140,49 @@ def _app(app: dict[str, Any]) -> tuple[str, str]:
                              ("queue-free GET /medgan/v1/generate.npz", "fast_route")) if k in app]
     rows += [["model time (from /stats)", app["model_time"]["p50_ms"], app["model_time"]["p95_ms"], "", ""],
              ["framework overhead (answer - model)", app["framework_overhead_p50_ms"], "", "", ""],
-             ["download overhead (round trip - answer)", app["download_overhead_p50_ms"], "", "", ""],
-             ["queue-free route overhead (route - model)", app.get("fast_route_overhead_p50_ms", ""), "", "", ""]]
+             ["download overhead (round trip - answer)", app["download_overhead_p50_ms"], "", "", ""]]
+    if "fast_route_overhead_p50_ms" in app:
+        rows.append(["queue-free route overhead (route - model)", app["fast_route_overhead_p50_ms"], "", "", ""])
     return (f"/generate of {app['count']} images over HTTP, {app['calls_each']} calls each",
-            _table(["", "p50 ms", "p95 ms", "app CPU ms/call", "client CPU ms/call"], rows))
+            ["", "p50 ms", "p95 ms", "app CPU ms/call", "client CPU ms/call"], rows)
 
 
-def _training(t: dict[str, Any]) -> tuple[str, str]:
+def _training(t: dict[str, Any]) -> tuple[str, list[str], list[list[Any]]]:
     rows = [[r["contender"], r["median_ms"], r["items_per_s"], f"{r.get('vs_reference', 1.0)}x"] for r in t["rows"]]
-    return f"Training step, {t['size']}², batch {t['batch']}", _table(["", "ms/step", "img/s", "vs ref"], rows)
+    return f"Training step, {t['size']}², batch {t['batch']}", ["", "ms/step", "img/s", "vs ref"], rows
 
 
-def _export(e: dict[str, Any]) -> tuple[str, str]:
+def _export(e: dict[str, Any]) -> tuple[str, list[str], list[list[Any]]]:
     rows = [[r["workers"], r["seconds"], r["images_per_min"]] for r in e["rows"]]
-    return f"Dataset export, {e['count']} PNGs (whole command)", _table(["workers", "s", "images/min"], rows)
+    return f"Dataset export, {e['count']} PNGs (whole command)", ["workers", "s", "images/min"], rows
 
 
-def _style(st: dict[str, Any]) -> tuple[str, str]:
+def _style(st: dict[str, Any]) -> tuple[str, list[str], list[list[Any]]]:
     rows = [[f"batch {r['batch']}", "medgan vs plain", r["medgan"]["median_ms"], r["reference"]["median_ms"],
              f"{r['ratio']}x", f"{r['ratio_1thread_cpu']}x"] for r in st["vs_reference"]]
     rows += [[f"batch {r['batch']}", f"style vs DCGAN ({st['dcgan_model']})", r["style"]["median_ms"],
               r["dcgan"]["median_ms"], f"{r['ratio']}x", f"{r['ratio_1thread_cpu']}x"] for r in st["vs_dcgan"]]
     rows += [[f"{r['images']} images", f"{r['call']} vs generate", r[r["call"]]["median_ms"],
               r["generate"]["median_ms"], f"{r['ratio']}x", f"{r['ratio_1thread_cpu']}x"] for r in st["explore"]]
-    return f"Style generator ({st['model']})", _table(["", "pair", "A ms", "B ms", "A/B or B/A", "1 thread CPU"], rows)
+    return f"Style generator ({st['model']})", ["", "pair", "A ms", "B ms", "A/B or B/A", "1 thread CPU"], rows
 
 
-def _detail_block(sec: dict[str, Any]) -> tuple[str, str]:
+def _detail_block(sec: dict[str, Any]) -> tuple[str, list[str], list[list[Any]]]:
     rows = [[f"batch {r['batch']}", r["fast"]["median_ms"], r["plain"]["median_ms"], f"{r['ratio']}x",
              f"{r['ratio_1thread_cpu']}x"] for r in sec["rows"]]
-    return "128² detail block: fast layout vs plain module", _table(["", "fast ms", "plain ms", "speed-up",
-                                                                    "1 thread CPU"], rows)
+    return "128² detail block: fast layout vs plain module", ["", "fast ms", "plain ms", "speed-up",
+                                                              "1 thread CPU"], rows
 
 
-def _training_arch(sec: dict[str, Any]) -> tuple[str, str]:
+def _training_arch(sec: dict[str, Any]) -> tuple[str, list[str], list[list[Any]]]:
     rows = [[r["arch"], f"{r['size']}²", r["batch"], r["cpu_s_per_step"], r["kimg_per_cpu_hour"]] for r in sec["rows"]]
     return ("Training throughput per architecture (small-data recipe, 1 thread)",
-            _table(["arch", "size", "batch", "CPU s/step", "kimg per CPU-hour"], rows))
+            ["arch", "size", "batch", "CPU s/step", "kimg per CPU-hour"], rows)
 
 
-def _compile(c: dict[str, Any]) -> tuple[str, str]:
-    return "torch.compile", f"compile {c['compile_seconds']} s; compiled vs FastDCGAN: {c['compiled_vs_fast']}x"
+def _compile(c: dict[str, Any]) -> tuple[str, list[str], list[list[Any]]]:
+    return ("torch.compile (inductor) of the BN-folded network vs FastDCGAN", ["compile s", "compiled vs FastDCGAN"],
+            [[c["compile_seconds"], f"{c['compiled_vs_fast']}x"]])
 
 
 # (section, the key that shows it ran, its renderer), in the printed order.
@@ -190,19 +193,45 @@ _RENDERERS = (("inference", "models", _inference), ("variants", "forward", _vari
               ("training_arch", "rows", _training_arch), ("compile", "compile_seconds", _compile))
 
 
-def print_report(results: dict[str, Any]) -> None:
+def report(results: dict[str, Any], markdown: bool = False) -> str:
+    """The run as text: the machine, every section that ran (in _RENDERERS order) and the targets."""
     m, s = results["machine"], results["sections"]
-    print(f"# MedGAN Studio benchmarks{' (quick)' if results['quick'] else ''} — {results['started_utc']}")
-    print(f"{m['cpu']} · {m['cpu_count']} CPUs · torch {m['torch']} ({m['torch_threads']} threads) · "
-          f"load average {m.get('load_average')} → {m.get('load_average_end')}")
+    out = [f"# MedGAN Studio benchmarks{' (quick)' if results['quick'] else ''} — {results['started_utc']}",
+           f"{m['cpu']} · {m['cpu_count']} CPUs · torch {m['torch']} ({m['torch_threads']} threads) · "
+           f"load average {m.get('load_average')} → {m.get('load_average_end')}"]
     for name, sec in s.items():
         if "error" in sec:
-            _section(name, f"ERROR: {sec['error']}")
+            out.append(f"\n## {name}\nERROR: {sec['error']}")
         elif "skipped" in sec:
-            _section(name, f"skipped: {sec['skipped']}")
+            out.append(f"\n## {name}\nskipped: {sec['skipped']}")
     for name, key, render in _RENDERERS:
         if key in s.get(name, {}):
-            _section(*render(s[name]))
+            title, headers, rows = render(s[name])
+            out.append(f"\n## {title}\n{_table(headers, rows, markdown)}")
     rows = [[t["status"], t["target"], f"{t['value']} {t['unit']}" if t["value"] is not None else "—",
              f"{t['rule']} {t['limit']} {t['unit']}"] for t in results["targets"]]
-    _section("Targets", _table(["", "target", "measured", "required"], rows))
+    out.append(f"\n## Targets\n{_table(['', 'target', 'measured', 'required'], rows, markdown)}")
+    return "\n".join(out)
+
+
+def print_report(results: dict[str, Any]) -> None:
+    print(report(results))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m benchmarks.report RESULTS.json [--markdown]`: print a saved run again, e.g. as the Markdown
+    tables of docs/performance.md."""
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.report", description=main.__doc__.split(":")[0])
+    ap.add_argument("results", help="a JSON file written by `python -m benchmarks --out`")
+    ap.add_argument("--markdown", action="store_true", help="Markdown tables instead of aligned text")
+    args = ap.parse_args(argv)
+    with open(args.results) as f:
+        print(report(json.load(f), markdown=args.markdown))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -153,9 +153,9 @@ TRAINING = "training people"
 @dataclass(frozen=True)
 class Quality:
     """FID of a model's images against real slices (`against`: people it never saw, a slab of a volume it never
-    saw, or its own training people when the evaluation had none held out), beside the real floor: the FID of real training slices against the
-    same real slices, at the same sample size `n`. A ratio below 1 means the synthetic slices are as close to
-    those people as real training slices are."""
+    saw, or its own training people when the evaluation had none held out), beside the real floor: the FID of
+    real training slices against the same real slices, at the same sample size `n`. A ratio at or below 1 means
+    the synthetic slices are as close to those slices as real training slices are."""
     fid: float
     floor: float
     n: int

@@ -63,8 +63,6 @@ def download_from(page, elem_id: str, path: Path) -> Path:
     return path
 
 
-
-
 def patient_dicoms(folder: Path, patients: list[tuple[str, ...]], per_patient: int, shift: int = 2) -> Path:
     """`folder/<NAME>[_<birth>]_<k>.dcm`: pydicom's MR_small with each patient's (PatientID, PatientName[,
     PatientBirthDate]) set and its pixels shifted per file, so every slice differs (privacy fixtures)."""

@@ -127,3 +127,20 @@ def test_quick_benchmark_writes_every_section(tmp_path):
     assert sections["cold_start"]["runs"][0]["rss_all_models_loaded_mb"] > 0
     assert {t["status"] for t in results["targets"]} <= {"PASS", "FAIL", "N/A"} and len(results["targets"]) >= 5
     assert "## Targets" in proc.stdout
+
+
+def test_report_renders_the_committed_run_as_markdown_and_docs_performance_holds_those_tables():
+    """docs/performance.md's reference tables are `python -m benchmarks.report … --markdown` of the committed
+    run, so they cannot drift from benchmarks/results/reference-2core.json."""
+    from benchmarks.report import report
+
+    results = json.loads((ROOT / "benchmarks" / "results" / "reference-2core.json").read_text())
+    text = report(results, markdown=True)
+    tables = [block.split("\n", 1)[1] for block in text.split("\n## ")[1:]]
+    assert len(tables) >= 8
+    for table in tables:
+        widths = {line.count(" | ") for line in table.splitlines() if not line.startswith("|---")}
+        assert len(widths) == 1, table  # every row has the header's columns (a "|" in a cell is escaped)
+    performance = (ROOT / "docs" / "performance.md").read_text()
+    assert [t for t in tables if t not in performance] == []
+    assert report(results).count("\n## ") == len(tables)  # the plain-text report has the same sections
