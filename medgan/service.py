@@ -5,6 +5,7 @@ with messages that are safe to show to a remote user.
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import uuid
@@ -147,8 +148,6 @@ def explore_models(filters: dict[str, object] | None = None, sort: str | None = 
 # --- the first look: the best-measured model, and one line on the selected one --------------------------
 def model_quality(model_id: str, registry: Registry | None = None) -> zoo.Quality | None:
     """The headline quality in a local model's eval.json (zoo.quality); None without a readable one."""
-    import json
-
     folder = _local_folder(model_id, _registry(registry))
     try:
         evaluation = json.loads((folder / "eval.json").read_text()) if folder is not None else None
@@ -241,7 +240,6 @@ def arrays_npz(model_id: object, seed: object, count: object, truncation: object
     a PNG's text chunks say of each image ("Synthetic": "true" …). Same validation and limits as generate();
     loads with numpy.load(…, allow_pickle=False). Returns (bytes, a synthetic_… file name)."""
     import io
-    import json
 
     arrays, prov, _ = batch(model_id, seed, count, truncation, label, registry)
     n = len(arrays)

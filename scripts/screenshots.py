@@ -97,6 +97,12 @@ def _models(page) -> None:
                            timeout=WAIT_MS)
     page.wait_for_function("() => document.querySelector('#model-detail').innerText.includes('Subjects')",
                            timeout=WAIT_MS)
+    # every listed model's thumbnail loaded
+    page.wait_for_function(
+        """() => { const n = parseInt(document.querySelector('#models-count').innerText);
+                   const imgs = [...document.querySelectorAll('#model-samples .thumbnail-item img')];
+                   return imgs.length === n && imgs.every(i => i.complete && i.naturalWidth > 0); }""",
+        timeout=WAIT_MS)
 
 
 def _performance(page) -> None:
@@ -129,6 +135,7 @@ def shoot(browser, url: str, out: Path) -> dict[str, list[str]]:
         broken = {}
         for tab in TABS:
             STEPS[tab](page)
+            page.wait_for_function("() => !document.querySelector('.pending')", timeout=WAIT_MS)  # none faded
             broken[tab] = broken_words(page)
             save(page, out / f"{tab}.png", full_page=tab == "explore")
         return broken

@@ -59,7 +59,7 @@ def test_stats_api_and_start_up_warm_up_through_the_app(tmp_path):
         assert default == service.default_model(Registry([LocalSource([weights, DEFAULT_WEIGHTS_DIR])]))
         # The default model is loaded in the background at start-up, without any request; the others are not.
         deadline = time.time() + 60
-        while not (s := client.predict(default, api_name="/stats"))["loaded"] and time.time() < deadline:
+        while not (s := client.predict(default, api_name="/stats"))["history"] and time.time() < deadline:
             time.sleep(0.2)
         assert set(s) == FIELDS and s["loaded"] and s["history"][0]["count"] == 1  # the warm-up call
         other = next(m for m in local if m != default)
