@@ -206,3 +206,11 @@ def test_publish_commands_run_against_a_fake_hub(tmp_path):
     catalogue = json.loads((tmp_path / "weights" / "hub.json").read_text())["models"]
     assert [(m["id"], m["repo_id"], m["revision"]) for m in catalogue] == [
         ("brain-t1-style-64-hub", "ORG/brain-t1-style-64", hub.commits[0].oid)]
+
+
+def test_readme_is_short_and_links_every_docs_page():
+    assert len(README.splitlines()) <= 250
+    linked = set(re.findall(r"\]\((docs/[\w./-]+\.md)", README))
+    pages = {f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md")}
+    assert pages and pages <= linked, sorted(pages - linked)
+    assert all((ROOT / link).is_file() for link in linked), sorted(l for l in linked if not (ROOT / l).is_file())
