@@ -213,4 +213,4 @@ def test_readme_is_short_and_links_every_docs_page():
     linked = set(re.findall(r"\]\((docs/[\w./-]+\.md)", README))
     pages = {f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md")}
     assert pages and pages <= linked, sorted(pages - linked)
-    assert all((ROOT / link).is_file() for link in linked), sorted(l for l in linked if not (ROOT / l).is_file())
+    assert all((ROOT / link).is_file() for link in linked), sorted(link for link in linked if not (ROOT / link).is_file())
