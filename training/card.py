@@ -232,14 +232,8 @@ def _warm_start(t: dict[str, Any]) -> list[str]:
         how = f", grown from {init.get('resolution')}² (new layers: {new} tensors)"
     else:
         how = ""
-    if config.get("train_new_only"):
-        how += "; only the new layers learned, the copied ones stayed fixed (`--train-new-only`)"
-    if config.get("balance_up"):
-        how += "; the learning up-sampling kernels were kept checkerboard-free (`--balance-up`)"
-    warmup = config.get("d_warmup") or 0
     restored = str(init.get("discriminator", "")).startswith("restored")
-    d_text = ("continued from the source's exported discriminator" if restored else
-              f"trained alone for its first {warmup} steps" if warmup else "started fresh")
+    d_text = "continued from the source's exported discriminator" if restored else "started fresh"
     return ["", f"**Warm start.** The generator started from `{init.get('model')}` ({init.get('steps')} steps, "
             f"{float(init.get('cpu_time_s', 0)) / 60:.1f} CPU-minutes{how}); the discriminator {d_text}. "
             + (f"Total training CPU time of the lineage: **{total / 60:.1f} min**."

@@ -48,7 +48,6 @@ from medgan.errors import MedganError
 from medgan.generator import Generator, load_weights, save_model_folder
 from medgan.nets import DCGANGenerator, build_generator
 from medgan.perf import cpu_name
-from medgan.stylenet import StyleLayer, phase_balanced
 
 from . import checkpoint as ckpt
 from .augment import AdaptiveP, diff_augment, hflip, parse_policy
@@ -133,18 +132,6 @@ class TrainConfig:
     # 128² run can grow from a 64² model whose widths it shares (see Trainer.warm_start). D continues from the
     # folder's discriminator.safetensors when that fits (same size, width and classes), else starts fresh.
     init_from: str = ""
-    # steps at the start in which only D learns (G and its EMA frozen), so that after --init-from a fresh D is not
-    # random when G starts following it. Measured (README, sessions 4 and 10): it did not prevent the set-back a
-    # fresh D gives a trained G, even at 1,000 steps; a D restored with the model does better.
-    d_warmup: int = 0
-    # with --init-from: the generator tensors copied from the source stay fixed and only the new ones (a grown
-    # resolution's layer and toRGB) learn, so a fresh D cannot set back the source's anatomy while the new layer
-    # learns detail (sessions 3-10: every fresh D set a trained G back). May be switched off on --resume.
-    train_new_only: bool = False
-    # style only: after every G step, project the learning stride-2 up-sampling kernels onto those whose four
-    # stride phases sum equally (medgan.stylenet.phase_balanced), so they cannot draw a checkerboard. With
-    # --init-from and without --train-new-only this also changes the copied kernels at the first step.
-    balance_up: bool = False
     export: str = ""                # model folder; "" = <out>/model
     # model metadata for the export
     model_id: str = ""
@@ -177,7 +164,7 @@ RESUMABLE = {"steps", "fid_every", "fid_images", "max_minutes", "max_cpu_minutes
              "export", "model_id", "title", "modality", "organ", "plane", "description",
              # The schedule, not the model: a resumed run may anneal (lower learning rates, a longer EMA) once
              # its FID plateaus. The resume command that did so is kept in config.json's resumed_with.
-             "lr_g", "lr_d", "ema", "train_new_only", "balance_up",
+             "lr_g", "lr_d", "ema",
              # how the device runs it, not what it computes: a run may move between a GPU and the CPU
              "amp", "compile"}
 
@@ -361,7 +348,6 @@ class Trainer:
         self.commands: list[str] = []
         self.last: dict[str, float] = {}
         self.init_info: dict[str, Any] = {}  # what warm_start copied from (kept across resumes)
-        self.balanced: list[str] = []         # --balance-up: G's parameter names projected after each step
         if self.d.world > 1:
             for t in [*self.G.state_dict().values(), *self.D.state_dict().values()]:
                 dist.broadcast(t, 0)
@@ -403,33 +389,6 @@ class Trainer:
                           # other classes (brain levels -> MR contrasts): class tensors of another shape start new
                           **({"classes": source_classes} if source_classes != self.classes else {})}
         return self.init_info
-
-    def freeze_copied(self) -> None:
-        """--train-new-only: G's parameters that --init-from copied stop learning (Adam skips a parameter
-        without a gradient); the rest, named in init_info["new"], learn. Called after warm_start and on resume."""
-        new = set(self.init_info.get("new", []))
-        learns = {name: not self.cfg.train_new_only or name in new for name, _ in self.G.named_parameters()}
-        if not any(learns.values()):
-            raise UsageError(f"--train-new-only: --init-from {self.cfg.init_from} already has every parameter of "
-                             "this generator, so nothing would learn (it is for growing a model to a larger --size)")
-        for name, p in self.G.named_parameters():
-            p.requires_grad_(learns[name])
-
-    def start_balancing(self) -> None:
-        """--balance-up: pick G's learning up-sampling kernels (after freeze_copied, so fixed ones are left
-        alone) and project them once, so that training starts from balanced kernels."""
-        if self.cfg.balance_up:
-            self.balanced = [f"{name}.weight" for name, layer in self.G.named_modules()
-                             if isinstance(layer, StyleLayer) and layer.up and layer.weight.requires_grad]
-            self.balance_kernels()
-
-    def balance_kernels(self) -> None:
-        """The kernels named in self.balanced, in G and its EMA, projected (see TrainConfig.balance_up)."""
-        with torch.no_grad():
-            for net in filter(None, (self.G, self.G_ema)):
-                for name in self.balanced:
-                    weight = net.get_parameter(name)
-                    weight.copy_(phase_balanced(weight))
 
     # .. one step ..................................................................................
     @property
@@ -507,11 +466,6 @@ class Trainer:
 
         # G step (D frozen: its gradients are not needed)
         self.D.requires_grad_(False)
-        if self.step < cfg.d_warmup:  # D-only phase: G's loss is logged, G and its EMA stay as they are
-            with torch.no_grad():
-                loss_g = g_loss(cfg.loss, self.D(self.augment(fake), labels))
-            self.step += 1
-            return self.stats(loss_d, loss_g, logits_real, logits_fake, penalty, do_r1)
         self.opt_g.zero_grad(set_to_none=True)
         with amp(self.device):
             logits_g = self.D_fast(self.augment(fake), labels).float()
@@ -519,8 +473,6 @@ class Trainer:
         loss_g.backward()
         self.sync_grads(self.G)
         self.opt_g.step()
-        if self.balanced:
-            self.balance_kernels()
 
         if self.G_ema is not None:
             t = self.step
@@ -768,18 +720,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--init-from", metavar="MODEL_FOLDER",
                      help="warm-start G from an exported model (conditional if this run is; other classes start "
                      "their class tensors new; a larger --size grows it); D continues from the folder's "
-                     "discriminator.safetensors when it fits, else starts fresh, which sets a trained G back "
-                     "(--d-warmup N trains D alone first): to continue a run use --resume")
+                     "discriminator.safetensors when it fits, else starts fresh, which sets a trained G back: "
+                     "to continue a run use --resume")
     for name, kind in (("seed", int), ("sample-seed", int), ("threads", int), ("sample-every", int),
                        ("ckpt-every", int), ("log-every", int), ("max-minutes", float), ("max-cpu-minutes", float),
-                       ("d-warmup", int), ("fid-every", int), ("fid-images", int)):
+                       ("fid-every", int), ("fid-images", int)):
         run.add_argument(f"--{name}", type=kind)
-    run.add_argument("--train-new-only", action=argparse.BooleanOptionalAction,
-                     help="with --init-from: the copied generator layers stay fixed, only the new ones (a grown "
-                     "--size) learn; --no-train-new-only on --resume fine-tunes everything")
-    run.add_argument("--balance-up", action=argparse.BooleanOptionalAction,
-                     help="style: keep the learning up-sampling kernels free of checkerboard (equal stride-phase "
-                     "sums, projected after every step)")
     run.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
     run.add_argument("--amp", action=argparse.BooleanOptionalAction,
                      help="bf16 autocast for G and D forward passes on CUDA (default on; never used on CPU)")
@@ -827,16 +773,12 @@ def check_config(cfg: TrainConfig) -> None:
             problems.append(f"--{name.replace('_', '-')} must be at least 1")
     if not 0 <= cfg.ema < 1:
         problems.append("--ema must be in [0, 1)")
-    if min(cfg.r1, cfg.max_minutes, cfg.max_cpu_minutes, cfg.d_warmup) < 0 or not 0 <= cfg.augment_p <= 1:
-        problems.append("--r1, --max-minutes, --max-cpu-minutes and --d-warmup must be >= 0, --augment-p in [0, 1]")
+    if min(cfg.r1, cfg.max_minutes, cfg.max_cpu_minutes) < 0 or not 0 <= cfg.augment_p <= 1:
+        problems.append("--r1, --max-minutes and --max-cpu-minutes must be >= 0, --augment-p in [0, 1]")
     if cfg.arch not in ARCH_DEFAULTS:
         problems.append(f"--arch must be one of {', '.join(ARCH_DEFAULTS)}")
     if cfg.condition and cfg.condition not in CONDITIONS:
         problems.append(f"--condition must be one of {', '.join(CONDITIONS)}, got {cfg.condition!r}")
-    if cfg.train_new_only and not cfg.init_from:
-        problems.append("--train-new-only needs --init-from (it keeps the copied layers fixed)")
-    if cfg.balance_up and cfg.arch != "style":
-        problems.append("--balance-up needs --arch style (it balances the style generator's up-sampling kernels)")
     if cfg.balance_classes and not cfg.condition:
         problems.append("--balance-classes needs --condition (labels to balance)")
     if cfg.condition and cfg.arch != "style":
@@ -917,12 +859,10 @@ def run(cfg: TrainConfig, argv: list[str], resume: str | None = None, images: np
         print(f"warm start from {info['model']}: {info['copied']} tensors copied, {len(info['new'])} new; "
               f"discriminator {info['discriminator']}", flush=True)
         if info["discriminator"].startswith("fresh") and trainer.policy and not trainer.ada and cfg.augment_p >= 0.5:
-            # Measured on brain-t1 (README, session 10): behind p=1 augmentation a fresh D stayed at chance
+            # Measured on brain-t1 (docs/experiments.md): behind p=1 augmentation a fresh D stayed at chance
             # (logits within ±0.01) against a trained G for 825 steps; with ADA it separated within 100.
             print(f"note: a fresh discriminator behind fixed --augment-p {cfg.augment_p:g} may never leave chance "
                   "against a trained generator; --ada-target 0.6 starts p at 0 so it can learn", flush=True)
-    trainer.freeze_copied()
-    trainer.start_balancing()
     trainer.commands.append(command_line(argv, d))
     hw = {**hardware(d, device), "precision": trainer.precision.describe()}
     if d.main:
