@@ -126,7 +126,7 @@ class ModelConfig:
     license: str = "mit"
     intended_use: str = ("Research, education, data augmentation and benchmarking. "
                          "Not for diagnosis or any clinical decision.")
-    # Measured metrics (FID, KID, precision, recall, …), written by training.evaluate.
+    # Measured metrics (FID, KID, precision, recall, …), written by `python -m training.evaluate`.
     metrics: dict[str, Any] = field(default_factory=dict)
     # How it was trained: recipe, command, steps, wall time, hardware.
     training: dict[str, Any] = field(default_factory=dict)

@@ -147,9 +147,9 @@ def test_no_function_is_longer_than_80_lines():
 
 
 def test_vendored_modules_import_only_each_other():
-    """training/export_medigan.VENDORED is copied into medigan packages as `_medgan/`: what those modules import
+    """training/publish/export_medigan.VENDORED is copied into medigan packages as `_medgan/`: what those modules import
     of medgan must be copied too."""
-    tree = ast.parse((ROOT / "training" / "export_medigan.py").read_text())
+    tree = ast.parse((ROOT / "training" / "publish" / "export_medigan.py").read_text())
     vendored = next(ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
                     and any(getattr(t, "id", "") == "VENDORED" for t in node.targets))
     mods, bad = modules(), []

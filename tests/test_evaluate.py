@@ -11,11 +11,11 @@ import pytest
 from PIL import Image
 
 from helpers import ROOT, make_model_folder
-from training import evaluate as E
+from training.evaluation import evaluate as E
 from training.data import SliceDataset
-from training import metrics as M
-from training.card import _evaluation
-from training.features import FEATURE_DIM, NO_LOGITS_REASON, FeatureCache, InceptionExtractor, classifier_weights
+from training.evaluation import metrics as M
+from training.publish.card import _evaluation
+from training.evaluation.features import FEATURE_DIM, NO_LOGITS_REASON, FeatureCache, InceptionExtractor, classifier_weights
 
 
 def disc_slices(n: int, size: int, seed: int) -> np.ndarray:

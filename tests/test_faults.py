@@ -431,8 +431,8 @@ def phantoms(path: Path) -> Path:
 
 @pytest.mark.slow
 def test_training_sigtermed_then_resumed_keeps_checkpoints_and_steps(tmp_path):
-    from training import checkpoint as ckpt
-    from training.train import main
+    from training.gan import checkpoint as ckpt
+    from training.gan.cli import main
 
     data, run = phantoms(tmp_path / "p.npz"), tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}

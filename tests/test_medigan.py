@@ -34,8 +34,8 @@ from medgan.sources.medigan import (IMAGE_TO_IMAGE, MASK_CONDITIONED, MediganSou
 from medgan.sources import NOISE_TO_IMAGE
 from medigan_fixtures import (CHDIR_RANDOM, EXITS, HANGS, IMAGE_TO_IMAGE_IDS, MASK_CONDITIONED_IDS, RAISES,
                               REFERENCE_CATALOGUE, SEGFAULTS, add_foreign_package)
-from training import medigan_package
-from training.export_medigan import MEDGAN_DIR, VENDORED, export, medigan_id
+from training.publish import medigan_package
+from training.publish.export_medigan import MEDGAN_DIR, VENDORED, export, medigan_id
 
 MODELS = ["tiny-test", *SHIPPED]  # our models exported as medigan packages: the tiny one and every shipped one
 
@@ -316,7 +316,7 @@ def test_exported_entry_has_medigan_schema_and_our_metrics(tmp_path):
         vendored = [f"_medgan/{m}.py" for m in ("__init__", *VENDORED)]
         assert sorted(zf.namelist()) == sorted(f"{mid}/{n}" for n in
                                                ("README.md", "__init__.py", "config.json", "model.safetensors", *vendored))
-        # The package's __init__ is training/medigan_package.py; its inference code is medgan's own modules.
+        # The package's __init__ is training/publish/medigan_package.py; its inference code is medgan's own modules.
         assert zf.read(f"{mid}/__init__.py") == Path(medigan_package.__file__).read_bytes()
         for module in VENDORED:
             assert zf.read(f"{mid}/_medgan/{module}.py") == (MEDGAN_DIR / f"{module}.py").read_bytes()

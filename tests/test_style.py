@@ -23,7 +23,7 @@ from medgan.registry import Registry
 from medgan.sources.hub import HubSource
 from medgan.stylefast import FastStyle
 from medgan.stylenet import StyleGenerator, style_param_count
-from training.train import main
+from training.gan.cli import main
 
 CLASSES = ["dark", "bright"]
 
@@ -163,7 +163,7 @@ def test_round_trip_through_hub_cache(tmp_path, style_folder):
 
 
 def test_round_trip_through_a_medigan_package(tmp_path, style_folder):
-    from training.export_medigan import export
+    from training.publish.export_medigan import export
     mid, entry, zip_path = export(style_folder, tmp_path / "out")
     with zipfile.ZipFile(zip_path) as zf:
         zf.extractall(tmp_path / "pkg")
@@ -218,7 +218,8 @@ def test_a_model_trained_on_two_trivial_classes_produces_them(tmp_path):
 def test_warm_start_grows_a_model_and_records_its_cpu_time(tmp_path):
     """--init-from: a 32² model grows to 64² (shared widths): before any step the grown generator draws the
     source's images up-sampled, and the export adds the source's CPU time to its own."""
-    from training.train import Trainer, make_config
+    from training.gan.config import make_config
+    from training.gan.trainer import Trainer
     from medgan.stylenet import upsample
     npz = _two_class_npz(tmp_path / "two.npz", n=8, size=64)
     common = ["--data", str(npz), "--arch", "style", "--condition", "level", "--batch-size", "8", "--d-width", "8",
@@ -275,8 +276,9 @@ def test_a_fresh_discriminator_behind_strong_augmentation_gets_a_note(tmp_path, 
 def test_warm_start_continues_with_the_exported_discriminator(tmp_path, capsys):
     """An export carries its discriminator; --init-from continues with it when it fits (so a model can be
     trained on after its run folder is gone), and starts D fresh when it does not."""
-    from training.discriminator import DISCRIMINATOR_FILE
-    from training.train import Trainer, make_config
+    from training.gan.discriminator import DISCRIMINATOR_FILE
+    from training.gan.config import make_config
+    from training.gan.trainer import Trainer
     npz = _two_class_npz(tmp_path / "two.npz", n=8, size=32)
     common = ["--data", str(npz), "--arch", "style", "--condition", "level", "--batch-size", "8", "--threads", "1",
               "--w-dim", "32", "--latent-dim", "16", "--sample-every", "1000", "--ckpt-every", "1000", "--size", "32",
@@ -284,7 +286,7 @@ def test_warm_start_continues_with_the_exported_discriminator(tmp_path, capsys):
     assert main([*common, "--d-width", "8", "--steps", "3", "--out", str(tmp_path / "src")]) == 0
     source = tmp_path / "src" / "model"
     assert (source / DISCRIMINATOR_FILE).is_file()
-    from training import checkpoint as ckpt
+    from training.gan import checkpoint as ckpt
     run_d = ckpt.subdict(ckpt.load_checkpoint(tmp_path / "src")[0], "D")
     images, classes = np.zeros((4, 1, 32, 32), np.float32), Generator.from_folder(source, device="cpu").classes
 
@@ -313,7 +315,8 @@ def test_warm_start_continues_with_the_exported_discriminator(tmp_path, capsys):
 def test_balanced_classes_and_a_warm_start_across_class_sets(tmp_path, capsys):
     """--balance-classes draws a rare class as often as a common one; --init-from a model with other classes
     copies everything but the class tensors (which start new) and records the source's classes."""
-    from training.train import Trainer, make_config
+    from training.gan.config import make_config
+    from training.gan.trainer import Trainer
     npz = _two_class_npz(tmp_path / "two.npz", n=8, size=32)
     assert main(["--data", str(npz), "--arch", "style", "--condition", "level", "--size", "32", "--batch-size", "8",
                  "--base-width", "4", "--d-width", "8", "--w-dim", "32", "--latent-dim", "16", "--steps", "1",

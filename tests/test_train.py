@@ -20,11 +20,11 @@ from safetensors.torch import load_file
 import medgan
 from medgan.generator import Generator
 from medgan.sources import card_summary
-from training import checkpoint as ckpt
-from training.augment import AdaptiveP, cutout, diff_augment, parse_policy, translation
-from training.card import render_card, write_card
+from training.gan import checkpoint as ckpt
+from training.gan.augment import AdaptiveP, cutout, diff_augment, parse_policy, translation
+from training.publish.card import render_card, write_card
 from training.data import SliceDataset
-from training.train import main
+from training.gan.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--size", "32", "--batch-size", "8", "--base-width", "8", "--d-width", "8", "--threads", "1",
@@ -188,7 +188,7 @@ def test_torchrun_two_processes_exports(tmp_path, npz):
 
 @pytest.mark.slow
 def test_card_round_trips_through_modelcard(exported, tmp_path):
-    """The card of a freshly trained folder (wording is training/card.py's business; facts are checked)."""
+    """The card of a freshly trained folder (wording is training/publish/card.py's business; facts are checked)."""
     text = render_card(exported)
     assert "model-index" not in text  # nothing measured yet, so no metrics claimed
     summary = card_summary(exported / "README.md")

@@ -66,7 +66,7 @@ class RealData:
 
 def load_real(dataset: str, size: int) -> RealData:
     """Slices of `dataset` (registry name or .npz path) at `size`², via training.data."""
-    from .data import load_dataset
+    from ..data import load_dataset
 
     ds = load_dataset(dataset, size)
     images = np.asarray(ds.images)
@@ -551,7 +551,7 @@ def update_model_folder(folder: Path, report: dict[str, Any], command: str) -> s
     config = ModelConfig.load(folder)
     config.metrics = {**config.metrics, **config_metrics(report, command)}
     config.save(folder)
-    from .card import write_card
+    from ..publish.card import write_card
 
     write_card(folder)
     return "regenerated"

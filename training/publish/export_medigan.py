@@ -1,13 +1,13 @@
 """Export a medgan model folder as a medigan model package (zip + global.json entry).
 
-    python -m training.export_medigan weights/<id> --out DIR [--model-id ID] [--home MEDIGAN_HOME]
+    python -m training.publish.export_medigan weights/<id> --out DIR [--model-id ID] [--home MEDIGAN_HOME]
 
 Writes DIR/<package>.zip (<package>/__init__.py, model.safetensors, config.json, README.md) and
 DIR/<model_id>.json = {model_id: entry} in medigan's global.json schema (execution / selection /
 description, the keys of the real catalogue), with package_link = the zip's absolute local path, so
 `medigan.Generators().generate(model_id=...)` runs it offline once the entry is in a medigan home's
 config/global.json (`--home` merges it there). The package is self-contained: numpy, torch, safetensors
-(and Pillow); it carries a copy of medgan's inference modules (see training/medigan_package.py), so a medigan
+(and Pillow); it carries a copy of medgan's inference modules (see training/publish/medigan_package.py), so a medigan
 user does not need medgan, and the pixels are exactly MedGAN Studio's on the same device and torch build.
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ MODALITY_NAMES = {"MR": ["MR", "MRI", "magnetic resonance imaging"], "CT": ["CT"
                   "MG": ["MG", "MMG", "Mammography"], "DX": ["DX", "x-ray"], "CR": ["CR", "x-ray"]}
 BASE_ARGS = ["model_file", "num_samples", "output_path", "save_images"]
 
-# The package: training/medigan_package.py as its __init__.py, plus these medgan modules in <package>/_medgan/
+# The package: training/publish/medigan_package.py as its __init__.py, plus these medgan modules in <package>/_medgan/
 # (the exact inference code: networks, fast CPU layouts, tiles, latents), so its pixels are MedGAN Studio's.
 # `files` (atomic writes, digests) is vendored so that config.py and generator.py may use it.
 VENDORED = ("config", "errors", "fastnet", "nets", "stylenet", "stylefast", "generator", "limits", "validation",

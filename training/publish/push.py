@@ -35,9 +35,9 @@ from medgan.errors import MedganError
 from medgan.files import atomic_write, file_digest
 from medgan.generator import PICKLE_SUFFIXES, WEIGHTS_FILE
 
-from .discriminator import DISCRIMINATOR_FILE
+from .. import ROOT
+from ..gan.discriminator import DISCRIMINATOR_FILE
 
-ROOT = Path(__file__).resolve().parent.parent
 REQUIRED = ("config.json", WEIGHTS_FILE, "README.md")
 ALLOWED = (*REQUIRED, "eval.json", "samples.png", "loss.png", "eval.png", "fid.png", "downstream.json",
            "downstream.png", ".gitattributes")
@@ -114,7 +114,7 @@ def validate_folder(folder: str | Path, *, allow_real_images: bool = False,
         except MedganError as exc:
             problems.append(f"{WEIGHTS_FILE}: {exc}")
     if "README.md" in names:
-        fix = f"re-render it with: python -m training.card {folder}"
+        fix = f"re-render it with: python -m training.publish.card {folder}"
         try:
             text = (folder / "README.md").read_text()
             check_card_text(text)

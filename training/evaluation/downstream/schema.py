@@ -1,0 +1,173 @@
+"""The JSON Schema of downstream.json."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .card_section import HEADLINE
+from .design import CLASSIFIERS, METRICS, REGIMES, SCHEMA_VERSION, TASKS
+
+_NUM = {"type": "number"}
+_NUM_OR_NULL = {"type": ["number", "null"]}
+_INT = {"type": "integer", "minimum": 0}
+_STR = {"type": "string"}
+_STRS = {"type": "array", "items": _STR}
+_INTS = {"type": "array", "items": _INT}
+_STAT = {"type": "object", "description": "mean, sample std, 95 % t-interval of the mean over seeds (clipped to "
+                                           "the metric's range), and the per-seed values",
+         "required": ["mean", "std", "n", "ci95", "values"],
+         "properties": {"mean": _NUM, "std": _NUM, "n": {"type": "integer", "minimum": 1},
+                        "ci95": {"type": "array", "items": _NUM, "minItems": 2, "maxItems": 2},
+                        "values": {"type": "array", "items": _NUM, "minItems": 1}}}
+_MATRIX = {"type": "array", "items": _INTS, "description": "confusion[true][predicted], task class order"}
+_RUN = {"type": "object", "description": "one seed of one regime",
+        "required": ["seed", "synthetic_seed", "n_real", "n_synthetic", "steps", *METRICS, "per_class_recall",
+                     "confusion", "cpu_s"],
+        "properties": {"seed": {"type": "integer"}, "synthetic_seed": {"type": ["integer", "null"]},
+                       "n_real": _INT, "n_synthetic": _INT, "steps": _INT,
+                       **{m: {"type": "number", "minimum": 0, "maximum": 1} for m in METRICS},
+                       "per_class_recall": {"type": "array", "items": _NUM_OR_NULL,
+                                            "description": "null: class absent from the test set"},
+                       "confusion": _MATRIX, "cpu_s": _NUM}}
+_REGIME_RESULT = {"type": "object", "required": ["runs", "summary", "confusion_total"],
+                  "properties": {"runs": {"type": "array", "items": _RUN, "minItems": 1},
+                                 "summary": {"type": "object", "required": [*METRICS, "per_class_recall"],
+                                             "properties": {**{m: _STAT for m in METRICS},
+                                                            "per_class_recall": {"type": "array", "items": {
+                                                                "anyOf": [_STAT, {"type": "null"}]}}}},
+                                 "confusion_total": _MATRIX}}
+_DELTA = {"type": "object", "required": ["minuend", "subtrahend", "metric", "stats", "verdict"],
+          "properties": {"minuend": _STR, "subtrahend": _STR, "metric": {"const": HEADLINE},
+                         "stats": {"type": "object", "required": list(METRICS),
+                                   "properties": {m: _STAT for m in METRICS}},
+                         "verdict": {"enum": ["gain", "loss", "no measurable effect"]}}}
+_MEDIGAN_SCORES = {"type": "object", "required": ["accuracy", "balanced_accuracy", "f1"],
+                   "properties": {"accuracy": _NUM, "balanced_accuracy": _NUM, "f1": _NUM}}
+SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "downstream.json (MedGAN Studio, training/evaluation/downstream/)",
+    "type": "object",
+    "required": ["schema_version", "kind", "model", "task", "data", "leakage_check", "synthetic", "settings",
+                 "regimes", "results", "deltas", "medigan", "notes", "timing", "command", "versions"],
+    "properties": {
+        "schema_version": {"const": SCHEMA_VERSION},
+        "kind": {"const": "medgan-downstream"},
+        "created_utc": _STR,
+        "model": {"type": "object", "required": ["id", "arch", "conditional", "classes", "condition", "resolution"],
+                  "properties": {"id": _STR, "arch": _STR, "conditional": {"type": "boolean"}, "classes": _STRS,
+                                 "condition": _STR, "resolution": _INT, "folder": {"type": ["string", "null"]}}},
+        "task": {"type": "object", "required": ["name", "classes", "description"],
+                 "properties": {"name": {"enum": list(TASKS)}, "classes": {**_STRS, "minItems": 2},
+                                "description": _STR}},
+        "data": {"type": "object", "description": "real slices: classifier training (train) and test (heldout)",
+                 "required": ["dataset", "source", "size", "split", "train", "test"],
+                 "properties": {"dataset": _STR, "source": _STR, "size": _INT, "split": {"type": ["string", "null"]},
+                                **{part: {"type": "object",
+                                          "required": ["slices", "subjects", "class_counts"],
+                                          "properties": {"slices": _INT, "subjects": _STRS, "class_counts": _INTS,
+                                                         "classes_present": _STRS, "classes_missing": _STRS}}
+                                   for part in ("train", "test")}}},
+        "leakage_check": {"type": "object",
+                          "required": ["status", "generator_subjects", "basis", "test_subjects", "overlap",
+                                       "message"],
+                          "properties": {"status": {"enum": ["passed", "slab-split"]},
+                                         "generator_subjects": _STRS, "basis": _STR, "test_subjects": _STRS,
+                                         "overlap": _STRS, "message": _STR, "generator_split_verified":
+                                             {"type": "boolean"}}},
+        "synthetic": {"type": "object",
+                      "required": ["labels_from", "note", "pool_per_seed", "truncation", "seeds"],
+                      "properties": {"labels_from": {"enum": ["generator", "classifier"]}, "note": _STR,
+                                     "pool_per_seed": _INT, "truncation": _NUM,
+                                     "seeds": {"type": "array", "items": {
+                                         "type": "object", "required": ["seed", "synthetic_seed", "sha256",
+                                                                        "label_counts"],
+                                         "properties": {"seed": {"type": "integer"},
+                                                        "synthetic_seed": {"type": "integer"}, "sha256": _STR,
+                                                        "label_counts": {"type": "object",
+                                                                         "additionalProperties": _INTS}}}}}},
+        "settings": {"type": "object",
+                     "required": ["seeds", "classifiers", "steps", "batch_size", "lr", "finetune_lr", "optimizer",
+                                  "quick", "threads", "device", "init", "pretrained_note"],
+                     "properties": {"seeds": {"type": "array", "items": {"type": "integer"}, "minItems": 3},
+                                    "classifiers": {"type": "array", "items": {"enum": list(CLASSIFIERS)},
+                                                    "minItems": 1},
+                                    "steps": {"type": "object", "additionalProperties": _INT},
+                                    "batch_size": _INT, "lr": _NUM, "finetune_lr": _NUM, "optimizer": _STR,
+                                    "quick": {"type": "boolean"}, "balanced_batches": {"type": "boolean"}, "threads": _INT, "device": _STR,
+                                    "init": {"type": ["object", "null"]}, "pretrained_note": _STR}},
+        "regimes": {"type": "array", "minItems": len(REGIMES), "items": {
+            "type": "object", "required": ["id", "title", "real_fraction", "synthetic_ratio", "phases", "medigan"],
+            "properties": {"id": _STR, "title": _STR, "real_fraction": _NUM, "synthetic_ratio": _NUM,
+                           "phases": _STR, "medigan": {"type": ["string", "null"]}}}},
+        "results": {"type": "object", "description": "classifier -> regime id -> runs and summary",
+                    "additionalProperties": {"type": "object", "additionalProperties": _REGIME_RESULT}},
+        "deltas": {"type": "object", "description": "classifier -> paired differences over seeds",
+                   "additionalProperties": {"type": "object", "additionalProperties": _DELTA}},
+        "medigan": {"type": "object", "description": "medigan's CLF field names, per classifier (means)",
+                    "additionalProperties": {
+                        "type": "object",
+                        "required": ["trained_on_real", "trained_on_fake", "trained_on_real_and_fake", "CLF_delta"],
+                        "properties": {"trained_on_real": _MEDIGAN_SCORES, "trained_on_fake": _MEDIGAN_SCORES,
+                                       "trained_on_real_and_fake": _MEDIGAN_SCORES, "CLF_delta": _NUM}}},
+        "notes": _STRS,
+        "timing": {"type": "object", "required": ["cpu_time_s", "wall_time_s", "threads"],
+                   "properties": {"cpu_time_s": _NUM, "wall_time_s": _NUM, "threads": _INT,
+                                  "cpu_s_by_part": {"type": "object", "additionalProperties": _NUM}}},
+        "command": _STR,
+        "versions": {"type": "object", "additionalProperties": _STR},
+        "figure": {"type": ["string", "null"]},
+    },
+}
+_TYPES = {"object": dict, "array": list, "string": str, "boolean": bool}
+
+
+def _type_ok(value: Any, name: str) -> bool:
+    if name == "null":
+        return value is None
+    if name in ("number", "integer"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        return isinstance(value, int) or (name == "number" and math.isfinite(value))
+    return isinstance(value, _TYPES[name])
+
+
+def validate(instance: Any, schema: dict[str, Any] | None = None, path: str = "$") -> list[str]:
+    """Problems of `instance` against a JSON-schema subset (type, const, enum, anyOf, minimum/maximum,
+    minItems/maxItems, items, required, properties, additionalProperties); [] when it conforms."""
+    schema = SCHEMA if schema is None else schema
+    errors: list[str] = []
+    types = schema.get("type")
+    if types is not None:
+        types = types if isinstance(types, list) else [types]
+        if not any(_type_ok(instance, t) for t in types):
+            return [f"{path}: expected {'/'.join(types)}, got {type(instance).__name__}"]
+    if "const" in schema and instance != schema["const"]:
+        errors.append(f"{path}: expected {schema['const']!r}, got {instance!r}")
+    if "enum" in schema and instance not in schema["enum"]:
+        errors.append(f"{path}: {instance!r} is not one of {schema['enum']}")
+    if "anyOf" in schema and not any(not validate(instance, s, path) for s in schema["anyOf"]):
+        errors.append(f"{path}: matches none of the allowed forms")
+    if isinstance(instance, (int, float)) and not isinstance(instance, bool):
+        if "minimum" in schema and instance < schema["minimum"]:
+            errors.append(f"{path}: {instance} < minimum {schema['minimum']}")
+        if "maximum" in schema and instance > schema["maximum"]:
+            errors.append(f"{path}: {instance} > maximum {schema['maximum']}")
+    if isinstance(instance, list):
+        if len(instance) < schema.get("minItems", 0):
+            errors.append(f"{path}: {len(instance)} items, fewer than {schema['minItems']}")
+        if "maxItems" in schema and len(instance) > schema["maxItems"]:
+            errors.append(f"{path}: {len(instance)} items, more than {schema['maxItems']}")
+        if "items" in schema:
+            for i, item in enumerate(instance):
+                errors += validate(item, schema["items"], f"{path}[{i}]")
+    if isinstance(instance, dict):
+        errors += [f"{path}: missing {key!r}" for key in schema.get("required", []) if key not in instance]
+        props = schema.get("properties", {})
+        for key, value in instance.items():
+            if key in props:
+                errors += validate(value, props[key], f"{path}.{key}")
+            elif isinstance(schema.get("additionalProperties"), dict):
+                errors += validate(value, schema["additionalProperties"], f"{path}.{key}")
+            elif schema.get("additionalProperties") is False:
+                errors.append(f"{path}: unexpected key {key!r}")
+    return errors
