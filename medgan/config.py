@@ -22,6 +22,9 @@ RESOLUTIONS = (32, 64, 128, 256)
 
 
 ARCHS = ("dcgan", "style")
+# The width cap of the style generators that training builds (`python -m training.train --arch style`):
+# GeneratorConfig.max_width (512) is what the format allows, 256 what the shipped style models use.
+STYLE_TRAINING_MAX_WIDTH = 256
 
 
 @dataclass

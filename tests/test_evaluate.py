@@ -195,6 +195,15 @@ def test_cli_rejects_bad_arguments(capsys):
         E.parse_args(["m"])  # neither --dataset nor --data
 
 
+def test_cli_reports_an_unknown_model_and_dataset_in_one_line(tmp_path, capsys):
+    assert E.main(["no-such-model", "--data", str(tmp_path / "x.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "'no-such-model' is neither a model folder nor a known model id" in err and "Traceback" not in err
+    folder = make_model_folder(tmp_path, "tiny-eval")
+    assert E.main([str(folder), "--data", str(tmp_path / "missing.npz"), "--no-write"]) == 2
+    assert "unknown dataset" in capsys.readouterr().err
+
+
 # --- Inception Score --------------------------------------------------------------------------------------
 
 

@@ -151,7 +151,8 @@ def test_push_refuses_planted_identifiers_naming_file_and_field(work, folder_cop
 def test_push_refuses_real_images_of_a_non_public_dataset_unless_allowed(work, folder_copy, capsys):
     from card_fixtures import fake_eval_report
 
-    from training.evaluation.evaluate import update_model_folder, write_json
+    from training.evaluation.evaluate import update_model_folder
+    from training.evaluation.model_folder import write_json
 
     report = fake_eval_report("priv-32")  # evaluate's schema; evaluated on this (non-public) dataset
     report["real_data"]["dataset"] = "custom"

@@ -20,6 +20,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from training import data as D
+from training.data.labels import LABEL_KINDS
 from training.evaluation.downstream import design, task
 from training.data import fetch as F
 from training.data import DatasetError, ingest
@@ -190,7 +191,7 @@ def test_brain_mr_has_three_contrasts_each_split_on_its_own():
     sha = hashlib.sha256(np.ascontiguousarray(ds.train().images).tobytes()).hexdigest()
     subjects, _, verified = task.generator_subjects({"sha256": sha}, ds, (2,))
     assert verified and subjects == train
-    assert set(design.TASK_DESCRIPTIONS) == set(design.TASKS)
+    assert set(design.TASK_DESCRIPTIONS) == set(LABEL_KINDS)
     with pytest.raises(DatasetError, match="records no contrast"):
         D.build_builtin("chest-ct", 32, progress=False).labels("contrast")
 

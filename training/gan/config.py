@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medgan.config import ModelConfig
+from medgan.config import RESOLUTIONS, GeneratorConfig, ModelConfig
 
+from ..data.labels import LABEL_KINDS
 from .augment import parse_policy
 
 LOSSES = ("bce", "ns", "hinge")
-CONDITIONS = ("level", "plane", "contrast")  # = training.data.LABEL_KINDS (kept here: no import of data at start)
 
 
 @dataclass
@@ -51,14 +51,15 @@ class TrainConfig:
     beta1: float = 0.5
     beta2: float = 0.99
     # architecture
-    latent_dim: int = 100
+    latent_dim: int = GeneratorConfig.latent_dim
     base_width: int = 32            # generator widths: base·8, ·4, ·2, ·1 at 64² (style: ·16 … ·1)
     d_width: int = 32
-    w_dim: int = 256                # style only: w size, mapping depth, style-mixing probability
-    mapping_layers: int = 2
+    w_dim: int = GeneratorConfig.w_dim  # style only: w size, mapping depth, style-mixing probability
+    mapping_layers: int = GeneratorConfig.mapping_layers
     style_mixing: float = 0.5
-    # style only: StyleGAN2's width schedule (min(channel_base // R, 256) channels at resolution R; 0 = the
-    # base_width rule) and the resolution from which each doubling is a detail block (two 3x3 convs)
+    # style only: StyleGAN2's width schedule (min(channel_base // R, STYLE_TRAINING_MAX_WIDTH) channels at
+    # resolution R; 0 = the base_width rule) and the resolution from which each doubling is a detail block (two
+    # 3x3 convs)
     channel_base: int = 0
     detail_from: int = 128
     widths: list[int] = field(default_factory=list)  # G's widths; [] = from the rule. Set by adopt_architecture.
@@ -165,8 +166,8 @@ def adopt_architecture(cfg: TrainConfig) -> TrainConfig:
 
 def check_config(cfg: TrainConfig) -> None:
     problems = []
-    if cfg.size not in (32, 64, 128, 256):
-        problems.append(f"--size must be 32, 64, 128 or 256, got {cfg.size}")
+    if cfg.size not in RESOLUTIONS:
+        problems.append(f"--size must be one of {', '.join(map(str, RESOLUTIONS))}, got {cfg.size}")
     if cfg.loss not in LOSSES:
         problems.append(f"--loss must be one of {LOSSES}")
     for name in ("steps", "batch_size", "latent_dim", "base_width", "d_width", "sample_every", "ckpt_every",
@@ -179,8 +180,8 @@ def check_config(cfg: TrainConfig) -> None:
         problems.append("--r1, --max-minutes and --max-cpu-minutes must be >= 0, --augment-p in [0, 1]")
     if cfg.arch not in ARCH_DEFAULTS:
         problems.append(f"--arch must be one of {', '.join(ARCH_DEFAULTS)}")
-    if cfg.condition and cfg.condition not in CONDITIONS:
-        problems.append(f"--condition must be one of {', '.join(CONDITIONS)}, got {cfg.condition!r}")
+    if cfg.condition and cfg.condition not in LABEL_KINDS:
+        problems.append(f"--condition must be one of {', '.join(LABEL_KINDS)}, got {cfg.condition!r}")
     if cfg.balance_classes and not cfg.condition:
         problems.append("--balance-classes needs --condition (labels to balance)")
     if cfg.condition and cfg.arch != "style":

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from medgan.config import GeneratorConfig, ModelConfig
+from medgan.config import STYLE_TRAINING_MAX_WIDTH, GeneratorConfig, ModelConfig
 from medgan.generator import Generator, load_weights
 from medgan.imaging import grid
 from medgan.nets import DCGANGenerator, build_generator
@@ -85,8 +85,9 @@ def generator_config(cfg: TrainConfig, channels: int, classes: list[str]) -> Gen
     common = dict(arch=cfg.arch, latent_dim=cfg.latent_dim, resolution=cfg.size, channels=channels,
                   base_width=cfg.base_width)
     if cfg.arch == "style":
-        return GeneratorConfig(**common, max_width=256, w_dim=cfg.w_dim, mapping_layers=cfg.mapping_layers,
-                               classes=list(classes), condition=cfg.condition, channel_base=cfg.channel_base,
+        return GeneratorConfig(**common, max_width=STYLE_TRAINING_MAX_WIDTH, w_dim=cfg.w_dim,
+                               mapping_layers=cfg.mapping_layers, classes=list(classes), condition=cfg.condition,
+                               channel_base=cfg.channel_base,
                                detail_from=cfg.detail_from if 0 < cfg.detail_from <= cfg.size else 0,
                                widths=list(cfg.widths))
     return GeneratorConfig(**common)

@@ -45,35 +45,20 @@ from typing import Any
 
 from medgan.errors import MedganError
 
-from .design import CLASSIFIERS, DEFAULT_STEPS, QUICK_STEPS, TASKS, DownstreamError, LeakageError
-from .report import config_summary, plot, summary_text, write_json
+from ...data.labels import LABEL_KINDS
+from ..model_folder import record_metrics, resolve_model, write_json
+from .design import CLASSIFIERS, DEFAULT_STEPS, QUICK_STEPS, DownstreamError
+from .report import config_summary, plot, summary_text
 from .study import Settings, run_study
 from .task import leakage_check, load_task, task_axes
-
-
-def resolve_model(spec: str) -> tuple[Any, Path | None]:
-    """A model folder, or the id of a model in a local folder (weights/ or MEDGAN_WEIGHTS_DIRS)."""
-    import medgan
-
-    path = Path(spec)
-    if path.is_dir() and (path / "config.json").is_file():
-        return path, path
-    registry = medgan.get_registry()
-    try:
-        info = registry.info(spec)
-    except MedganError as exc:
-        raise DownstreamError(f"{spec!r} is neither a model folder nor a known model id ({exc})") from None
-    if info.source != "local":
-        raise DownstreamError(f"{spec!r} comes from the {info.source} source; pass a local model folder")
-    folder = next(s for s in registry.sources if s.name == "local").folder(spec)
-    return folder, folder
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m training.downstream", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="model folder (weights/<id>) or the id of a local model")
-    p.add_argument("--task", choices=TASKS, default="level", help="label to classify (default level)")
+    p.add_argument("--task", choices=LABEL_KINDS, default="level",
+                   help="the label kind to classify (default level)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--data", help="a labelled slices .npz (training.data)")
     src.add_argument("--dataset", help="a built-in dataset (default: the one the model was trained on)")
@@ -114,10 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     command = shlex.join(["python", "-m", "training.downstream", *argv])
     try:
-        from medgan.generator import Generator
-
-        folder, write_folder = resolve_model(args.model)
-        gen = Generator.from_folder(folder, device=args.device)
+        target = resolve_model(args.model, device=args.device, local_only=True)
+        gen = target.generator
         tdata = dict(gen.config.training_data)
         source = args.data or args.dataset or tdata.get("name")
         if not source:
@@ -125,41 +108,41 @@ def main(argv: list[str] | None = None) -> int:
         if args.data and not Path(args.data).is_file():
             raise DownstreamError(f"dataset file not found: {args.data}")
         task, ds = load_task(args.task, source, gen.config.generator.resolution, task_axes(args.task, tdata))
-        gen_axes = tuple(tdata.get("axes") or (2,))
-        leakage = leakage_check(tdata, ds, task, gen_axes, args.allow_slab_split)
+        leakage = leakage_check(tdata, ds, task, tuple(tdata.get("axes") or (2,)), args.allow_slab_split)
         print(f"leakage check: {leakage['message']}", file=sys.stderr)
-        if args.classifier is None:
-            classifiers = ["cnn"] if args.quick else list(CLASSIFIERS)
-        else:
-            classifiers = list(CLASSIFIERS) if args.classifier == "both" else [args.classifier]
-        steps = {c: args.steps or (QUICK_STEPS if args.quick else DEFAULT_STEPS[c]) for c in classifiers}
-        settings = Settings(seeds=[args.seed + i for i in range(args.seeds)], classifiers=classifiers, steps=steps,
-                            batch_size=args.batch_size, lr=args.lr, threads=args.threads, device=args.device,
-                            truncation=args.truncation, quick=args.quick, init=args.init,
-                            progress=not args.quiet, balanced=args.balanced_batches)
-        report = run_study(gen, task, settings, leakage, model_folder=None if args.no_write else write_folder,
-                           command=command)
-    except LeakageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except MedganError as exc:
+        report = run_study(gen, task, settings_from(args), leakage,
+                           model_folder=None if args.no_write else target.folder, command=command)
+    except MedganError as exc:  # LeakageError and DownstreamError included
         print(f"error: {exc}", file=sys.stderr)
         return 2
     report["figure"] = "downstream.png"
     written = [plot(report, args.out / "downstream.png"), write_json(args.out / "downstream.json", report)]
-    if write_folder is not None and not args.no_write:
-        written.append(write_json(Path(write_folder) / "downstream.json", report))
-        from medgan.config import ModelConfig
-        config = ModelConfig.load(write_folder)
-        config.metrics = {**config.metrics, "downstream": config_summary(report)}
-        config.save(write_folder)
-        written.append(Path(write_folder) / "config.json")
-        try:
-            from ...publish.card import write_card
-            written.append(write_card(write_folder))
-        except Exception as exc:  # the study's results are written; a card problem must not hide them
-            print(f"warning: the card was not re-rendered: {type(exc).__name__}: {exc}", file=sys.stderr)
+    if not args.no_write:
+        written += write_model_folder(target.folder, report)
     print(summary_text(report))
     for path in written:
         print(f"wrote {path}")
     return 0
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """The study's settings from the command line (--quick: the CNN alone, QUICK_STEPS per regime)."""
+    if args.classifier is None:
+        classifiers = ["cnn"] if args.quick else list(CLASSIFIERS)
+    else:
+        classifiers = list(CLASSIFIERS) if args.classifier == "both" else [args.classifier]
+    steps = {c: args.steps or (QUICK_STEPS if args.quick else DEFAULT_STEPS[c]) for c in classifiers}
+    return Settings(seeds=[args.seed + i for i in range(args.seeds)], classifiers=classifiers, steps=steps,
+                    batch_size=args.batch_size, lr=args.lr, threads=args.threads, device=args.device,
+                    truncation=args.truncation, quick=args.quick, init=args.init, progress=not args.quiet,
+                    balanced=args.balanced_batches)
+
+
+def write_model_folder(folder: Path, report: dict[str, Any]) -> list[Path]:
+    """downstream.json beside the model, its summary in config.json and the card re-rendered."""
+    written = [write_json(folder / "downstream.json", report)]
+    try:
+        written += [folder / "config.json", record_metrics(folder, {"downstream": config_summary(report)})]
+    except Exception as exc:  # the study's results are written; a card problem must not hide them
+        print(f"warning: config.json and the card were not updated: {type(exc).__name__}: {exc}", file=sys.stderr)
+    return written

@@ -5,10 +5,7 @@ from typing import Any
 
 from medgan.errors import MedganError
 
-from ...data.labels import LABEL_KINDS
-
 SCHEMA_VERSION = 1
-TASKS = LABEL_KINDS  # a task classifies one label kind of the real slices
 CLASSIFIERS = ("cnn", "resnet18")
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 DEFAULT_STEPS = {"cnn": 200, "resnet18": 100}

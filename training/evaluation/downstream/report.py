@@ -1,7 +1,6 @@
 """The study's outputs besides downstream.json: the figure, the summary for config.json, the text summary."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -65,14 +64,6 @@ def config_summary(report: dict[str, Any]) -> dict[str, Any]:
         out["by_classifier"][clf] = row
     out["headline_classifier"] = "resnet18" if "resnet18" in out["by_classifier"] else next(iter(out["by_classifier"]))
     return out
-
-
-def write_json(path: Path, data: dict[str, Any]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
-    return path
 
 
 def summary_text(report: dict[str, Any]) -> str:

@@ -4,8 +4,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ...data.labels import LABEL_KINDS
 from .card_section import HEADLINE
-from .design import CLASSIFIERS, METRICS, REGIMES, SCHEMA_VERSION, TASKS
+from .design import CLASSIFIERS, METRICS, REGIMES, SCHEMA_VERSION
 
 _NUM = {"type": "number"}
 _NUM_OR_NULL = {"type": ["number", "null"]}
@@ -57,7 +58,7 @@ SCHEMA: dict[str, Any] = {
                   "properties": {"id": _STR, "arch": _STR, "conditional": {"type": "boolean"}, "classes": _STRS,
                                  "condition": _STR, "resolution": _INT, "folder": {"type": ["string", "null"]}}},
         "task": {"type": "object", "required": ["name", "classes", "description"],
-                 "properties": {"name": {"enum": list(TASKS)}, "classes": {**_STRS, "minItems": 2},
+                 "properties": {"name": {"enum": list(LABEL_KINDS)}, "classes": {**_STRS, "minItems": 2},
                                 "description": _STR}},
         "data": {"type": "object", "description": "real slices: classifier training (train) and test (heldout)",
                  "required": ["dataset", "source", "size", "split", "train", "test"],

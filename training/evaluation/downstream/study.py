@@ -7,7 +7,6 @@ t-interval over seeds. `run_study` runs every regime x classifier x seed and ret
 from __future__ import annotations
 
 import hashlib
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..model_folder import versions
 from .card_section import HEADLINE
 from .classifiers import apply_init, fit, make_classifier, predict, read_init
 from .design import (FINETUNE_LR_FACTOR, IMAGENET_NOTE, INIT_REGIME, METRICS, POOL_RATIO, REGIMES, DELTAS,
@@ -287,7 +287,7 @@ def run_study(gen, task: Task, settings: Settings, leakage: dict[str, Any], *, m
         "notes": _notes(study, leakage, present, missing),
         "timing": {"cpu_time_s": round(time.process_time() - cpu0, 2), "wall_time_s": round(time.time() - wall0, 2),
                    "threads": settings.threads, "cpu_s_by_part": {k: round(v, 2) for k, v in cpu.items()}},
-        "command": command, "versions": _versions(), "figure": None,
+        "command": command, "versions": versions("torch", "torchvision", "numpy"), "figure": None,
     }
     problems = validate(report)
     if problems:  # a bug here, not a user error
@@ -304,10 +304,3 @@ def _settings_block(settings: Settings) -> dict[str, Any]:
             "balanced_batches": settings.balanced,
             "quick": settings.quick, "threads": settings.threads, "device": settings.device,
             "pretrained_note": IMAGENET_NOTE}
-
-
-def _versions() -> dict[str, str]:
-    import torch
-    import torchvision
-    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "numpy": np.__version__}

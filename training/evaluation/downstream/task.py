@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 
 from ...data import BUILTIN_DATASETS, DatasetError, load_dataset
-from .design import GEN_CHUNK, TASKS, DownstreamError, LeakageError
+from ...data.labels import LABEL_KINDS
+from .design import GEN_CHUNK, DownstreamError, LeakageError
 
 
 @dataclass
@@ -40,8 +41,8 @@ def task_axes(task: str, training_data: dict[str, Any]) -> tuple[int, ...]:
 def load_task(task: str, source: str, size: int, axes: tuple[int, ...]):
     """(Task, the full SliceDataset) from a built-in name or an .npz, at the generator's size."""
 
-    if task not in TASKS:
-        raise DownstreamError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
+    if task not in LABEL_KINDS:
+        raise DownstreamError(f"unknown task {task!r}; choose from {', '.join(LABEL_KINDS)}")
     try:
         ds = load_dataset(source, size, axes=axes)
     except DatasetError as exc:
