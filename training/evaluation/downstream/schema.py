@@ -1,8 +1,9 @@
 """The JSON Schema of downstream.json."""
 from __future__ import annotations
 
-import math
 from typing import Any
+
+from jsonschema import Draft202012Validator
 
 from ...data.labels import LABEL_KINDS
 from .card_section import HEADLINE
@@ -119,56 +120,10 @@ SCHEMA: dict[str, Any] = {
         "figure": {"type": ["string", "null"]},
     },
 }
-_TYPES = {"object": dict, "array": list, "string": str, "boolean": bool}
 
 
-def _type_ok(value: Any, name: str) -> bool:
-    if name == "null":
-        return value is None
-    if name in ("number", "integer"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return False
-        return isinstance(value, int) or (name == "number" and math.isfinite(value))
-    return isinstance(value, _TYPES[name])
-
-
-def validate(instance: Any, schema: dict[str, Any] | None = None, path: str = "$") -> list[str]:
-    """Problems of `instance` against a JSON-schema subset (type, const, enum, anyOf, minimum/maximum,
-    minItems/maxItems, items, required, properties, additionalProperties); [] when it conforms."""
-    schema = SCHEMA if schema is None else schema
-    errors: list[str] = []
-    types = schema.get("type")
-    if types is not None:
-        types = types if isinstance(types, list) else [types]
-        if not any(_type_ok(instance, t) for t in types):
-            return [f"{path}: expected {'/'.join(types)}, got {type(instance).__name__}"]
-    if "const" in schema and instance != schema["const"]:
-        errors.append(f"{path}: expected {schema['const']!r}, got {instance!r}")
-    if "enum" in schema and instance not in schema["enum"]:
-        errors.append(f"{path}: {instance!r} is not one of {schema['enum']}")
-    if "anyOf" in schema and not any(not validate(instance, s, path) for s in schema["anyOf"]):
-        errors.append(f"{path}: matches none of the allowed forms")
-    if isinstance(instance, (int, float)) and not isinstance(instance, bool):
-        if "minimum" in schema and instance < schema["minimum"]:
-            errors.append(f"{path}: {instance} < minimum {schema['minimum']}")
-        if "maximum" in schema and instance > schema["maximum"]:
-            errors.append(f"{path}: {instance} > maximum {schema['maximum']}")
-    if isinstance(instance, list):
-        if len(instance) < schema.get("minItems", 0):
-            errors.append(f"{path}: {len(instance)} items, fewer than {schema['minItems']}")
-        if "maxItems" in schema and len(instance) > schema["maxItems"]:
-            errors.append(f"{path}: {len(instance)} items, more than {schema['maxItems']}")
-        if "items" in schema:
-            for i, item in enumerate(instance):
-                errors += validate(item, schema["items"], f"{path}[{i}]")
-    if isinstance(instance, dict):
-        errors += [f"{path}: missing {key!r}" for key in schema.get("required", []) if key not in instance]
-        props = schema.get("properties", {})
-        for key, value in instance.items():
-            if key in props:
-                errors += validate(value, props[key], f"{path}.{key}")
-            elif isinstance(schema.get("additionalProperties"), dict):
-                errors += validate(value, schema["additionalProperties"], f"{path}.{key}")
-            elif schema.get("additionalProperties") is False:
-                errors.append(f"{path}: unexpected key {key!r}")
-    return errors
+def validate(report: Any) -> list[str]:
+    """Problems of a downstream.json report against SCHEMA (JSON Schema 2020-12, checked by jsonschema), each
+    with its JSON path; [] when it conforms."""
+    errors = Draft202012Validator(SCHEMA).iter_errors(report)
+    return [f"{error.json_path}: {error.message}" for error in sorted(errors, key=lambda e: list(map(str, e.path)))]
