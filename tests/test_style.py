@@ -248,7 +248,7 @@ def test_warm_start_grows_a_model_and_records_its_cpu_time(tmp_path):
     assert training["init_from"]["model"] == source.id and training["init_from"]["cpu_time_s"] == prior
     assert training["cpu_time_total_s"] == pytest.approx(prior + training["cpu_time_s"], abs=0.2)
     card = (tmp_path / "grown" / "model" / "README.md").read_text()
-    assert f"started from `{source.id}`" in card and "grown from 32²" in card
+    assert f"| `{source.id}` at 32² (its whole lineage) |" in card and "grown from 32²" in card
 
 
 def test_a_fresh_discriminator_behind_strong_augmentation_gets_a_note(tmp_path, capsys):

@@ -199,14 +199,15 @@ def _training_procedure(config: ModelConfig) -> str:
     cfg = t.get("config", {})
     hw = t.get("hardware", {})
     commands = [t.get("command") or "(command not recorded)", *(t.get("resumed_with") or [])]
-    out = [f"Recipe **{t.get('recipe', '?')}**, trained with MedGAN Studio's `python -m training.train`; the exact "
-           "command" + (" (then the resume commands)" if len(commands) > 1 else "") + ":", "",
+    phase = " (phase 2)" if t.get("init_from") else ""
+    out = [f"Recipe **{t.get('recipe', '?')}**, trained with MedGAN Studio's `python -m training.train`. "
+           "Lineage, phase by phase:", "", _lineage(t), "",
+           ("The commands" if len(commands) > 1 else "The command") + phase
+           + (" (the run, then its `--resume` continuations)" if len(commands) > 1 else "") + ":", "",
            "```bash", *commands, "```"]
     wall = t.get("wall_time_s")
-    rows = [("steps", t.get("steps")), ("images seen", t.get("images_seen")),
-            ("wall time", f"{wall / 60:.1f} min" if isinstance(wall, (int, float)) else None),
-            ("CPU time (process)", f"{cpu / 60:.1f} min" if isinstance(cpu := t.get("cpu_time_s"), (int, float))
-             else None),
+    rows = [(f"images seen{phase}", t.get("images_seen")),
+            (f"wall time{phase}", f"{wall / 60:.1f} min" if isinstance(wall, (int, float)) else None),
             ("hardware", ", ".join(f"{k} {v}" for k, v in hw.items() if v is not None) if hw else None),
             ("final losses", t.get("final_losses"))]
     keys = ("arch", "condition", "loss", "batch_size", "lr_g", "lr_d", "beta1", "beta2", "augment", "augment_policy",
@@ -216,15 +217,23 @@ def _training_procedure(config: ModelConfig) -> str:
     out += ["", _table([r for r in rows if r[1] is not None], ("setting", "value"))]
     if t.get("ema"):
         out += ["", "The exported weights are the exponential moving average (EMA) of the generator."]
-    return "\n".join(out + _warm_start(t))
+    return "\n".join(out)
 
 
-def _warm_start(t: dict[str, Any]) -> list[str]:
-    """What a --init-from run started from, and the CPU time of the whole lineage."""
-    init = t.get("init_from")
-    if not isinstance(init, dict) or not init:
-        return []
-    total, config = t.get("cpu_time_total_s"), t.get("config") if isinstance(t.get("config"), dict) else {}
+def _lineage(t: dict[str, Any]) -> str:
+    """A table of the model's training phases: what each started from, its steps and CPU-minutes, and the total.
+    A warm-started model (--init-from) has two: the source model's whole lineage, then this run."""
+    def minutes(seconds: Any) -> str:
+        return f"{float(seconds) / 60:.1f}" if isinstance(seconds, (int, float)) else "–"
+
+    def count(steps: Any) -> str:
+        return f"{steps:,}" if isinstance(steps, int) else "–"
+
+    init = t.get("init_from") if isinstance(t.get("init_from"), dict) else {}
+    if not init:
+        return _table([("1", "random initialisation", count(t.get("steps")), minutes(t.get("cpu_time_s")))],
+                      ("phase", "started from", "steps", "CPU-minutes"))
+    config = t.get("config") if isinstance(t.get("config"), dict) else {}
     new = len(init.get("new") or [])
     if init.get("classes"):  # another class set: a transfer (brain levels -> MR contrasts, brain -> chest)
         how = f", a model with other classes ({', '.join(init['classes'])}), whose {new} class tensors started new"
@@ -234,10 +243,14 @@ def _warm_start(t: dict[str, Any]) -> list[str]:
         how = ""
     restored = str(init.get("discriminator", "")).startswith("restored")
     d_text = "continued from the source's exported discriminator" if restored else "started fresh"
-    return ["", f"**Warm start.** The generator started from `{init.get('model')}` ({init.get('steps')} steps, "
-            f"{float(init.get('cpu_time_s', 0)) / 60:.1f} CPU-minutes{how}); the discriminator {d_text}. "
-            + (f"Total training CPU time of the lineage: **{total / 60:.1f} min**."
-               if isinstance(total, (int, float)) else "")]
+    steps = [init.get("steps"), t.get("steps")]
+    total = sum(s for s in steps if isinstance(s, int)) if all(isinstance(s, int) for s in steps) else None
+    return _table([("1", f"`{init.get('model')}` at {init.get('resolution')}² (its whole lineage)", count(steps[0]),
+                    minutes(init.get("cpu_time_s"))),
+                   ("2", f"warm start from phase 1's generator{how}; the discriminator {d_text}", count(steps[1]),
+                    minutes(t.get("cpu_time_s"))),
+                   ("total", "", count(total), minutes(t.get("cpu_time_total_s")))],
+                  ("phase", "started from", "steps", "CPU-minutes"))
 
 
 # --- evaluation: eval.json (full report) or config.json metrics (its summary), normalised -------------------
@@ -342,8 +355,8 @@ def _evaluation(evaluation: dict[str, Any], folder: Path, public: bool = True) -
 
 
 def _inception_score_row(evaluation: dict[str, Any]) -> list[tuple[Any, ...]]:
-    """The table row of the Inception Score (right column: the real training slices' own IS); none for
-    evaluations made before it was recorded."""
+    """The table row of the Inception Score (right column: the real training slices' own IS); none when the
+    evaluation record has no inception_score block."""
     block = evaluation.get("inception_score")
     if not isinstance(block, dict):
         return []
