@@ -1,4 +1,4 @@
-"""Train a DCGAN generator on medical image slices and export a medgan model folder.
+"""Train a generator (DCGAN or style-based) on medical image slices and export a medgan model folder.
 
     python -m training.train --dataset brain-t1 --size 64 --out runs/brain-t1 --recipe small-data
     python -m training.train --dataset brain-t1 --arch style --condition level --out runs/brain-style
@@ -9,15 +9,8 @@
 Two recipes (`--recipe dcgan | small-data`); every recipe setting is also a flag that overrides it.
 One `TrainConfig` holds every option; it goes into each checkpoint and the exported config.json.
 
-Reproducibility: all training randomness comes from explicit torch.Generators (data order, latents,
-augmentation) whose states are checkpointed with everything else, so on CPU N steps straight give the
-same weights bit for bit as N/2 steps, stop, `--resume`, N/2 more.
-
-Data parallel: under torchrun each rank takes its shard of every global batch from one shared index
-stream, and gradients are averaged across ranks after each backward — what DistributedDataParallel does,
-done explicitly because GAN training breaks DDP's one-forward-one-backward assumption (D runs in both the
-D and the G step, and the R1 penalty needs double backward, which DDP does not support; StyleGAN2-ADA
-syncs gradients the same way). Only rank 0 writes files.
+Reproducibility (a resumed run equals an uninterrupted one bit for bit on CPU) and data parallel under torchrun:
+see training/gan/trainer.py. Only rank 0 writes files.
 """
 from __future__ import annotations
 
