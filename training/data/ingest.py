@@ -1,6 +1,7 @@
 """Ingestion: files and folders -> a split SliceDataset (readers, slicing, subject split, level labels)."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -25,43 +26,22 @@ def ingest(inputs: Sequence[str | Path] | str | Path, size: int, *, axes: Iterab
     """Read files/folders into a split SliceDataset; skipped files are in `.skipped` / meta["skipped"].
 
     `subjects` / `licences` / `contrasts` map a file id (see meta["sources"]) or the path as given to a subject
-    id / licence text / contrast name (the "contrast" label). `templates`: subjects that are averages of many people (trained on, never held out).
+    id / licence text / contrast name (the "contrast" label). `templates`: subjects that are averages of many
+    people (trained on, never held out).
     `public`: the files are a public dataset whose names may be published (built-ins); otherwise the result
     holds the ORIGINAL subject ids and file paths in memory, meta says `"public": false, "pseudonymised": false`,
     and `save()` / `load_dataset` pseudonymise it before anything is written or trained on.
     Raises DatasetError when nothing usable is found.
     """
-    from tqdm.auto import tqdm
-
     size, axes = check_size(size), check_axes(axes)
     _check_split_options(heldout, square)
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
-    subjects, licences = dict(subjects or {}), dict(licences or {})
-    named = {"subject": subjects, "licence": licences, "contrast": dict(contrasts or {})}
+    named = {"subject": dict(subjects or {}), "licence": dict(licences or {}), "contrast": dict(contrasts or {})}
     files, skipped = S.collect_files(inputs)
-    rows: dict[str, list] = {k: [] for k in ("images", "source", "subject", "axis", "index", "pos", "thick")}
-    sources, dropped_empty, identifiers = [], 0, {}
-    for path, fid, given in tqdm(files, desc="reading", unit="file", disable=not progress):
-        try:
-            item = R.read_file(path)
-            kept, total = S.file_slices(item, size, axes, window, square, percentiles, min_foreground, foreground_level)
-        except R.SkipFile as exc:
-            skipped.append({"file": fid, "reason": _quote_as_id(str(exc), path, fid)})
-            continue
-        except Exception as exc:  # a reader bug or odd file must not end the whole run
-            text = _quote_as_id(str(exc), path, fid)[:160]
-            skipped.append({"file": fid, "reason": f"unexpected error ({type(exc).__name__}: {text})"})
-            continue
-        dropped_empty += total - len(kept)
-        if not kept:
-            skipped.append({"file": fid, "reason": f"all {total} slices near-empty (< {min_foreground:.0%} of "
-                                                   f"pixels above {foreground_level:g} after normalisation)"})
-            continue
-        sources.append(_append_slices(rows, kept, item, (fid, str(path), given), named))
-        if item.identifiers:
-            identifiers.setdefault(sources[-1]["subject"], {}).update(item.identifiers)
-        del item
+    read = _read_files(files, skipped, named, progress, size, axes, window, square, percentiles, min_foreground,
+                       foreground_level)
+    rows, sources, dropped_empty = read.rows, read.sources, read.dropped_empty
     if not rows["images"]:
         shown = "; ".join(f"{s['file']}: {s['reason']}" for s in skipped[:5]) or "no files found"
         raise DatasetError(f"no usable slices in {', '.join(map(str, inputs))} "
@@ -72,7 +52,7 @@ def ingest(inputs: Sequence[str | Path] | str | Path, size: int, *, axes: Iterab
     source = np.array(rows["source"])
     ds = SliceDataset(np.stack(rows["images"])[:, None], source, subject, axis, np.array(rows["index"], np.int32),
                       split, level=level_bands(source, axis, pos)).subset(keep)
-    ds.identifiers = identifiers
+    ds.identifiers = read.identifiers
     per_axis = {str(a): int((ds.axis == a).sum()) for a in sorted(set(ds.axis.tolist()))}
     ds.meta = {
         "dataset": name, "name": name, "public": bool(public), **({} if public else {"pseudonymised": False}),
@@ -94,6 +74,46 @@ def ingest(inputs: Sequence[str | Path] | str | Path, size: int, *, axes: Iterab
                    "heldout_subjects": len(set(ds.subject[ds.split == "heldout"].tolist()))},
     }
     return ds
+
+
+@dataclass
+class _Read:
+    """What reading the files gave: slice rows, one `sources` entry per file kept, near-empty slices dropped,
+    and the identifiers each subject's files carried (DICOM PatientName…)."""
+    rows: dict[str, list] = field(default_factory=lambda: {k: [] for k in ("images", "source", "subject", "axis",
+                                                                            "index", "pos", "thick")})
+    sources: list[dict] = field(default_factory=list)
+    dropped_empty: int = 0
+    identifiers: dict[str, dict] = field(default_factory=dict)
+
+
+def _read_files(files: list, skipped: list[dict], named: Mapping[str, Mapping[str, str]], progress: bool, size: int,
+                axes: tuple[int, ...], window, square, percentiles, min_foreground, foreground_level) -> _Read:
+    """Each file read and sliced; a file that cannot be used goes to `skipped` with its reason."""
+    from tqdm.auto import tqdm
+
+    read = _Read()
+    for path, fid, given in tqdm(files, desc="reading", unit="file", disable=not progress):
+        try:
+            item = R.read_file(path)
+            kept, total = S.file_slices(item, size, axes, window, square, percentiles, min_foreground, foreground_level)
+        except R.SkipFile as exc:
+            skipped.append({"file": fid, "reason": _quote_as_id(str(exc), path, fid)})
+            continue
+        except Exception as exc:  # a reader bug or odd file must not end the whole run
+            text = _quote_as_id(str(exc), path, fid)[:160]
+            skipped.append({"file": fid, "reason": f"unexpected error ({type(exc).__name__}: {text})"})
+            continue
+        read.dropped_empty += total - len(kept)
+        if not kept:
+            skipped.append({"file": fid, "reason": f"all {total} slices near-empty (< {min_foreground:.0%} of "
+                                                   f"pixels above {foreground_level:g} after normalisation)"})
+            continue
+        read.sources.append(_append_slices(read.rows, kept, item, (fid, str(path), given), named))
+        if item.identifiers:
+            read.identifiers.setdefault(read.sources[-1]["subject"], {}).update(item.identifiers)
+        del item
+    return read
 
 
 def _split(rows: dict[str, list], sources: list[dict], by_contrast: bool, heldout: float, seed: int, slab_gap: int,
