@@ -1,5 +1,5 @@
-"""The product speaks of the product: no development diary (the word "session" for a period of work) in the
-documents, model cards, code comments, docstrings and CLI help, and no absolute machine path in anything
+"""The product speaks of the product: no development diary (the word for a numbered period of work, matched by the
+pattern below) in the documents, model cards, code comments, docstrings and CLI help, and no absolute machine path in anything
 tracked outside tests/ nor in the safetensors metadata of a shipped model."""
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def tracked(*patterns: str) -> list[Path]:
 
 
 def session_words(text: str) -> list[str]:
-    """The uses of "session" in `text` that none of SESSION_ALLOWED explains."""
+    """The matches of the pattern in `text` that none of the allowed phrases explains."""
     for pattern in SESSION_ALLOWED:
         text = re.sub(pattern, "", text, flags=re.IGNORECASE)
     return [text[max(0, m.start() - 40):m.end() + 40].replace("\n", " ") for m in SESSION.finditer(text)]
