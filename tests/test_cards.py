@@ -81,7 +81,7 @@ def test_card_round_trips_with_required_metadata_and_sections(name, tiny_evaluat
     for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
         assert (folder / image).is_file(), f"{name}: the card shows {image}, which is not in the folder"
     # generated from the one template, and up to date with config.json / eval.json
-    assert text == card_mod.render_card(folder), f"stale card: run python -m training.publish.card {folder}"
+    assert text == card_mod.render_card(folder), f"stale card: run python -m training.card {folder}"
 
 
 def test_tiny_card_shows_floor_memorisation_commands_and_licences(tiny_evaluated):

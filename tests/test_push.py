@@ -82,7 +82,7 @@ def test_validation_names_every_problem(model, tmp_path):
     assert "optimizer.pt: pickle-format" in msg and "notes.txt: not an expected model file" in msg
     assert "runs: only plain files" in msg
     assert "README.md: model card metadata: library_name is missing; pipeline_tag is missing" in msg
-    assert "python -m training.publish.card" in msg  # says how to fix it
+    assert "python -m training.card" in msg  # says how to fix it
 
     (bad / "README.md").unlink()
     (bad / "model.safetensors").write_bytes(b"PK\x03\x04 torch.save zip")  # pickled weights under our name

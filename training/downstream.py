@@ -1,4 +1,7 @@
-"""`python -m training.downstream`: the downstream usefulness study (training/evaluation/downstream/); an alias of `python -m training.evaluation.downstream.cli`."""
+"""`python -m training.downstream`: the downstream usefulness study.
+
+The same command as `python -m training.evaluation.downstream`; this module only keeps the short name.
+"""
 import sys
 
 from training.evaluation.downstream.cli import main

@@ -1,4 +1,7 @@
-"""`python -m training.evaluate`: evaluating a generator against real slices (training/evaluation/); an alias of `python -m training.evaluation.evaluate`."""
+"""`python -m training.evaluate`: evaluating a generator against real slices.
+
+The same command as `python -m training.evaluation.evaluate`; this module only keeps the short name.
+"""
 import sys
 
 from training.evaluation.evaluate import main

@@ -1,4 +1,7 @@
-"""`python -m training.push`: publishing a model folder to the Hugging Face Hub (training/publish/); an alias of `python -m training.publish.push`."""
+"""`python -m training.push`: publishing a model folder to the Hugging Face Hub, or the app to a Space.
+
+The same command as `python -m training.publish.push`; this module only keeps the short name.
+"""
 import sys
 
 from training.publish.push import main

@@ -1,4 +1,7 @@
-"""`python -m training.train`: training a generator (training/gan/); an alias of `python -m training.gan.cli`."""
+"""`python -m training.train`: training a generator.
+
+The same command as `python -m training.gan.cli`; this module only keeps the short name.
+"""
 import sys
 
 from training.gan.cli import main

@@ -5,8 +5,8 @@
 is built with huggingface_hub's ModelCardData so `ModelCard.load(folder / "README.md")` gives the metadata back
 (license, library_name, pipeline_tag, tags, model-index with the measured metrics).
 
-    python -m training.publish.card weights/brain-t1-dcgan-64 [more folders]     # (re)write the cards
-    python -m training.publish.card --check weights/*                             # exit 1 if a card is stale
+    python -m training.card weights/brain-t1-dcgan-64 [more folders]     # (re)write the cards
+    python -m training.card --check weights/*                             # exit 1 if a card is stale
 """
 from __future__ import annotations
 
@@ -568,7 +568,7 @@ def check_card_text(text: str) -> ModelCard:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.publish.card", description="(Re)write model cards.")
+    p = argparse.ArgumentParser(prog="python -m training.card", description="(Re)write model cards.")
     p.add_argument("folders", nargs="+", type=Path)
     p.add_argument("--check", action="store_true", help="write nothing; exit 1 if a card differs from the template")
     args = p.parse_args(argv)
@@ -578,7 +578,7 @@ def main(argv: list[str] | None = None) -> int:
             current = (folder / "README.md").read_text() if (folder / "README.md").is_file() else ""
             ok = current == render_card(folder)
             stale += not ok
-            fix = f"STALE (run python -m training.publish.card {folder})"
+            fix = f"STALE (run python -m training.card {folder})"
             print(f"{folder}: {'up to date' if ok else fix}")
         else:
             print(f"wrote {write_card(folder)}")

@@ -1,6 +1,6 @@
 """Export a medgan model folder as a medigan model package (zip + global.json entry).
 
-    python -m training.publish.export_medigan weights/<id> --out DIR [--model-id ID] [--home MEDIGAN_HOME]
+    python -m training.export_medigan weights/<id> --out DIR [--model-id ID] [--home MEDIGAN_HOME]
 
 Writes DIR/<package>.zip (<package>/__init__.py, model.safetensors, config.json, README.md) and
 DIR/<model_id>.json = {model_id: entry} in medigan's global.json schema (execution / selection /
@@ -149,7 +149,7 @@ def export(folder: str | Path, out: str | Path, model_id: str | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m training.export_medigan", description=__doc__.split("\n")[0])
     parser.add_argument("folder", help="model folder (config.json + model.safetensors)")
     parser.add_argument("--out", required=True, help="where to write <id>.zip and <id>.json")
     parser.add_argument("--model-id", help="medigan model id (default: medgan_<folder id>)")

@@ -94,9 +94,9 @@ def read_texts(folder: Path, files: list[str]) -> tuple[dict[str, Any], dict[str
 
 
 FIX_FIELD = ("remove it from the file (config.json by hand, then re-render the card: "
-             "python -m training.publish.card FOLDER)")
+             "python -m training.card FOLDER)")
 FIX_PATH = ("paths can name patients, places and dates: re-run with relative paths, or edit the field in config.json "
-            "and re-render the card (python -m training.publish.card FOLDER)")
+            "and re-render the card (python -m training.card FOLDER)")
 
 
 def _where(name: str, where: int | str) -> str:
@@ -190,7 +190,7 @@ def known_problems(folder: Path, keys: Keys, docs: dict[str, Any], texts: dict[s
             if hits or raw:
                 where = f"text chunk {hits[0]!r}" if hits else "its bytes"
                 problems.append(f"{name}: {where} contains {said}")
-    return [f"{p}; remove it and re-render the card (python -m training.publish.card FOLDER)" for p in problems]
+    return [f"{p}; remove it and re-render the card (python -m training.card FOLDER)" for p in problems]
 
 
 def locate_keys(folder: Path, config: Any, keys_file: str | Path | None) -> tuple[Keys | None, list[str]]:
@@ -238,13 +238,13 @@ def image_problems(folder: Path, files: list[str], config: Any, pngs: dict[str, 
                 "ingested from your files)" + (" beside their nearest synthetic images" if name == "eval.png" else ""))
         if not allow_real_images:
             problems.append(f"{what}; real images of a non-public dataset are not published by default. Remove it "
-                            f"(rm FOLDER/{name}, then python -m training.publish.card FOLDER), or pass "
+                            f"(rm FOLDER/{name}, then python -m training.card FOLDER), or pass "
                             "--allow-real-images if you have the right to publish these images")
             continue
         warnings.append(f"{what}: publishing them because --allow-real-images was given")
         if name == "eval.png" and REAL_IMAGES_NOTE not in readme:
             problems.append("README.md does not say that eval.png shows real training slices; re-render it with "
-                            "python -m training.publish.card FOLDER")
+                            "python -m training.card FOLDER")
     return problems, warnings
 
 

@@ -114,7 +114,7 @@ def validate_folder(folder: str | Path, *, allow_real_images: bool = False,
         except MedganError as exc:
             problems.append(f"{WEIGHTS_FILE}: {exc}")
     if "README.md" in names:
-        fix = f"re-render it with: python -m training.publish.card {folder}"
+        fix = f"re-render it with: python -m training.card {folder}"
         try:
             text = (folder / "README.md").read_text()
             check_card_text(text)
