@@ -235,7 +235,7 @@ def stats(model: str | None = None) -> dict:
 
 
 def performance_panel(model: str | None, session: list[dict], after_generate: bool = False):
-    """The Performance tab; after a generation, this session's call is appended to its own series."""
+    """The Performance tab; after a generation, this browser session's call is appended to its own series."""
     numbers = perf.model_stats(model)
     session = list(session or [])
     if after_generate and numbers["history"] and (not session or session[-1]["time"] != numbers["history"][-1]["time"]):

@@ -121,7 +121,8 @@ def run_detail_block(models: list[BenchModel], quick: bool) -> dict[str, Any]:
 
 def run_training_arch(models: list[BenchModel], quick: bool) -> dict[str, Any]:
     """kimg per CPU-hour of one training step (small-data recipe, 1 thread, thread CPU time), per arch and size."""
-    from training.train import Trainer, make_config
+    from training.gan.config import make_config
+    from training.gan.trainer import Trainer
 
     sizes, batch, rounds = ((32,), 16, 2) if quick else ((64, 128), 64, 5)
     rows = []

@@ -19,7 +19,8 @@ from .reference_dcgan import ReferenceTrainer
 
 def run_training(quick: bool) -> dict[str, Any]:
     try:
-        from training.train import Trainer, make_config
+        from training.gan.config import make_config
+        from training.gan.trainer import Trainer
     except ImportError as exc:
         return {"error": f"training.train is not importable: {exc}"}
     size, batch = (32, 16) if quick else (64, 128)

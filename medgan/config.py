@@ -22,6 +22,9 @@ RESOLUTIONS = (32, 64, 128, 256)
 
 
 ARCHS = ("dcgan", "style")
+# The width cap of the style generators that training builds (`python -m training.train --arch style`):
+# GeneratorConfig.max_width (512) is what the format allows, 256 what the shipped style models use.
+STYLE_TRAINING_MAX_WIDTH = 256
 
 
 @dataclass
@@ -126,7 +129,7 @@ class ModelConfig:
     license: str = "mit"
     intended_use: str = ("Research, education, data augmentation and benchmarking. "
                          "Not for diagnosis or any clinical decision.")
-    # Measured metrics (FID, KID, precision, recall, …), written by training.evaluate.
+    # Measured metrics (FID, KID, precision, recall, …), written by `python -m training.evaluate`.
     metrics: dict[str, Any] = field(default_factory=dict)
     # How it was trained: recipe, command, steps, wall time, hardware.
     training: dict[str, Any] = field(default_factory=dict)

@@ -9,18 +9,36 @@ interpolation equal `generate(index + 1, seed)[index]` exactly (tested), without
 from __future__ import annotations
 
 import secrets
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, ContextManager, Protocol, Sequence
 
 import numpy as np
 import torch
 
 from . import limits
+from .config import ModelConfig
 from .errors import InvalidArgumentError
 from .latent import latents, to_uint8
 from .validation import as_int, check_label, check_seed, check_truncation
 
-if TYPE_CHECKING:
-    from .generator import Generator
+
+
+class Explorable(Protocol):
+    """The part of medgan.generator.Generator that interpolation and mixing use (its public interface; this
+    module does not import generator, which calls into it)."""
+
+    id: str
+    arch: str
+    classes: list[str]
+    tile: int
+    device: torch.device
+    net: torch.nn.Module
+    config: ModelConfig
+
+    def class_indices(self, count: int, seed: int, start: int, fixed: int | None) -> np.ndarray: ...
+
+    def class_names(self, indices: np.ndarray) -> list[str]: ...
+
+    def exclusive(self) -> ContextManager[None]: ...
 
 
 def check_frames(frames: object) -> int:
@@ -61,7 +79,7 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return (torch.sin((1 - t) * omega)[:, None] * a + torch.sin(t * omega)[:, None] * b) / sin
 
 
-def run_tiles(gen: "Generator", inputs: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> np.ndarray:
+def run_tiles(gen: Explorable, inputs: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> np.ndarray:
     """fn over fixed tiles of gen.tile rows (last one padded with copies) -> uint8 images [n, …]."""
     tile, n, parts = gen.tile, inputs.shape[0], []
     for t0 in range(0, n, tile):
@@ -72,14 +90,14 @@ def run_tiles(gen: "Generator", inputs: torch.Tensor, fn: Callable[[torch.Tensor
     return np.concatenate(parts)
 
 
-def tile_latents(gen: "Generator", seed: int, index: int, label: int | None) -> tuple[torch.Tensor, np.ndarray]:
+def tile_latents(gen: Explorable, seed: int, index: int, label: int | None) -> tuple[torch.Tensor, np.ndarray]:
     """z and classes of the aligned tile holding `index` (what generate() feeds its network), and the row."""
     first = index - index % gen.tile
     z = torch.from_numpy(latents(seed, gen.tile, gen.config.generator.latent_dim, first))
-    return z, gen._class_indices(gen.tile, seed, first, label)
+    return z, gen.class_indices(gen.tile, seed, first, label)
 
 
-def style_ws(gen: "Generator", seeds: list[int], indices: list[int], truncation: float,
+def style_ws(gen: Explorable, seeds: list[int], indices: list[int], truncation: float,
              label: int | None) -> tuple[torch.Tensor, np.ndarray]:
     """w [n, w_dim] and class index per (seed, index): the very w generate() uses for that image (mapped on
     the same tile of latents)."""
@@ -92,14 +110,14 @@ def style_ws(gen: "Generator", seeds: list[int], indices: list[int], truncation:
     return torch.stack(rows), np.array(classes if gen.classes else [], dtype=np.int64)
 
 
-def interpolate(gen: "Generator", seed_a: object, seed_b: object, frames: object = 8, *, index_a: object = 0,
+def interpolate(gen: Explorable, seed_a: object, seed_b: object, frames: object = 8, *, index_a: object = 0,
                 index_b: object = 0, truncation: object = 1.0, label: object = None) -> tuple[np.ndarray, dict]:
     """uint8 frames [frames, H, W] and their metadata (t, seeds, indices, classes, truncation)."""
     seed_a, seed_b, frames = check_seed(seed_a), check_seed(seed_b), check_frames(frames)
     index_a, index_b = _index("index_a", index_a), _index("index_b", index_b)
     truncation, label = check_truncation(truncation), check_label(label, gen.classes, gen.id)
     t = torch.linspace(0, 1, frames)
-    with gen._lock, torch.inference_mode():
+    with gen.exclusive():
         if gen.arch == "style":
             w, classes = style_ws(gen, [seed_a, seed_b], [index_a, index_b], truncation, label)
             path = w[:1] + t[:, None].to(w.device) * (w[1:] - w[:1])          # linear in w
@@ -122,7 +140,7 @@ def interpolate(gen: "Generator", seed_a: object, seed_b: object, frames: object
     return images, meta
 
 
-def mix(gen: "Generator", row_seeds: object, col_seeds: object, *, crossover: object = None,
+def mix(gen: Explorable, row_seeds: object, col_seeds: object, *, crossover: object = None,
         truncation: object = 1.0, label: object = None) -> tuple[np.ndarray, dict]:
     """uint8 grid [rows, cols, H, W]: cell (r, c) = coarse styles (layers < crossover) of row seed r, fine
     styles of column seed c (image 0 of each seed), and its metadata."""
@@ -136,7 +154,7 @@ def mix(gen: "Generator", row_seeds: object, col_seeds: object, *, crossover: ob
         raise InvalidArgumentError(f"crossover must be a layer between 1 and {layers - 1} for model {gen.id!r}, "
                                    f"got {str(crossover)[:24]}")
     truncation, label = check_truncation(truncation), check_label(label, gen.classes, gen.id)
-    with gen._lock, torch.inference_mode():
+    with gen.exclusive():
         w, classes = style_ws(gen, rows + cols, [0] * (len(rows) + len(cols)), truncation, label)
         w_rows, w_cols = w[:len(rows)], w[len(rows):]
         coarse = torch.arange(layers, device=w.device)[None, :, None] < crossover

@@ -5,6 +5,7 @@ seed) always gives the same pixels and count=4 returns the first 4 images of cou
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -12,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Iterator, Literal
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ from PIL import Image
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from . import limits
+from . import explore, limits
 from .config import ModelConfig
 from .errors import ConfigError, InvalidArgumentError, WeightsError
 from .files import atomic_path
@@ -150,9 +151,10 @@ class Generator:
     def labels(self, count: int, seed: int, *, start: int = 0, label: object = None) -> np.ndarray:
         """The class index of images start..start+count-1 (what generate() uses); [] when unconditional."""
         count, seed = check_count(count), check_seed(seed)
-        return self._class_indices(count, seed, as_int("start", start), check_label(label, self.classes, self.id))
+        return self.class_indices(count, seed, as_int("start", start), check_label(label, self.classes, self.id))
 
-    def _class_indices(self, count: int, seed: int, start: int, fixed: int | None) -> np.ndarray:
+    def class_indices(self, count: int, seed: int, start: int, fixed: int | None) -> np.ndarray:
+        """`labels` for checked arguments: `fixed`, a class index, or None to draw one per image from (seed, i)."""
         if not self.classes:
             return np.empty(0, dtype=np.int64)
         if fixed is not None:
@@ -187,10 +189,9 @@ class Generator:
         """`frames` images from image index_a of seed_a to image index_b of seed_b: linear in w for style
         models, spherical in z for DCGAN. The first and last frames are exactly those generate() gives.
         return_meta=True also returns a dict (t of each frame, seeds, classes, truncation)."""
-        from .explore import interpolate
         check_output_type(output_type, allow_pt=False)
         began = time.perf_counter()
-        images, meta = interpolate(self, seed_a, seed_b, frames, index_a=index_a, index_b=index_b,
+        images, meta = explore.interpolate(self, seed_a, seed_b, frames, index_a=index_a, index_b=index_b,
                                    truncation=truncation, label=label)
         self._record(len(images), time.perf_counter() - began)
         return (convert_output(images, output_type), meta) if return_meta else convert_output(images, output_type)
@@ -200,10 +201,9 @@ class Generator:
         """Style mixing (style models only): a rows x columns grid; cell (r, c) takes the coarse styles (layers
         below `crossover`, default the middle layer) from row seed r and the fine ones from column seed c.
         np: uint8 [rows, cols, H, W]; pil: a list of rows of images."""
-        from .explore import mix
         check_output_type(output_type, allow_pt=False)
         began = time.perf_counter()
-        grid, meta = mix(self, row_seeds, col_seeds, crossover=crossover, truncation=truncation, label=label)
+        grid, meta = explore.mix(self, row_seeds, col_seeds, crossover=crossover, truncation=truncation, label=label)
         self._record(grid.shape[0] * grid.shape[1], time.perf_counter() - began)
         result = [convert_output(row, "pil") for row in grid] if output_type == "pil" else grid
         return (result, meta) if return_meta else result
@@ -223,11 +223,11 @@ class Generator:
         first = start - start % tile
         total = -(-(start + count - first) // tile) * tile
         z = torch.from_numpy(latents(seed, total, dim, first))
-        labels = torch.from_numpy(self._class_indices(total, seed, first, label)).to(self.device) \
+        labels = torch.from_numpy(self.class_indices(total, seed, first, label)).to(self.device) \
             if self.classes else None
         dtype = PRECISIONS[self.precision]
         out: np.ndarray | torch.Tensor | None = None
-        with self._lock, torch.inference_mode():
+        with self.exclusive():
             for t0 in range(first, start + count, tile):
                 rows = slice(t0 - first, t0 - first + tile)
                 images = self.forward(z[rows].to(self.device, dtype), labels[rows] if labels is not None else None,
@@ -240,6 +240,13 @@ class Generator:
                     out = torch.empty(shape) if floats else np.empty(shape, dtype=np.uint8)
                 out[lo - start:hi - start] = part
         return out
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold this while running `self.net`: one forward pass at a time per model (the fast layouts keep
+        per-call buffers), in inference mode."""
+        with self._lock, torch.inference_mode():
+            yield
 
     def _record(self, count: int, seconds: float) -> None:
         self.stats.history = (self.stats.history + [(time.time(), count, seconds)])[-100:]

@@ -133,7 +133,7 @@ def warm_up_in_background(model_id: str | None, registry: Registry | None = None
 
 
 def panel_markdown(stats: dict[str, Any], session: list[dict[str, Any]] | None = None) -> str:
-    """The Performance tab's table: this session's last call, then the model's and the process's numbers."""
+    """The Performance tab's table: this browser session's last call, then the model's and the process's numbers."""
     def ms(s: float | None) -> str:
         return f"{s * 1e3:.1f} ms" if isinstance(s, (int, float)) else "—"
     rows = [("Model", f"`{stats['model']}` ({'loaded' if stats['loaded'] else 'not loaded yet'})"

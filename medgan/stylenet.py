@@ -154,7 +154,7 @@ def phase_balanced(weight: torch.Tensor) -> torch.Tensor:
     """The nearest kernel [c_in, c_out, 4, 4] of a stride-2 transposed conv whose four stride phases (the taps
     that reach even/odd output rows x even/odd columns) have equal sums for every (in, out) pair. Unbalanced
     phases stamp a fixed 2x2 pattern on any smooth input: the checkerboard a trained 128² layer drew
-    (README, session 11); balanced ones turn a constant input into a constant output (Sugawara et al. 2019).
+    (docs/experiments.md); balanced ones turn a constant input into a constant output (Sugawara et al. 2019).
     A linear projection, so an EMA of balanced kernels stays balanced."""
     phases = weight.unflatten(2, (2, 2)).unflatten(4, (2, 2))          # [ci, co, row, row-phase, col, col-phase]
     sums = phases.sum(dim=(2, 4), keepdim=True)                         # [ci, co, 1, 2, 1, 2]

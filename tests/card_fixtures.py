@@ -1,5 +1,6 @@
-"""A tiny model folder that looks like a trained and evaluated one: provenance in config.json (as training/train.py
-writes it) and an eval.json with training/evaluate.py's schema, applied through evaluate's own update path."""
+"""A tiny model folder that looks like a trained and evaluated one: provenance in config.json (as
+training.gan.export writes it) and an eval.json with training.evaluate's schema, applied through evaluate's own
+update path."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -38,7 +39,8 @@ def fake_eval_report(model_id: str, fid: float = 123.456) -> dict[str, Any]:
 
 def make_evaluated_model(parent: Path, model_id: str = "tiny-card") -> Path:
     """make_model_folder + train.py-style provenance + eval.json, then evaluate.update_model_folder (-> card)."""
-    from training.evaluate import update_model_folder, write_json
+    from training.evaluation.evaluate import update_model_folder
+    from training.evaluation.model_folder import write_json
 
     folder = make_model_folder(parent, model_id)
     config = ModelConfig.load(folder)

@@ -51,7 +51,7 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def artifacts_dir(request, tmp_path_factory) -> Path:
     """Where tests leave figures and screenshots for people to read: $MEDGAN_TEST_ARTIFACTS if set, else the
-    pytest cache (`.pytest_cache/d/artifacts/`), else this session's temp dir. Never `tests/`."""
+    pytest cache (`.pytest_cache/d/artifacts/`), else this pytest session's temp dir. Never `tests/`."""
     if os.environ.get("MEDGAN_TEST_ARTIFACTS"):
         path = Path(os.environ["MEDGAN_TEST_ARTIFACTS"])
         path.mkdir(parents=True, exist_ok=True)

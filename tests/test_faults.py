@@ -96,15 +96,15 @@ def test_bad_folders_are_refused_clearly_in_process(tmp_path):
     assert not marker.exists()
 
 
-def test_config_asking_for_huge_tensors_is_refused_before_allocating(tmp_path):
+def test_config_asking_for_huge_tensors_is_refused_before_allocating(tmp_path, monkeypatch):
     folder = make_model_folder(tmp_path, "greedy")
     config = json.loads((folder / "config.json").read_text())
     config["generator"]["widths"] = [1_000_000, 1_000_000, 1_000_000]  # ~10^13 parameters
     (folder / "config.json").write_text(json.dumps(config))
-    began = time.perf_counter()
+    import medgan.generator
+    monkeypatch.setattr(medgan.generator, "build_generator", lambda *a: pytest.fail("the network was built"))
     with pytest.raises(ConfigError, match="more than the 100,000,000 allowed") as err:
         Registry([LocalSource([tmp_path])]).load("greedy")
-    assert time.perf_counter() - began < 5
     assert_clear(str(err.value), tmp_path)
 
 
@@ -146,17 +146,13 @@ def test_old_exports_are_deleted_after_retention(tmp_path, monkeypatch):
 
 def test_time_limit_answers_and_bounds_overdue_work():
     release = threading.Event()
-    began = time.perf_counter()
     with pytest.raises(GenerationError, match="time limit of 0.2 s"):
         limits.run_with_time_limit(release.wait, 10, seconds=0.2, max_overdue=1)
-    assert time.perf_counter() - began < 2 and limits.overdue() == 1
+    assert not release.is_set() and limits.overdue() == 1  # answered while the work still runs
     with pytest.raises(GenerationError, match="still finishing earlier requests"):
         limits.run_with_time_limit(lambda: 1, seconds=5, max_overdue=1)
     release.set()
-    deadline = time.time() + 5
-    while limits.overdue() and time.time() < deadline:
-        time.sleep(0.01)
-    assert limits.overdue() == 0
+    wait_until(lambda: limits.overdue() == 0, timeout=30)
     assert limits.run_with_time_limit(lambda x: x + 1, 1, seconds=5) == 2
     with pytest.raises(ZeroDivisionError):  # errors of the work reach the caller unchanged
         limits.run_with_time_limit(lambda: 1 / 0, seconds=5)
@@ -431,8 +427,8 @@ def phantoms(path: Path) -> Path:
 
 @pytest.mark.slow
 def test_training_sigtermed_then_resumed_keeps_checkpoints_and_steps(tmp_path):
-    from training import checkpoint as ckpt
-    from training.train import main
+    from training.gan import checkpoint as ckpt
+    from training.gan.cli import main
 
     data, run = phantoms(tmp_path / "p.npz"), tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}

@@ -142,7 +142,7 @@ def test_ingest_accounts_for_every_malformed_file_and_keeps_the_good_ones(malfor
               "unexpected_errors": {n: skipped[n] for n in unexpected}}
     (artifacts_dir / "ingest_fuzz.json").write_text(json.dumps(report, indent=2) + "\n")
     # A generic "unexpected error" still skips the file, but means a reader did not recognise the problem.
-    # These are the known gaps (reported to training/readers.py); anything new fails here.
+    # These are the known gaps (reported to training/data/readers.py); anything new fails here.
     assert set(unexpected) <= KNOWN_READER_GAPS, report["unexpected_errors"]
     for name in unexpected:
         assert "Error" in skipped[name], skipped[name]  # at least names what went wrong

@@ -111,14 +111,14 @@ def test_configuration_page_documents_every_variable():
     assert documented <= quoted, sorted(documented - quoted)  # e.g. read in a loop over names
 
 
-# --- the variables that used to raise ValueError or fall back silently ----------------------------------
+# --- malformed variables are refused by name, when they are used -------------------------------------------
 def test_max_count_per_call_is_read_when_used_not_at_import(monkeypatch):
     monkeypatch.setenv("MEDGAN_MAX_COUNT_PER_CALL", "abc")
     with pytest.raises(ConfigError, match="^MEDGAN_MAX_COUNT_PER_CALL must be an integer >= 1, got 'abc'"):
         check_count(3)
     with pytest.raises(ConfigError, match="MEDGAN_MAX_COUNT_PER_CALL"):
         from medgan.validation import MAX_COUNT_PER_CALL  # noqa: F401
-    # importing medgan afresh does not read it (it used to raise a bare ValueError at import)
+    # importing medgan afresh does not read it (a bad value must not break the import)
     proc = subprocess.run([sys.executable, "-c", "import medgan, medgan.validation"], cwd=ROOT, capture_output=True,
                           text=True, timeout=120, env={**os.environ, "MEDGAN_MAX_COUNT_PER_CALL": "abc"})
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -142,7 +142,7 @@ def test_max_loaded_models(monkeypatch):
 def test_medigan_worker_timeouts(monkeypatch, tmp_path, name):
     monkeypatch.setenv(name, "abc")
     with pytest.raises(ConfigError, match=f"^{name} must be a number >= 1, got 'abc'"):
-        medigan_source.run_worker(tmp_path, "x", {}, 1, 0)  # used to run on the 120 s default instead
+        medigan_source.run_worker(tmp_path, "x", {}, 1, 0)  # refused, not the 120 s default
     monkeypatch.setenv(name, "2.5")
     assert getattr(limits, name.lower().removeprefix("medgan_"))() == 2.5
 
@@ -174,14 +174,12 @@ def test_app_refuses_to_start_on_a_malformed_setting(tmp_path):
     """Before Gradio is imported: about 3 s (torch's import), so it stays in the fast tier."""
     env = {**os.environ, "MEDGAN_MAX_COUNT_PER_CALL": "abc", "GRADIO_SERVER_NAME": "127.0.0.1",
            "GRADIO_SERVER_PORT": str(free_port())}
-    began = time.perf_counter()
     proc = subprocess.run([sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=180)
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
     assert proc.stderr.strip().splitlines()[-1] == ("[medgan] cannot start: MEDGAN_MAX_COUNT_PER_CALL must be an "
                                                     "integer >= 1, got 'abc'"), proc.stderr[-3000:]
     assert "Traceback" not in proc.stdout + proc.stderr
-    print(f"refused in {time.perf_counter() - began:.1f} s")
 
 
 # How a runner that imports app.py launches it: `demo.launch()` with no arguments of ours. A fault is planted

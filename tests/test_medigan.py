@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -34,8 +35,8 @@ from medgan.sources.medigan import (IMAGE_TO_IMAGE, MASK_CONDITIONED, MediganSou
 from medgan.sources import NOISE_TO_IMAGE
 from medigan_fixtures import (CHDIR_RANDOM, EXITS, HANGS, IMAGE_TO_IMAGE_IDS, MASK_CONDITIONED_IDS, RAISES,
                               REFERENCE_CATALOGUE, SEGFAULTS, add_foreign_package)
-from training import medigan_package
-from training.export_medigan import MEDGAN_DIR, VENDORED, export, medigan_id
+from training.publish import medigan_package
+from training.publish.export_medigan import MEDGAN_DIR, VENDORED, export, medigan_id
 
 MODELS = ["tiny-test", *SHIPPED]  # our models exported as medigan packages: the tiny one and every shipped one
 
@@ -146,11 +147,12 @@ def test_fresh_offline_install_lists_medigan_models_and_refuses_them_at_once(tmp
            ("MG", "breast", 128, "DCGAN", "MIT")
     assert calc["metrics"]["fid_published"] == 67.6 and calc["metrics"]["fid_radimagenet_published"] == 1.27
     before = foreign_modules()
-    began = time.perf_counter()
-    with pytest.raises(SourceUnavailableError, match="'medigan:00001_DCGAN_MMG_CALC_ROI' downloads on first use "
-                                                     "\\(needs internet\\).*offline.*zenodo.org"):
-        service.generate("medigan:00001_DCGAN_MMG_CALC_ROI", 1, 2, registry=registry)
-    assert time.perf_counter() - began < 2  # no worker, no network wait
+    with monkeypatch.context() as refused:  # refused at once: no worker started, no connection tried
+        refused.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("a worker was started"))
+        refused.setattr(socket.socket, "connect", lambda *a, **k: pytest.fail("a connection was tried"))
+        with pytest.raises(SourceUnavailableError, match="'medigan:00001_DCGAN_MMG_CALC_ROI' downloads on first "
+                                                         "use \\(needs internet\\).*offline.*zenodo.org"):
+            service.generate("medigan:00001_DCGAN_MMG_CALC_ROI", 1, 2, registry=registry)
     assert not home.exists() and foreign_modules() == before
     with pytest.raises(InvalidArgumentError, match="image-to-image"):
         service.generate("medigan:00003_CYCLEGAN_MMG_DENSITY_FULL", 1, 2, registry=registry)
@@ -316,7 +318,7 @@ def test_exported_entry_has_medigan_schema_and_our_metrics(tmp_path):
         vendored = [f"_medgan/{m}.py" for m in ("__init__", *VENDORED)]
         assert sorted(zf.namelist()) == sorted(f"{mid}/{n}" for n in
                                                ("README.md", "__init__.py", "config.json", "model.safetensors", *vendored))
-        # The package's __init__ is training/medigan_package.py; its inference code is medgan's own modules.
+        # The package's __init__ is training/publish/medigan_package.py; its inference code is medgan's own modules.
         assert zf.read(f"{mid}/__init__.py") == Path(medigan_package.__file__).read_bytes()
         for module in VENDORED:
             assert zf.read(f"{mid}/_medgan/{module}.py") == (MEDGAN_DIR / f"{module}.py").read_bytes()

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from training import metrics as M
+from training.evaluation import metrics as M
 
 
 @pytest.fixture

@@ -21,10 +21,11 @@ from helpers import ROOT, patient_dicoms
 from PIL import Image
 
 from training import data as D
-from training import privacy
-from training import push as push_mod
-from training.card import write_card
-from training.pseudonyms import Keys, is_pseudonym, keys_path
+from training.data import cli as data_cli
+from training.publish import privacy
+from training.publish import push as push_mod
+from training.publish.card import write_card
+from training.data.pseudonyms import Keys, is_pseudonym, keys_path
 
 PATIENTS = [("PID-424242", "DOE^JANE", "19700101"), ("PID-515151", "ROE^RICHARD", "19810212"),
             ("PID-616161", "POE^EDGAR", "19920323")]
@@ -54,12 +55,12 @@ def png_text(path: Path) -> str:
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
     """Ingested (CLI) and trained (2 steps) from the tiny DICOMs, all with relative paths from this folder."""
-    from training.train import main as train_main
+    from training.gan.cli import main as train_main
 
     root = tmp_path_factory.mktemp("privacy")
     make_dicoms(root / "scans")
     with contextlib.chdir(root):
-        assert D.main(["scans", "--size", "32", "--out", "data/ds.npz", "--quiet"]) == 0
+        assert data_cli.main(["scans", "--size", "32", "--out", "data/ds.npz", "--quiet"]) == 0
         assert train_main(["--data", "data/ds.npz", *TINY, "--out", "runs/p", "--export", "weights/priv-32",
                            "--model-id", "priv-32"]) == 0
     return root
@@ -85,7 +86,7 @@ def test_ingestion_pseudonymises_and_keeps_the_mapping_local(work, capsys):
 
 def test_model_folder_and_upload_carry_no_identifiers(work, capsys):
     folder = work / "weights" / "priv-32"
-    write_card(folder)  # the card as training.card renders it
+    write_card(folder)  # the card as training.publish.card renders it
     config = json.loads((folder / "config.json").read_text())
     assert config["training_data"]["sources"] and all(
         is_pseudonym(s["id"]) and is_pseudonym(s["subject"]) for s in config["training_data"]["sources"])
@@ -150,7 +151,8 @@ def test_push_refuses_planted_identifiers_naming_file_and_field(work, folder_cop
 def test_push_refuses_real_images_of_a_non_public_dataset_unless_allowed(work, folder_copy, capsys):
     from card_fixtures import fake_eval_report
 
-    from training.evaluate import update_model_folder, write_json
+    from training.evaluation.evaluate import update_model_folder
+    from training.evaluation.model_folder import write_json
 
     report = fake_eval_report("priv-32")  # evaluate's schema; evaluated on this (non-public) dataset
     report["real_data"]["dataset"] = "custom"
@@ -204,8 +206,8 @@ def test_same_key_same_pseudonyms(work, tmp_path, capsys):
     raw = D.ingest([work / "scans"], 32, progress=False)  # in memory: the originals, for inspection only
     assert set(raw.subject.tolist()) == {p[0] for p in PATIENTS}
     with contextlib.chdir(work):  # re-ingest to the same name, and to another dataset in the same folder: same key
-        assert D.main(["scans", "--size", "32", "--out", "data/ds.npz", "--quiet"]) == 0
-        assert D.main(["scans", "--size", "32", "--out", "data/other.npz", "--quiet"]) == 0
+        assert data_cli.main(["scans", "--size", "32", "--out", "data/ds.npz", "--quiet"]) == 0
+        assert data_cli.main(["scans", "--size", "32", "--out", "data/other.npz", "--quiet"]) == 0
     again, other = (D.SliceDataset.load(work / "data" / n) for n in ("ds.npz", "other.npz"))
     assert again.subject.tolist() == first.subject.tolist() and again.source.tolist() == first.source.tolist()
     assert other.subject.tolist() == first.subject.tolist()
@@ -214,7 +216,7 @@ def test_same_key_same_pseudonyms(work, tmp_path, capsys):
     fresh = raw.save(tmp_path / "fresh" / "ds.npz")
     assert set(D.SliceDataset.load(fresh).subject.tolist()).isdisjoint(first.subject.tolist())
     with contextlib.chdir(work):
-        assert D.main(["scans", "--size", "32", "--out", str(tmp_path / "reuse" / "ds.npz"), "--quiet",
+        assert data_cli.main(["scans", "--size", "32", "--out", str(tmp_path / "reuse" / "ds.npz"), "--quiet",
                        "--key-file", "data/ds.keys.json"]) == 0
     assert D.SliceDataset.load(tmp_path / "reuse" / "ds.npz").subject.tolist() == first.subject.tolist()
     assert "keep that file private" in capsys.readouterr().out

@@ -19,7 +19,7 @@ from helpers import ROOT, build_hf_cache
 from medgan.errors import SourceUnavailableError, WeightsError
 from medgan.generator import Generator
 from medgan.registry import Registry, default_sources
-from training import push as push_mod
+from training.publish import push as push_mod
 
 REPO = "medgan-test/tiny-card"
 
@@ -62,7 +62,7 @@ def test_upload_is_refused_offline_and_without_a_token(model, capsys, monkeypatc
 def test_the_exported_discriminator_is_never_uploaded(model, tmp_path):
     """discriminator.safetensors (training state for --init-from) is neither an error nor uploaded."""
     import shutil
-    from training.discriminator import DISCRIMINATOR_FILE, DCGANDiscriminator, save_discriminator
+    from training.gan.discriminator import DISCRIMINATOR_FILE, DCGANDiscriminator, save_discriminator
     folder = shutil.copytree(model, tmp_path / "with-d")
     save_discriminator(folder, DCGANDiscriminator(32, 1, 4), {"step": 1})
     assert (folder / DISCRIMINATOR_FILE).is_file()

@@ -25,10 +25,12 @@ from medgan.registry import Registry
 from medgan.registry import default_sources
 from medgan.stylefast import FastStyle
 from medgan.stylenet import StyleGenerator, style_param_count
-from training import checkpoint as ckpt
+from training.gan import checkpoint as ckpt
 from training.grow import grow
-from training.precision import Precision
-from training.train import TrainConfig, Trainer, main as train_main
+from training.gan.precision import Precision
+from training.gan.cli import main as train_main
+from training.gan.config import TrainConfig
+from training.gan.trainer import Trainer
 
 SHIPPED_STYLE = "brain-t1-style-64"
 

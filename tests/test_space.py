@@ -14,7 +14,7 @@ import psutil
 import pytest
 from helpers import ROOT, build_hf_cache, make_model_folder, running_app
 
-from training.push import catalogue_repo_ids, front_matter, gradio_pin
+from training.publish.push import catalogue_repo_ids, front_matter, gradio_pin
 
 FAKE_SPACES = '''
 """Stand-in for the `spaces` package: GPU(...) records each decoration and each call to FAKE_SPACES_LOG."""

@@ -23,7 +23,7 @@ from medgan.registry import Registry
 from medgan.sources.hub import HubSource
 from medgan.stylefast import FastStyle
 from medgan.stylenet import StyleGenerator, style_param_count
-from training.train import main
+from training.gan.cli import main
 
 CLASSES = ["dark", "bright"]
 
@@ -163,7 +163,7 @@ def test_round_trip_through_hub_cache(tmp_path, style_folder):
 
 
 def test_round_trip_through_a_medigan_package(tmp_path, style_folder):
-    from training.export_medigan import export
+    from training.publish.export_medigan import export
     mid, entry, zip_path = export(style_folder, tmp_path / "out")
     with zipfile.ZipFile(zip_path) as zf:
         zf.extractall(tmp_path / "pkg")
@@ -218,7 +218,8 @@ def test_a_model_trained_on_two_trivial_classes_produces_them(tmp_path):
 def test_warm_start_grows_a_model_and_records_its_cpu_time(tmp_path):
     """--init-from: a 32² model grows to 64² (shared widths): before any step the grown generator draws the
     source's images up-sampled, and the export adds the source's CPU time to its own."""
-    from training.train import Trainer, make_config
+    from training.gan.config import make_config
+    from training.gan.trainer import Trainer
     from medgan.stylenet import upsample
     npz = _two_class_npz(tmp_path / "two.npz", n=8, size=64)
     common = ["--data", str(npz), "--arch", "style", "--condition", "level", "--batch-size", "8", "--d-width", "8",
@@ -247,77 +248,37 @@ def test_warm_start_grows_a_model_and_records_its_cpu_time(tmp_path):
     assert training["init_from"]["model"] == source.id and training["init_from"]["cpu_time_s"] == prior
     assert training["cpu_time_total_s"] == pytest.approx(prior + training["cpu_time_s"], abs=0.2)
     card = (tmp_path / "grown" / "model" / "README.md").read_text()
-    assert f"started from `{source.id}`" in card and "grown from 32²" in card
+    assert f"| `{source.id}` at 32² (its whole lineage) |" in card and "grown from 32²" in card
 
 
-def _small_source_to_grow(tmp_path: Path) -> tuple[Path, list[str], Path]:
-    """A 2-step 32² conditional style model to grow to 64²: (its data, the shared flags, its model folder)."""
-    npz = _two_class_npz(tmp_path / "two.npz", n=8, size=64)
-    common = ["--data", str(npz), "--arch", "style", "--condition", "level", "--batch-size", "8", "--d-width", "8",
-              "--w-dim", "32", "--latent-dim", "16", "--threads", "1", "--sample-every", "1000", "--ckpt-every", "1000",
-              "--ema", "0.5"]
-    assert main([*common, "--size", "32", "--base-width", "4", "--steps", "2", "--out", str(tmp_path / "small")]) == 0
-    return npz, common, tmp_path / "small" / "model"
-
-
-def test_train_new_only_keeps_the_copied_layers_fixed(tmp_path, capsys):
-    """--train-new-only grows a model with the copied layers fixed (only the new resolution's tensors learn);
-    --no-train-new-only on --resume then trains everything. Without --init-from, or with nothing new, it is refused."""
-    from medgan.generator import load_weights
-    npz, common, src = _small_source_to_grow(tmp_path)
-    before = load_weights(src, Generator.from_folder(src, device="cpu").id)
-
-    def changed(folder: Path) -> set[str]:
-        after = load_weights(folder, Generator.from_folder(folder, device="cpu").id)
-        return {k for k, v in before.items() if k != "mapping.w_avg" and not torch.equal(after[k], v)}
-
-    grow = [*common, "--size", "64", "--base-width", "2", "--init-from", str(src), "--out", str(tmp_path / "grown")]
-    assert main([*grow, "--steps", "3", "--train-new-only"]) == 0
-    assert changed(tmp_path / "grown" / "model") == set()
-    new = load_weights(tmp_path / "grown" / "model", "x")
-    assert new["to_image.4.weight"].abs().sum() > 0  # started at zero, learned
-    card = (tmp_path / "grown" / "model" / "README.md").read_text()
-    assert "only the new layers learned" in card
-    assert main(["--resume", str(tmp_path / "grown"), "--steps", "5", "--no-train-new-only"]) == 0
-    assert changed(tmp_path / "grown" / "model")  # the copied layers learn again
-    assert main([*common, "--size", "32", "--base-width", "4", "--steps", "1", "--train-new-only",
-                 "--out", str(tmp_path / "bad")]) == 2
-    assert "--train-new-only needs --init-from" in capsys.readouterr().err
-    assert main([*common, "--size", "32", "--base-width", "4", "--steps", "1", "--train-new-only", "--init-from",
-                 str(src), "--out", str(tmp_path / "same")]) == 2
-    assert "nothing would learn" in capsys.readouterr().err
-
-
-def test_d_warmup_trains_only_the_discriminator(tmp_path, capsys):
-    """--d-warmup N: for the first N steps only D learns, so a warm-started G exports unchanged, and one step past the
-    warm-up changes G. A fresh D behind fixed strong augmentation gets a note pointing at ADA; with ADA, none."""
+def test_a_fresh_discriminator_behind_strong_augmentation_gets_a_note(tmp_path, capsys):
+    """--init-from without the source's discriminator, behind fixed p=1 augmentation, prints a note pointing at ADA
+    and the card says the discriminator started fresh; with ADA there is no note. Removed options are refused."""
     npz = _two_class_npz(tmp_path / "two.npz", n=8, size=32)
     common = ["--data", str(npz), "--arch", "style", "--condition", "level", "--batch-size", "8", "--d-width", "8",
               "--w-dim", "32", "--latent-dim", "16", "--threads", "1", "--sample-every", "1000", "--ckpt-every", "1",
               "--size", "32", "--base-width", "4"]
     assert main([*common, "--steps", "2", "--out", str(tmp_path / "src")]) == 0
-    source = Generator.from_folder(tmp_path / "src" / "model", device="cpu")
-    before = source.generate(8, 3, output_type="np")
-    (tmp_path / "src" / "model" / "discriminator.safetensors").unlink()  # a fresh D, as before exports carried one
-    for steps in (3, 4):
-        out = tmp_path / f"warm{steps}"
-        assert main([*common, "--steps", str(steps), "--d-warmup", "3", "--init-from",
-                     str(tmp_path / "src" / "model"), "--out", str(out)]) == 0
-        after = Generator.from_folder(out / "model", device="cpu").generate(8, 3, output_type="np")
-        assert np.array_equal(after, before) == (steps == 3), steps
-        assert "may never leave chance" in capsys.readouterr().out
-    assert "the discriminator trained alone for its first 3 steps" in (out / "model" / "README.md").read_text()
+    (tmp_path / "src" / "model" / "discriminator.safetensors").unlink()
+    assert main([*common, "--steps", "1", "--init-from", str(tmp_path / "src" / "model"),
+                 "--out", str(tmp_path / "warm")]) == 0
+    assert "may never leave chance" in capsys.readouterr().out
+    assert "the discriminator started fresh" in (tmp_path / "warm" / "model" / "README.md").read_text()
     assert main([*common, "--steps", "1", "--ada-target", "0.6", "--init-from", str(tmp_path / "src" / "model"),
                  "--out", str(tmp_path / "ada")]) == 0
     assert "may never leave chance" not in capsys.readouterr().out
-    assert main([*common, "--d-warmup", "-1", "--out", str(tmp_path / "bad")]) != 0
+    for removed in ("--d-warmup", "--train-new-only", "--balance-up"):
+        with pytest.raises(SystemExit):
+            main([*common, removed, "1", "--out", str(tmp_path / "bad")])
+        assert "unrecognized arguments" in capsys.readouterr().err
 
 
 def test_warm_start_continues_with_the_exported_discriminator(tmp_path, capsys):
     """An export carries its discriminator; --init-from continues with it when it fits (so a model can be
     trained on after its run folder is gone), and starts D fresh when it does not."""
-    from training.discriminator import DISCRIMINATOR_FILE
-    from training.train import Trainer, make_config
+    from training.gan.discriminator import DISCRIMINATOR_FILE
+    from training.gan.config import make_config
+    from training.gan.trainer import Trainer
     npz = _two_class_npz(tmp_path / "two.npz", n=8, size=32)
     common = ["--data", str(npz), "--arch", "style", "--condition", "level", "--batch-size", "8", "--threads", "1",
               "--w-dim", "32", "--latent-dim", "16", "--sample-every", "1000", "--ckpt-every", "1000", "--size", "32",
@@ -325,7 +286,7 @@ def test_warm_start_continues_with_the_exported_discriminator(tmp_path, capsys):
     assert main([*common, "--d-width", "8", "--steps", "3", "--out", str(tmp_path / "src")]) == 0
     source = tmp_path / "src" / "model"
     assert (source / DISCRIMINATOR_FILE).is_file()
-    from training import checkpoint as ckpt
+    from training.gan import checkpoint as ckpt
     run_d = ckpt.subdict(ckpt.load_checkpoint(tmp_path / "src")[0], "D")
     images, classes = np.zeros((4, 1, 32, 32), np.float32), Generator.from_folder(source, device="cpu").classes
 
@@ -354,7 +315,8 @@ def test_warm_start_continues_with_the_exported_discriminator(tmp_path, capsys):
 def test_balanced_classes_and_a_warm_start_across_class_sets(tmp_path, capsys):
     """--balance-classes draws a rare class as often as a common one; --init-from a model with other classes
     copies everything but the class tensors (which start new) and records the source's classes."""
-    from training.train import Trainer, make_config
+    from training.gan.config import make_config
+    from training.gan.trainer import Trainer
     npz = _two_class_npz(tmp_path / "two.npz", n=8, size=32)
     assert main(["--data", str(npz), "--arch", "style", "--condition", "level", "--size", "32", "--batch-size", "8",
                  "--base-width", "4", "--d-width", "8", "--w-dim", "32", "--latent-dim", "16", "--steps", "1",
@@ -394,23 +356,3 @@ def test_phase_balanced_kernels_draw_no_checkerboard():
     bilinear = torch.tensor([1.0, 3.0, 3.0, 1.0])
     smooth = torch.outer(bilinear, bilinear).expand(6, 5, 4, 4)
     assert torch.allclose(phase_balanced(smooth), smooth)
-
-
-def test_balance_up_keeps_the_learning_up_kernels_balanced(tmp_path, capsys):
-    """--balance-up with --train-new-only: the grown layer's kernel is phase-balanced in the export; the copied
-    up-sampling kernel (not balanced) is not touched. Refused for DCGAN."""
-    from medgan.generator import load_weights
-    from medgan.stylenet import phase_balanced
-    npz, common, src = _small_source_to_grow(tmp_path)
-    before = load_weights(src, "x")
-    assert main([*common, "--size", "64", "--base-width", "2", "--init-from", str(src), "--train-new-only",
-                 "--balance-up", "--steps", "3", "--out", str(tmp_path / "grown")]) == 0
-    after = load_weights(tmp_path / "grown" / "model", "x")
-    new_kernel = after["layers.4.weight"]
-    assert torch.allclose(phase_balanced(new_kernel), new_kernel, atol=1e-5)
-    assert not torch.allclose(phase_balanced(before["layers.3.weight"]), before["layers.3.weight"], atol=1e-3)
-    assert torch.equal(after["layers.3.weight"], before["layers.3.weight"])  # copied: fixed, not projected
-    card = (tmp_path / "grown" / "model" / "README.md").read_text()
-    assert "checkerboard-free (`--balance-up`)" in card
-    assert main(["--data", str(npz), "--size", "32", "--steps", "1", "--balance-up", "--out", str(tmp_path / "d")]) == 2
-    assert "--balance-up needs --arch style" in capsys.readouterr().err

@@ -1,14 +1,31 @@
 """medgan.threads: the wait policy chosen at import and the thread count per generation follow the machine."""
+import contextlib
 import os
 import subprocess
 import sys
-import time
+from typing import Iterator
 
 import pytest
 import torch
 
 from medgan import threads
 from medgan.testing import ROOT
+
+
+@contextlib.contextmanager
+def spinning(count: int) -> Iterator[None]:
+    """`count` processes that spin on a core, each started (it said so) before the block runs."""
+    hogs = [subprocess.Popen([sys.executable, "-c", "print('spinning', flush=True)\nwhile True: pass"],
+                             stdout=subprocess.PIPE, text=True) for _ in range(count)]
+    try:
+        for hog in hogs:
+            assert hog.stdout.readline().strip() == "spinning"
+        yield
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+            hog.stdout.close()
 
 
 def test_thread_count_is_a_fair_share_and_one_while_spinning_threads_would_fight_for_cores():
@@ -22,14 +39,8 @@ def test_thread_count_is_a_fair_share_and_one_while_spinning_threads_would_fight
 
 def test_usage_counts_other_processes_runnable_threads_not_this_one(monkeypatch):
     """Others = runnable threads machine-wide less ours in state R (median of samples), re-read every >= 0.5 s."""
-    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(3)]
-    try:
-        time.sleep(0.3)
+    with spinning(3):
         assert threads.sampled_others(samples=5, gap_s=0.01) >= 2.5    # three spinning processes want cores
-    finally:
-        for hog in hogs:
-            hog.kill()
-            hog.wait()
     readings = iter([3, 1, 2, 0, 0, 0, 5, 5, 5])
     monkeypatch.setattr(threads, "_runnable_others", lambda: next(readings))
     clock = {"wall": 100.0}
@@ -61,15 +72,9 @@ def test_fair_share_sets_torch_threads_and_import_medgan_sets_the_policy_before_
     assert threads._in_flight == 0
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     code = "import os, medgan, torch; print(os.environ.get('OMP_WAIT_POLICY', 'DEFAULT'))"
-    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(threads.cores() + 1)]
-    try:
-        time.sleep(0.3)
+    with spinning(threads.cores() + 1):
         busy = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                               timeout=120)
-    finally:
-        for hog in hogs:
-            hog.kill()
-            hog.wait()
     assert busy.returncode == 0 and busy.stdout.strip() == "PASSIVE", busy.stderr[-1000:]
     explicit = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
                               capture_output=True, text=True, timeout=120)

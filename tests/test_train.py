@@ -20,11 +20,11 @@ from safetensors.torch import load_file
 import medgan
 from medgan.generator import Generator
 from medgan.sources import card_summary
-from training import checkpoint as ckpt
-from training.augment import AdaptiveP, cutout, diff_augment, parse_policy, translation
-from training.card import render_card, write_card
+from training.gan import checkpoint as ckpt
+from training.gan.augment import AdaptiveP, cutout, diff_augment, parse_policy, translation
+from training.publish.card import render_card, write_card
 from training.data import SliceDataset
-from training.train import main
+from training.gan.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--size", "32", "--batch-size", "8", "--base-width", "8", "--d-width", "8", "--threads", "1",
@@ -188,7 +188,7 @@ def test_torchrun_two_processes_exports(tmp_path, npz):
 
 @pytest.mark.slow
 def test_card_round_trips_through_modelcard(exported, tmp_path):
-    """The card of a freshly trained folder (wording is training/card.py's business; facts are checked)."""
+    """The card of a freshly trained folder (wording is training/publish/card.py's business; facts are checked)."""
     text = render_card(exported)
     assert "model-index" not in text  # nothing measured yet, so no metrics claimed
     summary = card_summary(exported / "README.md")
@@ -234,6 +234,18 @@ def test_bad_input_exits_2_without_traceback(tmp_path, capsys):
     assert "no checkpoint" in capsys.readouterr().err
     assert main(["--dataset", "no-such-dataset", *TINY, "--out", str(tmp_path / "r")]) == 2
     assert "unknown dataset" in capsys.readouterr().err
+
+
+def test_training_reads_the_generator_defaults_from_medgan_config():
+    """TrainConfig's generator sizes are medgan.config's; a style run caps widths at STYLE_TRAINING_MAX_WIDTH."""
+    from medgan.config import STYLE_TRAINING_MAX_WIDTH, GeneratorConfig
+    from training.gan.config import TrainConfig, make_config
+    from training.gan.trainer import generator_config
+    for name in ("latent_dim", "w_dim", "mapping_layers"):
+        assert getattr(TrainConfig(), name) == getattr(GeneratorConfig(), name), name
+    wide = generator_config(make_config({"arch": "style", "base_width": 64, "out": "x"}), 1, [])
+    assert wide.max_width == STYLE_TRAINING_MAX_WIDTH < GeneratorConfig().max_width
+    assert max(wide.widths) == STYLE_TRAINING_MAX_WIDTH
 
 
 def test_diff_augment_is_differentiable_and_black_filled():

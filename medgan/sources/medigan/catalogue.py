@@ -81,7 +81,7 @@ def refresh_catalogue(home: Path, url: str | None = None, timeout_s: float | Non
     """Download medigan's global.json into the home when online and the cached copy is stale.
 
     Never when MEDGAN_OFFLINE / HF_HUB_OFFLINE is set. Entries only in the local copy (e.g. our own models
-    registered with training.export_medigan) are kept. Returns what happened, for logs.
+    registered with training.publish.export_medigan) are kept. Returns what happened, for logs.
     """
     if is_offline():
         return "offline"

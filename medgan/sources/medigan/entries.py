@@ -19,7 +19,7 @@ MODALITY_CODES = {"mmg": "MG", "mammography": "MG", "mri": "MR", "mr": "MR", "t1
                   "dce-mri": "MR", "x-ray": "DX", "xray": "DX", "ct": "CT", "endoscopy": "ES"}
 # Generate-argument names that mean "give me an input image / mask" (image-to-image, mask-conditioned).
 INPUT_ARGS = ("input_path", "image_paths_input", "F_img_path", "T1_img_path")
-OUR_TAG = "medgan-studio"  # selection.tags marker of packages written by training.export_medigan
+OUR_TAG = "medgan-studio"  # selection.tags marker of packages written by training.publish.export_medigan
 
 
 def _strings(value: object) -> list[str]:

@@ -11,8 +11,8 @@ import time
 
 import numpy as np
 
-from .features import FeatureCache, InceptionExtractor
-from .metrics import fid
+from ..evaluation.features import FeatureCache, InceptionExtractor
+from ..evaluation.metrics import fid
 
 FID_SEED = 987654  # a latent seed apart from the sample grid's
 

@@ -5,7 +5,7 @@ Synthetic images only: for research, education and augmentation, NOT for diagnos
     generate(model_file, num_samples, output_path, save_images, seed=0, start=0, device="cpu",
              truncation=1.0, label=None)
 
-This file is the package's `__init__.py` (training.export_medigan copies it into the zip). Beside it, in
+This file is the package's `__init__.py` (training.publish.export_medigan copies it into the zip). Beside it, in
 `_medgan/`, the package carries a copy of MedGAN Studio's own inference modules (network definitions, the
 fast CPU layouts, fixed tiles, latent scheme), so it computes exactly what MedGAN Studio computes: on the same
 device and torch build, the pixels equal MedGAN Studio's for the same (seed, index, truncation, label).

@@ -1,6 +1,6 @@
-"""The model card's "Downstream usefulness" section, from a downstream.json report (training/downstream.py).
+"""The model card's "Downstream usefulness" section, from a downstream.json report (training/evaluation/downstream/).
 
-Its own module so the card (training.card) needs neither torch nor the study to render it.
+Its own module so the card (training.publish.card) needs neither torch nor the study to render it.
 """
 from __future__ import annotations
 
@@ -34,8 +34,8 @@ def _card_section(report: dict[str, Any]) -> str:
     medigan = {r["id"]: r.get("medigan") for r in report["regimes"]}
     out = [f"Does training on this model's images help a classifier of the slice's **{task['name']}** "
            f"({k} classes: {', '.join(task['classes'])}) on real slices of **held-out subjects**? Measured by "
-           f"`training/downstream.py` (full record: `downstream.json`): {n_seeds} seeds per regime, mean and 95 % "
-           f"t-interval over seeds; headline metric balanced accuracy (chance {1 / k:.2f}).",
+           f"`python -m training.downstream` (full record: `downstream.json`): {n_seeds} seeds per regime, mean and "
+           f"95 % t-interval over seeds; headline metric balanced accuracy (chance {1 / k:.2f}).",
            "",
            f"- Real data: **{data['dataset']}**, classifiers trained on {data['train']['slices']} slices of "
            f"{', '.join(data['train']['subjects'])}; tested on {data['test']['slices']} slices of "

@@ -1,5 +1,5 @@
 """From read files to dataset rows: which files, which slices, which subject, which split (training.data's
-ingestion helpers; training.readers only reads files into `Item`s and converts pixels)."""
+ingestion helpers; training.data.readers only reads files into `Item`s and converts pixels)."""
 from __future__ import annotations
 
 import re

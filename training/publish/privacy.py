@@ -2,7 +2,7 @@
 paths, no real images of a non-public dataset.
 
 - Identifiers: JSON fields named like DICOM patient fields (PatientID, PatientName, PatientBirthDate…), DICOM
-  person names (`DOE^JANE`), and — when the dataset's pseudonym keys file is found (training.pseudonyms; located
+  person names (`DOE^JANE`), and — when the dataset's pseudonym keys file is found (training.data.pseudonyms; located
   from config.json's training command, or given with --keys) — every original the keys file lists (subject ids,
   file paths and their distinctive parts, patient names and birth dates), in config.json, README.md, every JSON
   file, every PNG's text chunks and bytes. Never allowed.
@@ -22,7 +22,8 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
-from .pseudonyms import Keys, KeysError, is_pseudonym
+from .. import ROOT
+from ..data.pseudonyms import Keys, KeysError, is_pseudonym
 
 PLOT_FILES = ("loss.png", "fid.png", "downstream.png")  # charts only: no image panels
 PATIENT_FIELD = re.compile(r"patient|birth.?date|accession", re.I)
@@ -30,20 +31,19 @@ PERSON_NAME = re.compile(r"[A-Za-z][A-Za-z'-]*\^[A-Za-z]")  # DICOM PN: FAMILY^G
 DATE = re.compile(r"(?<!\d)(?:19|20)\d\d[-_.]?(?:0[1-9]|1[0-2])[-_.]?(?:0[1-9]|[12]\d|3[01])(?!\d)")
 ABS_PATH = re.compile(r"(?<![\w.:/~\\-])(?:/(?!usr/)[\w.@+-]+/[^\s'\"`)\]|]+|[A-Za-z]:\\[^\s'\"`]+|~/[^\s'\"`]+)")
 REAL_IMAGES_NOTE = "eval.png shows REAL slices of the training data"
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def dataset_public(training_data: dict[str, Any]) -> bool:
     """Marked `"public": true`, or (no mark) a training.data built-in by name."""
     if isinstance(training_data.get("public"), bool):
         return training_data["public"]
-    from .data import BUILTIN_DATASETS
+    from ..data import BUILTIN_DATASETS
     return str(training_data.get("name", "")) in BUILTIN_DATASETS
 
 
 def images_public(training_data: dict[str, Any], eval_dataset: str) -> bool:
     """Whether real slices of `eval_dataset` (what eval.png shows) may be published."""
-    from .data import BUILTIN_DATASETS
+    from ..data import BUILTIN_DATASETS
     if eval_dataset in BUILTIN_DATASETS:
         return True
     return bool(eval_dataset) and eval_dataset == training_data.get("name") and dataset_public(training_data)
@@ -93,7 +93,8 @@ def read_texts(folder: Path, files: list[str]) -> tuple[dict[str, Any], dict[str
     return docs, texts, pngs
 
 
-FIX_FIELD = "remove it from the file (config.json by hand, then re-render the card: python -m training.card FOLDER)"
+FIX_FIELD = ("remove it from the file (config.json by hand, then re-render the card: "
+             "python -m training.card FOLDER)")
 FIX_PATH = ("paths can name patients, places and dates: re-run with relative paths, or edit the field in config.json "
             "and re-render the card (python -m training.card FOLDER)")
 
@@ -200,7 +201,7 @@ def locate_keys(folder: Path, config: Any, keys_file: str | Path | None) -> tupl
             return Keys.open(_existing(Path(keys_file))), []
         except (KeysError, FileNotFoundError) as exc:
             return None, [f"--keys {keys_file}: {exc}"]
-    from .data import keys_for
+    from ..data import keys_for
 
     data = str(((config.training or {}).get("config") or {}).get("data") or "")
     for base in (Path.cwd(), ROOT, folder):
@@ -237,8 +238,8 @@ def image_problems(folder: Path, files: list[str], config: Any, pngs: dict[str, 
                 "ingested from your files)" + (" beside their nearest synthetic images" if name == "eval.png" else ""))
         if not allow_real_images:
             problems.append(f"{what}; real images of a non-public dataset are not published by default. Remove it "
-                            f"(rm FOLDER/{name}, then python -m training.card FOLDER), or pass --allow-real-images "
-                            "if you have the right to publish these images")
+                            f"(rm FOLDER/{name}, then python -m training.card FOLDER), or pass "
+                            "--allow-real-images if you have the right to publish these images")
             continue
         warnings.append(f"{what}: publishing them because --allow-real-images was given")
         if name == "eval.png" and REAL_IMAGES_NOTE not in readme:

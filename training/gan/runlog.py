@@ -10,7 +10,6 @@ import numpy as np
 from PIL import Image, PngImagePlugin
 
 from medgan.files import atomic_path
-from medgan.imaging import grid  # noqa: F401 (re-exported: training code imports it from here)
 
 METRIC_KEYS = ("step", "kimg", "time_s", "cpu_s", "loss_d", "loss_g", "d_real", "d_fake", "r1", "aug_p", "rt",
                "img_per_s", "img_per_cpu_s", "fid", "fid_images", "fid_cpu_s")

@@ -11,9 +11,9 @@ from torch import nn
 from .checkpoint import CheckpointError, load_checkpoint, prefixed, save_checkpoint, subdict
 
 # Saved beside an exported generator so that `--init-from` can continue with the discriminator that grew with
-# it: run folders (full checkpoints) do not always survive a machine, and a fresh D sets a trained G back
-# (README: sessions 3-4), or never learns at all against a good one (a fresh D on brain-t1-style-64 stayed at
-# chance for 800 steps). Training state only: medgan never reads it, `training.push` never uploads it.
+# it: a model folder outlives its run folder (the full checkpoint), and a fresh D sets a trained G back, or never
+# learns at all against a good one (on brain-t1-style-64 it stayed at chance for 800 steps; docs/experiments.md).
+# Training state only: medgan never reads it, `training.push` never uploads it.
 DISCRIMINATOR_FILE = "discriminator.safetensors"
 
 
