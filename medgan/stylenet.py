@@ -150,18 +150,6 @@ class ToImage(nn.Module):
         return y + self.bias[None, :, None, None]
 
 
-def phase_balanced(weight: torch.Tensor) -> torch.Tensor:
-    """The nearest kernel [c_in, c_out, 4, 4] of a stride-2 transposed conv whose four stride phases (the taps
-    that reach even/odd output rows x even/odd columns) have equal sums for every (in, out) pair. Unbalanced
-    phases stamp a fixed 2x2 pattern on any smooth input: the checkerboard a trained 128² layer drew
-    (docs/experiments.md); balanced ones turn a constant input into a constant output (Sugawara et al. 2019).
-    A linear projection, so an EMA of balanced kernels stays balanced."""
-    phases = weight.unflatten(2, (2, 2)).unflatten(4, (2, 2))          # [ci, co, row, row-phase, col, col-phase]
-    sums = phases.sum(dim=(2, 4), keepdim=True)                         # [ci, co, 1, 2, 1, 2]
-    excess = (sums - sums.mean(dim=(3, 5), keepdim=True)) / 4           # spread over the phase's 4 taps
-    return (phases - excess).flatten(4).flatten(2, 3)
-
-
 def upsample(image: torch.Tensor) -> torch.Tensor:
     return F.interpolate(image, scale_factor=2, mode="bilinear", align_corners=False)
 

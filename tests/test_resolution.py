@@ -26,7 +26,7 @@ from medgan.registry import default_sources
 from medgan.stylefast import FastStyle
 from medgan.stylenet import StyleGenerator, style_param_count
 from training.gan import checkpoint as ckpt
-from training.grow import grow
+from training.gan.grow import grow
 from training.gan.precision import Precision
 from training.gan.cli import main as train_main
 from training.gan.config import TrainConfig

@@ -1,90 +1,10 @@
-"""Grow a style model to a larger resolution: `python -m training.grow weights/<id> --size 128 --out runs/<name>`.
+"""`python -m training.grow`: growing a style model to a larger resolution.
 
-The new model folder holds the source's tensors unchanged and one detail block per new doubling
-(`medgan.stylenet.DetailBlock`: bilinear up-sampling, two modulated 3x3 convs, a toRGB skip). Each new toRGB
-starts at zero, so the grown model draws exactly the source's images, bilinearly up-sampled, until it is
-trained: `python -m training.train --init-from runs/<name> --size 128 …` (a fresh discriminator at the new
-size; docs/training.md). The folder is a starting point for training, not a model to publish: it draws no
-detail the source does not.
+The same command as `python -m training.gan.grow`; this module only keeps the short name.
 """
-from __future__ import annotations
-
-import argparse
-import dataclasses
-import math
 import sys
-from pathlib import Path
 
-import torch
-
-from medgan.config import RESOLUTIONS, ModelConfig
-from medgan.errors import MedganError
-from medgan.generator import load_weights, save_model_folder
-from medgan.nets import build_generator
-
-DEFAULT_WIDTH = 32  # channels of each new detail block (two 3x3 convs at 128²: ~0.5 GFLOP per image)
-
-
-def grow_config(source: ModelConfig, size: int, widths: list[int], model_id: str) -> ModelConfig:
-    gen = source.generator
-    if gen.arch != "style":
-        raise MedganError(f"{source.id}: only style models grow (this one is {gen.arch})")
-    if size not in RESOLUTIONS or size <= gen.resolution:
-        raise MedganError(f"--size must be one of {[r for r in RESOLUTIONS if r > gen.resolution]} "
-                          f"(the source draws at {gen.resolution}²), got {size}")
-    doublings = int(math.log2(size // gen.resolution))
-    widths = (widths * doublings)[:doublings] if len(widths) == 1 else widths
-    if len(widths) != doublings:
-        raise MedganError(f"--widths needs 1 or {doublings} values for {gen.resolution}² -> {size}², got {widths}")
-    detail_from = gen.detail_from if gen.detail_from and gen.detail_from <= gen.resolution else gen.resolution * 2
-    grown = dataclasses.replace(gen, resolution=size, widths=[*gen.widths, *widths], detail_from=detail_from)
-    lineage = {"model": source.id, "resolution": gen.resolution,
-               "steps": int(source.training.get("steps", 0)) + int(source.training.get("init_from", {}).get("steps", 0)),
-               "cpu_time_s": float(source.training.get("cpu_time_s", 0.0))
-               + float(source.training.get("init_from", {}).get("cpu_time_s", 0.0))}
-    return dataclasses.replace(source, id=model_id, generator=grown, metrics={}, extra={},
-                               title=f"{source.title or source.id}, grown to {size}² (untrained detail blocks)",
-                               training={"grown_from": lineage, "steps": 0, "cpu_time_s": 0.0, "init_from": lineage})
-
-
-def grow(folder: str | Path, size: int, out: str | Path, widths: list[int] | None = None,
-         model_id: str = "", seed: int = 0) -> Path:
-    """Write the grown model folder to `out`; returns it."""
-    folder = Path(folder)
-    source = ModelConfig.load(folder)
-    config = grow_config(source, size, list(widths or [DEFAULT_WIDTH]), model_id or f"{source.id}-grown-{size}")
-    torch.manual_seed(seed)
-    net = build_generator(config.generator)
-    own = net.state_dict()
-    tensors = load_weights(folder, source.id)
-    missing = [k for k in tensors if k not in own or own[k].shape != tensors[k].shape]
-    if missing:  # growing only appends blocks: every source tensor has its place
-        raise MedganError(f"{source.id}: tensors without a place in the grown generator: {missing[:5]}")
-    new = [k for k in own if k not in tensors]
-    start = {k: torch.zeros_like(own[k]) for k in new if "to_image" in k.split(".") and k.endswith(".weight")}
-    net.load_state_dict({**own, **tensors, **start})
-    return save_model_folder(out, config, net.eval())
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.grow", description=__doc__.split("\n\n")[0])
-    p.add_argument("model", help="model folder of a style model (e.g. weights/brain-t1-style-64)")
-    p.add_argument("--size", type=int, required=True, help="resolution to grow to (128 or 256)")
-    p.add_argument("--out", required=True, help="folder to write (e.g. runs/brain-t1-grown-128)")
-    p.add_argument("--widths", type=int, nargs="+", default=[DEFAULT_WIDTH],
-                   help=f"channels of each new detail block, one value or one per doubling (default {DEFAULT_WIDTH})")
-    p.add_argument("--model-id", default="", help="id of the grown model (default <source>-grown-<size>)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the new blocks' initial weights")
-    args = p.parse_args(argv)
-    try:
-        out = grow(args.model, args.size, args.out, args.widths, args.model_id, args.seed)
-    except (MedganError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"grown {args.model} to {args.size}² -> {out} (train it with: python -m training.train --init-from {out} "
-          f"--size {args.size} …)")
-    return 0
-
+from training.gan.grow import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -32,6 +32,7 @@ from .augment import AdaptiveP, diff_augment, hflip, parse_policy
 from .config import TrainConfig, UsageError
 from .discriminator import DCGANDiscriminator, dcgan_init, restore_discriminator
 from .distributed import Dist
+from .grow import lineage_totals, warm_state
 from .losses import d_loss, g_loss
 from .precision import Precision
 
@@ -95,7 +96,7 @@ def generator_config(cfg: TrainConfig, channels: int, classes: list[str]) -> Gen
 
 def cumulative_cpu_s(training: dict[str, Any]) -> float:
     """Training CPU seconds of a model including the models it was warm-started from."""
-    return float(training.get("cpu_time_s", 0.0)) + float(training.get("init_from", {}).get("cpu_time_s", 0.0))
+    return lineage_totals(training)[1]
 
 
 @torch.no_grad()
@@ -178,19 +179,15 @@ class Trainer:
         if source.generator.arch != self.cfg.arch or bool(source_classes) != bool(self.classes):
             raise UsageError(f"--init-from {folder}: its generator ({source.generator.arch}, classes "
                              f"{source_classes}) does not match this run ({self.cfg.arch}, {self.classes})")
-        own = self.G.state_dict()
-        tensors = load_weights(folder, source.id)
-        copied = {k: v for k, v in tensors.items() if k in own and own[k].shape == v.shape}
-        new = sorted(k for k in own if k not in copied)
+        state, copied, new = warm_state(self.G.state_dict(), load_weights(folder, source.id))
         if not copied:
             raise UsageError(f"--init-from {folder}: no tensor matches this generator's names and shapes")
-        start = {k: torch.zeros_like(own[k]) for k in new if "to_image" in k.split(".") and k.endswith(".weight")}
-        self.G.load_state_dict({**own, **copied, **start})
+        self.G.load_state_dict(state)
         if self.G_ema is not None:
             self.G_ema.load_state_dict(self.G.state_dict())
         prior = source.training or {}
         self.init_info = {"model": source.id, "resolution": source.generator.resolution,
-                          "steps": prior.get("steps", 0) + prior.get("init_from", {}).get("steps", 0),
+                          "steps": lineage_totals(prior)[0],
                           "cpu_time_s": cumulative_cpu_s(prior), "copied": len(copied), "new": new,
                           "discriminator": restore_discriminator(folder, self.D),
                           # other classes (brain levels -> MR contrasts): class tensors of another shape start new
