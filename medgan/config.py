@@ -19,6 +19,9 @@ FORMAT_VERSION = 1
 _JSON_TYPES = {"str": str, "int": int, "dict[str, Any]": dict}  # annotation -> JSON type of config fields
 _JSON_NAMES = {str: "string", int: "integer", dict: "object"}
 RESOLUTIONS = (32, 64, 128, 256)
+# A DICOM modality code (ModelConfig.modality) as people name it, for cards and their tags.
+MODALITY_NAMES = {"MR": "MRI", "CT": "CT", "CR": "X-ray", "DX": "X-ray", "MG": "mammography", "US": "ultrasound",
+                  "PT": "PET", "OT": ""}
 
 
 ARCHS = ("dcgan", "style")

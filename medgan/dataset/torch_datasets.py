@@ -1,7 +1,7 @@
-"""Two torch Datasets: images generated on the fly (SyntheticDataset) and an exported folder (ExportedDataset).
+"""Three torch Datasets: images generated on the fly (SyntheticDataset), an exported folder of files
+(ExportedDataset) and a parquet dataset (ParquetDataset, items with their class label).
 
-Both return float32 tensors [C, H, W] in [-1, 1] (the generator's scale) and work with
-`DataLoader(num_workers>0)`.
+All give float32 tensors [C, H, W] in [-1, 1] (the generator's scale) and work with `DataLoader(num_workers>0)`.
 """
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from torch.utils.data import Dataset
 
 from ..errors import InvalidArgumentError, MedganError
 from ..validation import check_count, check_seed
-from .shards import DATASET_JSON, MANIFEST, load_generator, supports_start
+from .parquet import shard_files
+from .shards import DATASET_JSON, MANIFEST, PARQUET, load_generator, supports_start
 
 
 def to_float(array: np.ndarray) -> torch.Tensor:
@@ -87,6 +88,9 @@ class ExportedDataset(Dataset):
     def __init__(self, folder: str | Path, transform: Callable | None = None):
         self.folder, self.transform = Path(folder), transform
         manifest = self.folder / MANIFEST
+        if (self.folder / DATASET_JSON).is_file() and \
+                json.loads((self.folder / DATASET_JSON).read_text()).get("format") == PARQUET:
+            raise MedganError(f"{self.folder.name} is a parquet dataset: read it with ParquetDataset")
         if not manifest.is_file():
             raise MedganError(f"no {MANIFEST} in {self.folder.name}: the export is incomplete or not a medgan "
                               "dataset (re-run the same export command to finish it)")
@@ -123,3 +127,60 @@ class ExportedDataset(Dataset):
     def __getitem__(self, i: int) -> torch.Tensor:
         image = to_float(self.read(i))
         return self.transform(image) if self.transform else image
+
+
+class ParquetDataset(Dataset):
+    """A parquet dataset folder (`--format parquet`), in index order; pyarrow only (no `datasets` needed).
+
+    Item i = {"image": float32 [C, H, W] in [-1, 1] (passed through `transform` if given), "index": its index,
+    and "label": its class index when the model is conditional}; the default collate batches these dicts.
+    `classes` holds the class names, `labels` every row's class index (empty when unlabelled).
+    """
+
+    def __init__(self, folder: str | Path, transform: Callable | None = None):
+        import pyarrow.parquet as pq
+
+        self.folder, self.transform = Path(folder), transform
+        self.files = shard_files(self.folder)
+        schema = pq.read_schema(self.files[0])
+        self.classes: list[str] = []
+        if "label" in schema.names:
+            meta = json.loads((schema.metadata or {}).get(b"huggingface", b"{}"))
+            self.classes = list(meta.get("info", {}).get("features", {}).get("label", {}).get("names", []))
+        self.rows: list[tuple[int, int]] = []     # (file number, row in that file)
+        index, labels = [], []
+        for number, path in enumerate(self.files):
+            columns = ["index", "label"] if self.classes else ["index"]
+            table = pq.read_table(path, columns=columns)
+            index += table.column("index").to_pylist()
+            labels += table.column("label").to_pylist() if self.classes else []
+            self.rows += [(number, row) for row in range(table.num_rows)]
+        self.index = np.asarray(index, dtype=np.int64)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self._cache: tuple[int, Any] | None = None  # the last file's image column, read whole
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def read(self, i: int) -> np.ndarray:
+        """Item i as the stored uint8 array [H, W] (or [H, W, C]), decoded from its PNG bytes."""
+        import io
+
+        import pyarrow.parquet as pq
+        from PIL import Image
+
+        number, row = self.rows[i]
+        if self._cache is None or self._cache[0] != number:
+            self._cache = (number, pq.read_table(self.files[number], columns=["image"]).column("image"))
+        with Image.open(io.BytesIO(self._cache[1][row]["bytes"].as_py())) as image:
+            return np.asarray(image)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        image = to_float(self.read(i))
+        item = {"image": self.transform(image) if self.transform else image, "index": int(self.index[i])}
+        if self.classes:
+            item["label"] = int(self.labels[i])
+        return item
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_cache": None}  # each DataLoader worker reads its own files
