@@ -1,7 +1,8 @@
 """MedGAN Studio: a Gradio UI over the `medgan` package. UI only: widgets, wiring, error messages.
 
 Run `python app.py` (honours GRADIO_SERVER_NAME / GRADIO_SERVER_PORT). API names for gradio_client:
-/generate(model, seed, count, truncation, label), /download(model, seed, count, fmt, label, truncation, image_class),
+/generate(model, seed, count, truncation, label), /download(model, seed, count, fmt, label, truncation, image_class)
+(fmt "dataset": a parquet dataset with its card), /dataset_command(model, seed, count, truncation, image_class, label),
 /interpolate(model, seed_a, seed_b, frames, truncation, label), /mix(model, row_seeds, col_seeds, crossover,
 truncation, label), /models(), /stats(model). Scripts that want raw arrays fast: GET /medgan/v1/generate.npz
 (see FAST_ROUTE), outside Gradio's queue.
@@ -52,7 +53,6 @@ import gradio as gr  # noqa: E402 (after the settings check: a bad setting fails
 from medgan import service  # noqa: E402 (reads MEDGAN_MAX_COUNT at import; checked above)
 from medgan import perf  # noqa: E402
 from medgan import zoo  # noqa: E402
-from medgan.export import WRITERS  # noqa: E402
 from medgan.files import prune_tree  # noqa: E402
 from gradio.utils import get_upload_folder  # noqa: E402
 
@@ -162,6 +162,18 @@ def download(model: str, seed: float, count: float, fmt: str = "png", label: boo
     visible SYNTHETIC into each image; `image_class` is the class of a conditional model."""
     return str(limits.run_with_time_limit(service.export, model, seed, count, fmt, label, None, truncation,
                                           image_class))
+
+
+@_api
+def dataset_command(model: str, seed: float, count: float, truncation: float = 1.0, image_class: str = "any",
+                    label: bool = False) -> str:
+    """The command line that writes a parquet dataset of `count` images with these settings (any count)."""
+    return service.dataset_command(model, seed, count, truncation, image_class, label)
+
+
+def dataset_panel(fmt: str):
+    """The command-line panel of the Download tab: shown for the dataset format."""
+    return gr.update(visible=fmt == service.DATASET_FORMAT)
 
 
 @on_gpu
@@ -304,11 +316,21 @@ def build_demo() -> gr.Blocks:
         with gr.Tab("Download"):
             gr.Markdown("Download the batch set on the Generate tab (model, seed, count) as a zip with "
                         "`metadata.json` and a README. Every file is marked synthetic.")
-            fmt = checked_by_medgan(gr.Radio(list(WRITERS), value="png", label="Format", elem_id="format"))
+            fmt = checked_by_medgan(gr.Radio(service.download_formats(), value="png", label="Format",
+                                             elem_id="format"))
             label = gr.Checkbox(False, label="Burn a visible “SYNTHETIC” label into each image "
                                 "(off by default, for training use)", elem_id="label")
             build = gr.Button("Prepare download", variant="primary", elem_id="prepare-download")
             archive = gr.File(label="Zip", elem_id="archive")
+            with gr.Column(visible=False, elem_id="dataset-cli") as dataset_cli:
+                gr.Markdown(f"**dataset (parquet + card)**: a Hugging Face dataset (`data/*.parquet` and a dataset "
+                            f"card `README.md`) that `datasets.load_dataset` reads. Up to {service.MAX_COUNT} "
+                            "images download from here; any number with this command on your machine (seed, ψ "
+                            "and class as set on the Generate tab; it resumes when interrupted and runs under "
+                            "torchrun):")
+                dataset_count = checked_by_medgan(gr.Number(service.DATASET_CLI_COUNT, precision=0, minimum=1,
+                                                            label="Images", elem_id="dataset-count"))
+                command = gr.Code(language="shell", label="Command", interactive=False, elem_id="dataset-command")
         with gr.Tab("Explore"):
             gr.Markdown("Explore the latent space of the model chosen on the Generate tab. Every image is synthetic.")
             with gr.Row():
@@ -397,6 +419,14 @@ def build_demo() -> gr.Blocks:
         build.click(download, inputs=[model, seed, count, fmt, label, truncation, image_class], outputs=archive,
                     api_name="download",
                     concurrency_limit=limits.concurrency(), concurrency_id="generation")
+        fmt.change(dataset_panel, inputs=fmt, outputs=dataset_cli, queue=False, api_visibility="private")
+        command_inputs = [model, seed, dataset_count, truncation, image_class, label]
+        dataset_count.change(dataset_command, inputs=command_inputs, outputs=command, queue=False,
+                             api_name="dataset_command")
+        for control in (model, seed, truncation, image_class, label):
+            control.change(dataset_command, inputs=command_inputs, outputs=command, queue=False,
+                           api_visibility="private")
+        demo.load(dataset_command, inputs=command_inputs, outputs=command, queue=False, api_visibility="private")
         demo.load(models, outputs=listing, api_name="models", queue=False)
         # The Models tab only reads listings: off the queue, so it never waits behind a generation.
         explorer_inputs, explorer_outputs = [*filters, sort, pick], [table, count_note, samples, pick, details]

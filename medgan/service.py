@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import uuid
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +20,9 @@ from PIL import Image
 from . import __version__, limits, zoo
 from .config import ModelConfig
 from .errors import InvalidArgumentError, MedganError, UnknownModelError
-from .files import prune_tree
-from .export import Provenance, atomic_write, check_format, file_stem, label_image, png_bytes, write_zip
+from .files import atomic_path, prune_tree
+from .export import (WRITERS, ZIP_EPOCH, Provenance, atomic_write, check_format, file_stem, label_image, png_bytes,
+                     write_error, write_zip)
 from .imaging import mixing_figure
 from .registry import Registry, get_registry
 from .threads import fair_share
@@ -28,6 +31,9 @@ from .validation import check_count, check_flag, check_label, check_model_id, ch
 
 MAX_COUNT = limits.max_count()  # MEDGAN_MAX_COUNT
 EXPORT_RETENTION_S = limits.export_retention_s()  # MEDGAN_EXPORT_RETENTION_S
+# The Download tab's extra format: a Hugging Face dataset (parquet + card, medgan.dataset) zipped, not a WRITERS one.
+DATASET_FORMAT = "dataset"
+DATASET_CLI_COUNT = 10_000  # the Download tab's first count for the command line
 NOTICE = ("All images are **synthetic**, produced by generative models. They are for research and education, "
           "**not for diagnosis** or any clinical decision.")
 
@@ -252,10 +258,17 @@ def arrays_npz(model_id: object, seed: object, count: object, truncation: object
     return buffer.getvalue(), f"{file_stem(prov.model_id, prov.seed, 0).rsplit('_', 1)[0]}_n{n}.npz"
 
 
+def download_formats() -> list[tuple[str, str]]:
+    """The Download tab's choices, (label, value): every export writer, then the parquet dataset."""
+    return [(fmt, fmt) for fmt in WRITERS] + [("dataset (parquet + card)", DATASET_FORMAT)]
+
+
 def export(model_id: object, seed: object, count: object, fmt: object = "png", label: object = False,
            registry: Registry | None = None, truncation: object = 1.0, image_class: object = None) -> Path:
     """A zip of the batch in `fmt` with metadata.json and README.txt, in the export folder. (`label` is the
-    burnt-in SYNTHETIC flag; `image_class` the class of a conditional model.)"""
+    burnt-in SYNTHETIC flag; `image_class` the class of a conditional model.) fmt "dataset": see dataset_zip."""
+    if isinstance(fmt, str) and fmt.strip().lower() == DATASET_FORMAT:
+        return dataset_zip(model_id, seed, count, label, registry, truncation, image_class)
     fmt, label = check_format(fmt), check_flag("label", label)
     arrays, prov, gen = batch(model_id, seed, count, truncation, image_class, registry, now=True)
     model_id, seed, count = prov.model_id, prov.seed, len(arrays)
@@ -267,6 +280,64 @@ def export(model_id: object, seed: object, count: object, fmt: object = "png", l
              "labelled": label}
     return write_zip(export_dir() / name, arrays, prov, fmt, extra=extra, label=label, info=info,
                      config=getattr(gen, "config", None))  # config.json may state a pixel spacing
+
+
+def dataset_command(model_id: object, seed: object, count: object, truncation: object = 1.0,
+                    image_class: object = None, label: object = False, registry: Registry | None = None) -> str:
+    """The `python -m medgan.dataset … --format parquet` command that writes this dataset, for counts above what
+    the app generates (validated like a download: the model, seed, ψ and class must be valid)."""
+    from .dataset import dataset_command as command
+
+    model_id, seed = check_model_id(model_id), check_seed(seed)
+    count, truncation = check_count(count, limit=10**12), check_truncation(truncation)
+    info = _registry(registry).info(model_id)
+    if not info.arch:  # medigan's models cannot generate image i alone (no `start`)
+        raise InvalidArgumentError(f"model {model_id!r} cannot be exported as a dataset (MedGAN Studio models only)")
+    fixed = check_label(image_class, list(info.classes), model_id)
+    name = None if fixed is None else info.classes[fixed]
+    return command(model_id, count, f"datasets/{model_id}-seed{seed}", seed=seed, truncation=truncation,
+                   image_class=name, label=check_flag("label", label))
+
+
+def dataset_zip(model_id: object, seed: object, count: object, label: object = False,
+                registry: Registry | None = None, truncation: object = 1.0, image_class: object = None) -> Path:
+    """The batch as a Hugging Face dataset, zipped: data/train-00000-of-00001.parquet, README.md (the dataset
+    card) and dataset.json, as `python -m medgan.dataset … --format parquet` writes them (same bytes). Up to
+    MEDGAN_MAX_COUNT images; above, the error gives the command line that writes it."""
+    from .dataset import export_dataset
+
+    model_id, seed = check_model_id(model_id), check_seed(seed)
+    try:
+        count = check_count(count, MAX_COUNT)
+    except InvalidArgumentError as exc:
+        raise InvalidArgumentError(f"{exc}; a larger dataset is written on your machine by: "
+                                   f"{dataset_command(model_id, seed, count, truncation, image_class, label, registry)}"
+                                   ) from None
+    reg = _registry(registry)
+    dataset_command(model_id, seed, count, truncation, image_class, label, reg)  # the same checks, before work
+    gen, folder = reg.load(model_id), _local_folder(model_id, reg)
+    cleanup_exports()
+    stem = f"{file_stem(model_id, seed, 0).rsplit('_', 1)[0]}_n{count}"
+    work = export_dir() / f".{stem}_{uuid.uuid4().hex[:8]}"
+    try:
+        with fair_share():
+            export_dataset(str(folder or model_id), count, work / stem, "parquet", shard_size=count, seed=seed,
+                           label=label, truncation=truncation, image_class=image_class, generator=gen,
+                           progress=False)
+        return _zip_folder(work / stem, export_dir() / f"{stem}_{DATASET_FORMAT}_{uuid.uuid4().hex[:8]}.zip")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _zip_folder(folder: Path, path: Path) -> Path:
+    """Every file under `folder` (paths relative to it), fixed timestamps: the same folder gives the same zip."""
+    try:
+        with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
+            for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+                zf.writestr(zipfile.ZipInfo(file.relative_to(folder).as_posix(), ZIP_EPOCH), file.read_bytes())
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    return path
 
 
 def cleanup_exports(retention_s: float | None = None, max_bytes: int | None = None) -> int:
