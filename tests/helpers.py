@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 from medgan.config import ModelConfig
@@ -79,3 +81,12 @@ def patient_dicoms(folder: Path, patients: list[tuple[str, ...]], per_patient: i
             ds.PixelData = np.roll(ds.pixel_array, shift * k + 5 * p, axis=1).astype(ds.pixel_array.dtype).tobytes()
             ds.save_as(folder / f"{'_'.join([name.replace('^', '_'), *birth, str(k)])}.dcm")
     return folder
+
+
+def run_push(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`python -m training.push` in a subprocess without HF_HUB_OFFLINE (huggingface_hub reads it at import), with
+    a test token."""
+    child = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_TOKEN")}
+    child.update(HF_TOKEN="hf_test_token", HF_HUB_DISABLE_TELEMETRY="1", PYTHONPATH=str(ROOT), **(env or {}))
+    return subprocess.run([sys.executable, "-m", "training.push", *args], cwd=ROOT, env=child, capture_output=True,
+                          text=True, timeout=120)

@@ -7,6 +7,7 @@ import shlex
 import zipfile
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pytest
 from gradio_client import Client
@@ -43,7 +44,6 @@ def app(tmp_path_factory):
 
 
 def test_dataset_download_is_the_cli_folder_and_loads(app, tmp_path):
-    datasets = pytest.importorskip("datasets")
     client = Client(app.url, download_files=str(tmp_path / "dl"), verbose=False)
     zip_path = client.predict(STYLE, 42, 8, "dataset", False, 0.7, "upper", api_name="/download")
     folder = tmp_path / "unzipped"

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -57,7 +58,6 @@ def test_layout_is_a_dataset_repo(shipped_dataset):
 
 
 def test_load_dataset_gives_64_rows_with_image_and_classlabel(shipped_dataset, shipped_gen, tmp_path):
-    datasets = pytest.importorskip("datasets")
     for kwargs in ({"path": str(shipped_dataset)}, {"path": "parquet", "data_dir": str(shipped_dataset)}):
         ds = datasets.load_dataset(**kwargs, split="train", cache_dir=str(tmp_path / "cache"))
         assert len(ds) == COUNT, kwargs

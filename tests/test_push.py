@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from card_fixtures import make_evaluated_model
 from fake_hub import fake_hub
-from helpers import ROOT, build_hf_cache
+from helpers import ROOT, build_hf_cache, run_push
 
 from medgan.errors import SourceUnavailableError, WeightsError
 from medgan.generator import Generator
@@ -27,14 +24,6 @@ REPO = "medgan-test/tiny-card"
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> Path:
     return make_evaluated_model(tmp_path_factory.mktemp("push") / "weights")
-
-
-def run_push(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """The CLI in a subprocess without HF_HUB_OFFLINE (huggingface_hub reads it at import), with a test token."""
-    child = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_TOKEN")}
-    child.update(HF_TOKEN="hf_test_token", HF_HUB_DISABLE_TELEMETRY="1", PYTHONPATH=str(ROOT), **(env or {}))
-    return subprocess.run([sys.executable, "-m", "training.push", *args], cwd=ROOT, env=child, capture_output=True,
-                          text=True, timeout=120)
 
 
 def test_dry_run_validates_and_lists_files_without_network(model, capsys):

@@ -1,9 +1,12 @@
-"""Publish a model folder to the Hugging Face Hub (pinned by commit, listed in the Hub catalogue), or the app to a Space.
+"""Publish a model folder to the Hugging Face Hub (pinned by commit, listed in the Hub catalogue), a synthetic dataset
+as a dataset repo, or the app to a Space.
 
     python -m training.push weights/<id> --repo ORG/NAME [--private] [--revision BRANCH] [--dry-run]
                             [--endpoint URL] [--catalogue weights/hub.json] [--id ID] [--message TEXT]
                             [--allow-real-images] [--keys DATA.keys.json]
     python -m training.push --space ORG/SPACE [--private] [--dry-run] [--endpoint URL]
+    python -m training.push --dataset DIR --repo ORG/NAME [--model weights/<id>] [--private] [--revision BRANCH]
+                            [--dry-run] [--endpoint URL] [--message TEXT] [--keys DATA.keys.json]
 
 A model folder is validated first (config loads, weights load and generate with medgan, the card parses with
 its metadata, no pickle and no unexpected files) and checked for patient data (training.privacy): no patient
@@ -12,6 +15,10 @@ no real images of a dataset not marked public unless --allow-real-images. The up
 prints the commit URL and the commit sha to pin. `--catalogue` records {id, repo_id, revision, sha256 of every
 file} in MedGAN Studio's Hub catalogue so the app lists the model and verifies what it downloads.
 `--dry-run` validates and lists what would be uploaded, without any network.
+
+`--dataset` publishes a parquet dataset (`python -m medgan.dataset MODEL --format parquet`) as a dataset repo,
+after the same kind of checks (training.publish.dataset): every row synthetic, the dataset card present and
+valid, nothing of a non-public training set in it; `--dry-run` lists its files.
 
 `--space` uploads the app itself (the git-tracked app.py, medgan/, weights/, docs/, requirements.txt, README.md,
 LICENSE) to a Gradio Space, with the README's `models:` filled in from the catalogue.
@@ -25,7 +32,6 @@ import os
 import re
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,26 +43,14 @@ from medgan.generator import PICKLE_SUFFIXES, WEIGHTS_FILE
 
 from .. import ROOT
 from ..gan.discriminator import DISCRIMINATOR_FILE
+from .dataset import push_dataset, validate_dataset_folder
+from .hub_api import PushError, PushResult, check_repo_id, hub_api, listing
 
 REQUIRED = ("config.json", WEIGHTS_FILE, "README.md")
 ALLOWED = (*REQUIRED, "eval.json", "samples.png", "loss.png", "eval.png", "fid.png", "downstream.json",
            "downstream.png", ".gitattributes")
 # What a Space needs to run the app (git-tracked files under these paths only: no tests, runs, caches).
 SPACE_PATHS = ("app.py", "requirements.txt", "packages.txt", "README.md", "LICENSE", "medgan/", "weights/", "docs/")
-REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
-
-
-class PushError(Exception):
-    """Something the person pushing must fix; the message says what."""
-
-
-@dataclass
-class PushResult:
-    repo_id: str
-    revision: str           # the commit sha to pin
-    commit_url: str
-    branch: str
-    sha256: dict[str, str] = field(default_factory=dict)
 
 
 def _looks_pickled(path: Path) -> bool:
@@ -143,34 +137,7 @@ def validate_folder(folder: str | Path, *, allow_real_images: bool = False,
     return [n for n in names if n in ALLOWED]
 
 
-def listing(folder: Path, files: list[str]) -> str:
-    rows = [(name, (folder / name).stat().st_size) for name in files]
-    width = max(len(n) for n, _ in rows)
-    lines = [f"  {n:<{width}}  {s:>12,d} bytes" for n, s in rows]
-    lines.append(f"  {'total':<{width}}  {sum(s for _, s in rows):>12,d} bytes in {len(rows)} files")
-    return "\n".join(lines)
-
-
 # --- Hub access --------------------------------------------------------------------------------------------
-
-def _api(endpoint: str | None, token: str | None):
-    """An HfApi with a token, refusing early (and clearly) in offline mode or without a token."""
-    from huggingface_hub import HfApi, constants, get_token
-
-    if constants.HF_HUB_OFFLINE:
-        raise PushError("HF_HUB_OFFLINE is set: uploads are blocked. Unset it (e.g. `env -u HF_HUB_OFFLINE "
-                        "python -m training.push …`), or use --dry-run.")
-    token = token or get_token()
-    if not token:
-        raise PushError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (a token with write access)")
-    return HfApi(endpoint=endpoint, token=token)
-
-
-def check_repo_id(repo_id: str) -> str:
-    if not REPO_ID.match(repo_id or "") or ".." in repo_id:
-        raise PushError(f"--repo/--space must look like ORG/NAME, got {repo_id!r}")
-    return repo_id
-
 
 def push(folder: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None,
          endpoint: str | None = None, token: str | None = None, message: str | None = None,
@@ -188,7 +155,7 @@ def push(folder: str | Path, repo_id: str, *, private: bool = False, revision: s
     if files is None:
         files = validate_folder(folder, allow_real_images=allow_real_images, keys_file=keys_file)
     model_id = ModelConfig.load(folder).id
-    api = _api(endpoint, token)
+    api = hub_api(endpoint, token)
     sha = {name: file_digest(folder / name) for name in files}
     api.create_repo(repo_id, private=private, exist_ok=True)
     branch = revision or "main"
@@ -297,7 +264,7 @@ def deploy_space(repo_id: str, *, root: str | Path = ROOT, catalogue: str | Path
     check_repo_id(repo_id)
     files = space_files(root)
     readme = space_readme(root, Path(catalogue) if catalogue else root / "weights" / "hub.json")
-    api = _api(endpoint, token)
+    api = hub_api(endpoint, token)
     api.create_repo(repo_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
     ops = [CommitOperationAdd(path_in_repo=f, path_or_fileobj=readme if f == "README.md" else str(root / f))
            for f in files]
@@ -314,8 +281,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m training.push", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("folder", nargs="?", type=Path, help="model folder (weights/<id>)")
-    p.add_argument("--repo", help="Hub model repo ORG/NAME")
+    p.add_argument("--repo", help="Hub model repo ORG/NAME (with --dataset: the dataset repo)")
     p.add_argument("--space", help="deploy the app to the Space ORG/NAME instead of pushing a model")
+    p.add_argument("--dataset", type=Path, help="publish this parquet dataset folder as the dataset repo --repo")
+    p.add_argument("--model", type=Path, help="with --dataset: the model folder it was generated from (default: "
+                                              "found by its id among the local models)")
     p.add_argument("--private", action="store_true", help="create the repo private (ignored if it exists)")
     p.add_argument("--revision", help="branch to commit to (created if missing; default main)")
     p.add_argument("--endpoint", help="Hub URL (default: HF_ENDPOINT or https://huggingface.co)")
@@ -329,10 +299,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--keys", help="the dataset's pseudonym keys file (DATA.keys.json) to check the folder against, "
                                   "when it is not found from config.json's training command")
     args = p.parse_args(argv)
-    if args.space and (args.folder or args.repo):
+    if args.space and (args.folder or args.repo or args.dataset):
         p.error("--space deploys the app; give either FOLDER --repo ORG/NAME or --space ORG/NAME")
-    if not args.space and not (args.folder and args.repo):
-        p.error("give FOLDER and --repo ORG/NAME (or --space ORG/NAME)")
+    if args.dataset and (args.folder or not args.repo or args.catalogue or args.id):
+        p.error("--dataset DIR takes --repo ORG/NAME (a dataset repo), and no model FOLDER, --catalogue or --id")
+    if not args.space and not args.dataset and not (args.folder and args.repo):
+        p.error("give FOLDER and --repo ORG/NAME (or --dataset DIR --repo ORG/NAME, or --space ORG/NAME)")
+    if args.model and not args.dataset:
+        p.error("--model goes with --dataset")
     if args.id is not None and not re.match(r"^[A-Za-z0-9][\w.-]{0,127}$", args.id):
         p.error(f"--id must be letters, digits, '.', '_' or '-' (got {args.id!r})")
     return args
@@ -355,6 +329,8 @@ def _main(args: argparse.Namespace) -> int:
         return 0
 
     check_repo_id(args.repo)
+    if args.dataset:
+        return _main_dataset(args)
     files = validate_folder(args.folder, allow_real_images=args.allow_real_images, keys_file=args.keys)
     print(f"{args.folder} is valid; to {args.repo} ({args.revision or 'main'}):")
     print(listing(args.folder, files))
@@ -371,6 +347,20 @@ def _main(args: argparse.Namespace) -> int:
         entry = catalogue_entry(args.id or ModelConfig.load(args.folder).id, result)
         update_catalogue(args.catalogue, entry)
         print(f"catalogue: {args.catalogue} now lists {entry['id']!r} -> {entry['repo_id']}@{entry['revision'][:12]}")
+    return 0
+
+
+def _main_dataset(args: argparse.Namespace) -> int:
+    files = validate_dataset_folder(args.dataset, model=args.model, keys_file=args.keys)
+    print(f"{args.dataset} is a valid dataset; to the dataset repo {args.repo} ({args.revision or 'main'}):")
+    print(listing(args.dataset, files))
+    if args.dry_run:
+        print("dry run: nothing uploaded")
+        return 0
+    result = push_dataset(args.dataset, args.repo, private=args.private, revision=args.revision,
+                          endpoint=args.endpoint, message=args.message, files=files)
+    print(f"commit: {result.commit_url}\nrevision: {result.revision}  (load it: datasets.load_dataset("
+          f"\"{result.repo_id}\", revision=\"{result.revision}\"))")
     return 0
 
 
