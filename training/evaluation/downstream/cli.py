@@ -2,6 +2,7 @@
 
     python -m training.downstream weights/<id> --task level [--data DATASET.npz | --dataset NAME] --out DIR
            [--quick] [--seeds 3] [--classifier cnn|resnet18|both] [--init PATH] [--threads 1]
+           [--synthetic SYNTHETIC_DIR]
 
 The task is labelled from REAL data with a subject-level split: classify the slice's anatomical `level` (the
 5 position bands the conditional generator is trained with; training.data), where the data has several
@@ -22,7 +23,9 @@ ImageNet weights cannot be downloaded here), that checkpoint fine-tuned on real.
 same number of optimiser steps (pre-training: twice, once per phase); the final weights are tested (no model
 selection on the test set). Synthetic labels: a conditional generator's own class (`label=`, drawn in the real
 training split's class proportions); an unconditional model's images are labelled by the TRTR classifier (same
-architecture and seed), and the report says so.
+architecture and seed), and the report says so. `--synthetic DIR` takes the synthetic images from a prepared parquet
+dataset of the same model instead of generating them (synthetic.py: each seed draws its pool from the dataset's
+rows, labels from its `label` column); the results then go to --out only.
 
 Classifiers: a small CNN (~60 k parameters) and torchvision's ResNet-18 with one input channel, both from
 scratch. Metrics: accuracy, balanced accuracy (headline), macro-F1 (both over the classes present in the test
@@ -43,6 +46,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from medgan.dataset import weights_revision
 from medgan.errors import MedganError
 
 from ...data.labels import LABEL_KINDS
@@ -50,6 +54,7 @@ from ..model_folder import record_metrics, resolve_model, write_json
 from .design import CLASSIFIERS, DEFAULT_STEPS, QUICK_STEPS, DownstreamError
 from .report import config_summary, plot, summary_text
 from .study import Settings, run_study
+from .synthetic import read_synthetic
 from .task import leakage_check, load_task, task_axes
 
 
@@ -75,6 +80,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--init", help="a local .safetensors checkpoint to start one more regime from (fine-tuned on "
                                   "real); ImageNet weights cannot be downloaded here")
     p.add_argument("--truncation", type=float, default=1.0, help="ψ for the synthetic images (default 1)")
+    p.add_argument("--synthetic", type=Path, help="a parquet dataset of this model (python -m medgan.dataset MODEL "
+                                                  "--format parquet) to draw the synthetic images from instead of "
+                                                  "generating them; results go to --out only")
     p.add_argument("--balanced-batches", action="store_true",
                    help="draw every class equally often in training batches (for skewed tasks, e.g. contrast)")
     p.add_argument("--allow-slab-split", action="store_true",
@@ -84,6 +92,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-write", action="store_true", help="write only into --out (not the model folder)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
+    if args.synthetic is not None and args.truncation != 1.0:
+        p.error("--truncation does not apply with --synthetic: the dataset's images have their own ψ")
+    if args.synthetic is not None:  # a study of a prepared dataset describes that data, not the model
+        args.no_write = True
     if args.seeds < 3:
         p.error("--seeds must be at least 3 (a 95 % interval over fewer seeds is not informative)")
     if args.threads < 1 or args.batch_size < 2 or (args.steps is not None and args.steps < 1):
@@ -110,8 +122,11 @@ def main(argv: list[str] | None = None) -> int:
         task, ds = load_task(args.task, source, gen.config.generator.resolution, task_axes(args.task, tdata))
         leakage = leakage_check(tdata, ds, task, tuple(tdata.get("axes") or (2,)), args.allow_slab_split)
         print(f"leakage check: {leakage['message']}", file=sys.stderr)
+        synthetic = None if args.synthetic is None else read_synthetic(
+            args.synthetic, gen.config.id, weights_revision(target.folder), gen.config.generator.resolution)
         report = run_study(gen, task, settings_from(args), leakage,
-                           model_folder=None if args.no_write else target.folder, command=command)
+                           model_folder=None if args.no_write else target.folder, command=command,
+                           synthetic=synthetic)
     except MedganError as exc:  # LeakageError and DownstreamError included
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -78,7 +78,10 @@ SCHEMA: dict[str, Any] = {
                                              {"type": "boolean"}}},
         "synthetic": {"type": "object",
                       "required": ["labels_from", "note", "pool_per_seed", "truncation", "seeds"],
-                      "properties": {"labels_from": {"enum": ["generator", "classifier"]}, "note": _STR,
+                      "properties": {"labels_from": {"enum": ["generator", "classifier", "dataset"]}, "note": _STR,
+                                     "source": {"type": "object", "description": "--synthetic: the dataset the "
+                                                "pools were drawn from (folder, model, revision, seed, count, "
+                                                "truncation, class)"},
                                      "pool_per_seed": _INT, "truncation": _NUM,
                                      "seeds": {"type": "array", "items": {
                                          "type": "object", "required": ["seed", "synthetic_seed", "sha256",

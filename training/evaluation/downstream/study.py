@@ -21,6 +21,7 @@ from .design import (FINETUNE_LR_FACTOR, IMAGENET_NOTE, INIT_REGIME, METRICS, PO
                      SCHEMA_VERSION, SYNTHETIC_SEED_OFFSET, TASK_DESCRIPTIONS, DownstreamError)
 from .schema import validate
 from .stats import scores, summarize, verdict
+from .synthetic import SyntheticImages
 from .task import Task, generate_pool, stratified_subset, synth_labels_source
 
 
@@ -51,12 +52,13 @@ class _Study:
     task: Task
     settings: Settings
     device: Any
-    labels_from: str                     # "generator" | "classifier"
+    labels_from: str                     # "generator" | "classifier" | "dataset"
     regimes: list[dict[str, Any]]
     init_tensors: dict[str, Any] | None = None
     init_info: dict[str, Any] | None = None
     init_fits: dict[str, bool] = field(default_factory=dict)
     bar: Any = None
+    synthetic: SyntheticImages | None = None   # --synthetic: prepared images instead of generating
 
     @property
     def k(self) -> int:
@@ -90,14 +92,18 @@ def _regimes_of(study: _Study, clf: str) -> list[dict[str, Any]]:
 def _synthetic_pool(study: _Study, seed: int) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
     """This seed's synthetic images (POOL_RATIO x the real training count) and, for a conditional model, their
     labels: POOL_RATIO shuffled copies of the real training labels, so every block of n_real has the real
-    class proportions."""
+    class proportions. With --synthetic: rows of the prepared dataset, labels from its `label` column."""
     synth_seed = SYNTHETIC_SEED_OFFSET + seed
     pool_n = POOL_RATIO * len(study.task.y_train)
-    pool_y = None
-    if study.labels_from == "generator":
-        rng = np.random.default_rng([seed, 2])
-        pool_y = np.concatenate([rng.permutation(study.task.y_train) for _ in range(POOL_RATIO)])
-    pool_x = generate_pool(study.gen, pool_y, pool_n, synth_seed, study.settings.truncation)
+    if study.synthetic is not None:  # --synthetic: drawn from the prepared dataset, in an order set by synth_seed
+        pool_x, pool_y = study.synthetic.pool(synth_seed, pool_n)
+        pool_y = pool_y if study.labels_from == "dataset" else None
+    else:
+        pool_y = None
+        if study.labels_from == "generator":
+            rng = np.random.default_rng([seed, 2])
+            pool_y = np.concatenate([rng.permutation(study.task.y_train) for _ in range(POOL_RATIO)])
+        pool_x = generate_pool(study.gen, pool_y, pool_n, synth_seed, study.settings.truncation)
     record = {"seed": seed, "synthetic_seed": synth_seed, "sha256": hashlib.sha256(pool_x.tobytes()).hexdigest(),
               "label_counts": {}}
     return pool_x, pool_y, record
@@ -202,6 +208,9 @@ def _synthetic_note(labels_from: str) -> str:
     if labels_from == "generator":
         return ("labels from the conditional generator (`label=`), drawn in the real training split's class "
                 "proportions")
+    if labels_from == "dataset":
+        return ("images and labels from a prepared synthetic dataset of this model (--synthetic): each image's "
+                "class is the one the conditional generator drew it with, in the dataset's class proportions")
     return ("this model is not conditional on the task's labels: its images were labelled by the TRTR classifier "
             "(real data only, same architecture and seed), so TSTR measures agreement with that classifier rather "
             "than the generator's own class fidelity")
@@ -235,14 +244,17 @@ def _data_block(task: Task, present: list[str], missing: list[str]) -> dict[str,
 
 
 def run_study(gen, task: Task, settings: Settings, leakage: dict[str, Any], *, model_folder: Path | None = None,
-              command: str = "") -> dict[str, Any]:
-    """Every regime x classifier x seed; returns the downstream.json report (validated against SCHEMA)."""
+              command: str = "", synthetic: SyntheticImages | None = None) -> dict[str, Any]:
+    """Every regime x classifier x seed; returns the downstream.json report (validated against SCHEMA).
+    `synthetic`: prepared images of this model to draw the pools from instead of generating them."""
     import torch
     from tqdm.auto import tqdm
 
     cpu0, wall0 = time.process_time(), time.time()
-    study = _Study(gen, task, settings, torch.device(settings.device), synth_labels_source(gen, task),
-                   regimes_for(settings))
+    labels_from = synthetic.labels_source(task.name, task.classes) if synthetic is not None else \
+        synth_labels_source(gen, task)
+    study = _Study(gen, task, settings, torch.device(settings.device), labels_from, regimes_for(settings),
+                   synthetic=synthetic)
     _check_init(study)
     phases = {"train": 1, "pretrain-finetune": 2, "init-finetune": 1}
     total = len(settings.seeds) * sum(settings.steps[c] * phases[r["phases"]] for c in settings.classifiers
@@ -278,9 +290,7 @@ def run_study(gen, task: Task, settings: Settings, leakage: dict[str, Any], *, m
                   "folder": str(model_folder) if model_folder else None},
         "task": {"name": task.name, "classes": task.classes, "description": TASK_DESCRIPTIONS[task.name]},
         "data": _data_block(task, present, missing), "leakage_check": leakage,
-        "synthetic": {"labels_from": study.labels_from, "note": _synthetic_note(study.labels_from),
-                      "pool_per_seed": POOL_RATIO * len(task.x_train), "truncation": settings.truncation,
-                      "seeds": records},
+        "synthetic": _synthetic_block(study, records),
         "settings": {**_settings_block(settings), "init": study.init_info},
         "regimes": [dict(r) for r in study.regimes],
         "results": results, "deltas": deltas, "medigan": _medigan(results, deltas),
@@ -293,6 +303,16 @@ def run_study(gen, task: Task, settings: Settings, leakage: dict[str, Any], *, m
     if problems:  # a bug here, not a user error
         raise AssertionError("downstream.json does not match its schema: " + "; ".join(problems[:5]))
     return report
+
+
+def _synthetic_block(study: _Study, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The report's `synthetic`: where the labels came from, the pools, and the --synthetic dataset if any."""
+    block = {"labels_from": study.labels_from, "note": _synthetic_note(study.labels_from),
+             "pool_per_seed": POOL_RATIO * len(study.task.x_train), "truncation": study.settings.truncation,
+             "seeds": records}
+    if study.synthetic is not None:
+        block.update(truncation=study.synthetic.source.get("truncation", 1.0), source=study.synthetic.source)
+    return block
 
 
 def _settings_block(settings: Settings) -> dict[str, Any]:
