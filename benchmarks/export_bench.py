@@ -41,3 +41,53 @@ def run_export(models: list[BenchModel], quick: bool) -> dict[str, Any]:
         rows.append({"workers": workers, "seconds": round(best, 2), "images_per_min": round(count / best * 60)})
     return {"model": m.id, "count": count, "format": "png", "rounds": rounds, "rows": rows,
             "speedup_2_vs_1": round(rows[0]["seconds"] / rows[1]["seconds"], 3)}
+
+
+DATASET_MODEL = "brain-t1-style-64"  # conditional: the parquet rows carry a ClassLabel
+
+
+def run_dataset_formats(models: list[BenchModel], quick: bool) -> dict[str, Any]:
+    """Parquet (+ card) beside PNG shards, in-process export_dataset with the model loaded once, 1 thread; and the
+    generation alone, the floor both stand on. images/s counts the whole export (encoding, files, card or
+    manifest). Contenders alternate round by round (harness.interleaved)."""
+    import shutil
+
+    import torch
+
+    from medgan.dataset import export_dataset
+    from medgan.generator import Generator
+
+    from .harness import interleaved, ratio
+
+    folder = ROOT / "weights" / DATASET_MODEL
+    folder = folder if (folder / "config.json").is_file() else models[0].folder
+    gen = Generator.from_folder(folder)
+    count, rounds = (32, 2) if quick else (1024, 5)
+    shard = max(8, count // 4)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    sizes: dict[str, int] = {}
+    with tempfile.TemporaryDirectory(prefix="medgan-bench-formats-") as tmp:
+        def export(fmt: str) -> None:
+            out = Path(tmp) / fmt
+            shutil.rmtree(out, ignore_errors=True)
+            export_dataset(str(folder), count, out, fmt, shard_size=shard, progress=False, generator=gen)
+            sizes[fmt] = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+
+        def generate_only() -> None:
+            for begin in range(0, count, 256):
+                gen.generate(min(256, count - begin), 0, start=begin, output_type="np")
+
+        try:
+            times = interleaved({"generate only": generate_only, "png": lambda: export("png"),
+                                 "parquet": lambda: export("parquet")}, rounds=rounds)
+        finally:
+            torch.set_num_threads(previous)
+    med = {name: sorted(values)[len(values) // 2] for name, values in times.items()}
+    per_round = [png / other for png, other in zip(times["png"], times["parquet"])]
+    rows = [{"contender": name, "median_s": round(med[name], 3), "images_per_s": round(count / med[name], 1),
+             "seconds": [round(t, 3) for t in times[name]],
+             "bytes_per_image": round(sizes[name] / count) if name in sizes else None,
+             "vs_png": round(ratio(times, "png", name), 3)} for name in times]
+    return {"model": gen.id, "count": count, "shard_size": shard, "rounds": rounds, "threads": 1, "rows": rows,
+            "parquet_vs_png_range": [round(min(per_round), 3), round(max(per_round), 3)]}

@@ -157,6 +157,13 @@ def _export(e: dict[str, Any]) -> tuple[str, list[str], list[list[Any]]]:
     return f"Dataset export, {e['count']} PNGs (whole command)", ["workers", "s", "images/min"], rows
 
 
+def _dataset_formats(d: dict[str, Any]) -> tuple[str, list[str], list[list[Any]]]:
+    rows = [[r["contender"], r["median_s"], r["images_per_s"], r["bytes_per_image"] or "", f"{r['vs_png']}x"]
+            for r in d["rows"]]
+    return (f"Dataset formats, {d['count']} images of {d['model']} (shards of {d['shard_size']}, 1 thread, in-process)",
+            ["", "s", "images/s", "bytes/image", "speed vs png"], rows)
+
+
 def _style(st: dict[str, Any]) -> tuple[str, list[str], list[list[Any]]]:
     rows = [[f"batch {r['batch']}", "medgan vs plain", r["medgan"]["median_ms"], r["reference"]["median_ms"],
              f"{r['ratio']}x", f"{r['ratio_1thread_cpu']}x"] for r in st["vs_reference"]]
@@ -189,7 +196,7 @@ def _compile(c: dict[str, Any]) -> tuple[str, list[str], list[list[Any]]]:
 _RENDERERS = (("inference", "models", _inference), ("variants", "forward", _variants), ("profile", "steps", _profile),
               ("roofline", "rows", _roofline), ("scaling", "rows", _scaling), ("threads", "rows", _threads),
               ("cold_start", "runs", _cold_start), ("app", "answer", _app), ("training", "rows", _training),
-              ("export", "rows", _export), ("style", "vs_reference", _style), ("detail_block", "rows", _detail_block),
+              ("export", "rows", _export), ("dataset_formats", "rows", _dataset_formats), ("style", "vs_reference", _style), ("detail_block", "rows", _detail_block),
               ("training_arch", "rows", _training_arch), ("compile", "compile_seconds", _compile))
 
 

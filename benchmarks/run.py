@@ -46,6 +46,7 @@ SECTIONS: dict[str, Callable[[list[BenchModel], bool], dict[str, Any]]] = {
     "app": app_bench.run_app,
     "training": lambda models, quick: training_bench.run_training(quick),
     "export": export_bench.run_export,
+    "dataset_formats": export_bench.run_dataset_formats,
     "style": style_bench.run_style,
     "detail_block": style_bench.run_detail_block,
     "training_arch": style_bench.run_training_arch,

@@ -117,7 +117,7 @@ def test_quick_benchmark_writes_every_section(tmp_path):
     results = json.loads(out.read_text())
     sections = results["sections"]
     want = {"inference", "variants", "profile", "roofline", "scaling", "threads", "cold_start", "app", "training",
-            "export", "compile"}
+            "export", "dataset_formats", "compile"}
     assert want <= set(sections)
     errors = {k: v["error"] for k, v in sections.items() if "error" in v}
     assert not errors, errors
@@ -125,6 +125,8 @@ def test_quick_benchmark_writes_every_section(tmp_path):
     assert sections["app"]["answer"]["p50_ms"] > 0 and sections["app"]["model_time"]["samples"] >= 5
     assert sections["app"]["fast_route"]["p50_ms"] > 0
     assert sections["cold_start"]["runs"][0]["rss_all_models_loaded_mb"] > 0
+    formats = {r["contender"]: r for r in sections["dataset_formats"]["rows"]}
+    assert set(formats) == {"generate only", "png", "parquet"} and formats["parquet"]["images_per_s"] > 0
     assert {t["status"] for t in results["targets"]} <= {"PASS", "FAIL", "N/A"} and len(results["targets"]) >= 5
     assert "## Targets" in proc.stdout
 

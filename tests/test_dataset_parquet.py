@@ -202,3 +202,16 @@ def test_pyarrow_alone_writes_the_dataset(tiny, tmp_path):
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert len(ParquetDataset(tmp_path / "ds")) == 5 and (tmp_path / "ds" / DATA_CARD).is_file()
+
+
+def test_shuffled_reads_go_by_row_group(tiny, tmp_path, monkeypatch):
+    export(tiny, tmp_path / "ds", count=250, shard_size=250)  # one file, row groups of 100, 100 and 50 rows
+    monkeypatch.setattr(ParquetDataset, "CACHED_GROUPS", 1)  # every switch of group reads again
+    data = ParquetDataset(tmp_path / "ds")
+    assert {group for _, group, _ in data.rows} == {0, 1, 2}
+    expected = Generator.from_folder(tiny).generate(250, 7, output_type="np")
+    batches = list(DataLoader(data, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0)))
+    order = torch.cat([b["index"] for b in batches])
+    images = torch.cat([b["image"] for b in batches])[:, 0]
+    assert sorted(order.tolist()) == list(range(250)) and order.tolist() != list(range(250))
+    assert torch.equal(images, torch.from_numpy(expected[order.numpy()]).float() / 127.5 - 1)

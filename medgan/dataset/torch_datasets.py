@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -134,8 +135,11 @@ class ParquetDataset(Dataset):
 
     Item i = {"image": float32 [C, H, W] in [-1, 1] (passed through `transform` if given), "index": its index,
     and "label": its class index when the model is conditional}; the default collate batches these dicts.
-    `classes` holds the class names, `labels` every row's class index (empty when unlabelled).
+    `classes` holds the class names, `labels` every row's class index (empty when unlabelled). Images are read
+    by row group (100 rows) and the last CACHED_GROUPS groups kept, so shuffled access stays cheap.
     """
+
+    CACHED_GROUPS = 16
 
     def __init__(self, folder: str | Path, transform: Callable | None = None):
         import pyarrow.parquet as pq
@@ -147,32 +151,41 @@ class ParquetDataset(Dataset):
         if "label" in schema.names:
             meta = json.loads((schema.metadata or {}).get(b"huggingface", b"{}"))
             self.classes = list(meta.get("info", {}).get("features", {}).get("label", {}).get("names", []))
-        self.rows: list[tuple[int, int]] = []     # (file number, row in that file)
+        self.rows: list[tuple[int, int, int]] = []     # (file number, row group, row in that group)
         index, labels = [], []
         for number, path in enumerate(self.files):
-            columns = ["index", "label"] if self.classes else ["index"]
-            table = pq.read_table(path, columns=columns)
+            table = pq.read_table(path, columns=["index", "label"] if self.classes else ["index"])
             index += table.column("index").to_pylist()
             labels += table.column("label").to_pylist() if self.classes else []
-            self.rows += [(number, row) for row in range(table.num_rows)]
+            meta = pq.read_metadata(path)
+            self.rows += [(number, group, row) for group in range(meta.num_row_groups)
+                          for row in range(meta.row_group(group).num_rows)]
         self.index = np.asarray(index, dtype=np.int64)
         self.labels = np.asarray(labels, dtype=np.int64)
-        self._cache: tuple[int, Any] | None = None  # the last file's image column, read whole
+        self._groups: OrderedDict[tuple[int, int], Any] = OrderedDict()  # (file, group) -> its image column
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def _images(self, number: int, group: int) -> Any:
+        import pyarrow.parquet as pq
+
+        key = (number, group)
+        if key not in self._groups:
+            self._groups[key] = pq.ParquetFile(self.files[number]).read_row_group(group, columns=["image"]).column(0)
+            while len(self._groups) > self.CACHED_GROUPS:
+                self._groups.popitem(last=False)
+        self._groups.move_to_end(key)
+        return self._groups[key]
 
     def read(self, i: int) -> np.ndarray:
         """Item i as the stored uint8 array [H, W] (or [H, W, C]), decoded from its PNG bytes."""
         import io
 
-        import pyarrow.parquet as pq
         from PIL import Image
 
-        number, row = self.rows[i]
-        if self._cache is None or self._cache[0] != number:
-            self._cache = (number, pq.read_table(self.files[number], columns=["image"]).column("image"))
-        with Image.open(io.BytesIO(self._cache[1][row]["bytes"].as_py())) as image:
+        number, group, row = self.rows[i]
+        with Image.open(io.BytesIO(self._images(number, group)[row]["bytes"].as_py())) as image:
             return np.asarray(image)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
@@ -183,4 +196,4 @@ class ParquetDataset(Dataset):
         return item
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_cache": None}  # each DataLoader worker reads its own files
+        return {**self.__dict__, "_groups": OrderedDict()}  # each DataLoader worker reads its own row groups
