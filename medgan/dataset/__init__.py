@@ -32,7 +32,7 @@ from .parquet import DATA_DIR, features, shard_files
 from .shards import (DATASET_JSON, FORMATS, IDENTITY_KEYS, MANIFEST, MANIFEST_FIELDS, MARKER, PARQUET, ExportSummary,
                      Job, clean_temp, dataset_info, dataset_readme, export_dataset, init_folder, load_generator,
                      model_identity, plan, rank_from_env, shard_complete, shard_name, shards_for_rank, supports_start,
-                     write_manifest, write_shard)
+                     weights_revision, write_manifest, write_shard)
 from .torch_datasets import ExportedDataset, ParquetDataset, SyntheticDataset, to_float
 
 __all__ = ["DATASET_JSON", "DATA_CARD", "DATA_DIR", "FORMATS", "IDENTITY_KEYS", "MANIFEST", "MANIFEST_FIELDS",
@@ -40,4 +40,4 @@ __all__ = ["DATASET_JSON", "DATA_CARD", "DATA_DIR", "FORMATS", "IDENTITY_KEYS", 
            "build_parser", "clean_temp", "dataset_command", "dataset_info", "dataset_readme", "export_dataset",
            "features", "init_folder", "load_generator", "main", "model_identity", "plan", "rank_from_env",
            "render_card", "shard_complete", "shard_files", "shard_name", "shards_for_rank", "supports_start",
-           "to_float", "write_manifest", "write_shard"]
+           "to_float", "weights_revision", "write_manifest", "write_shard"]

@@ -39,7 +39,8 @@ IDENTITY_KEYS = ("model", "revision", "seed", "count", "format", "shard_size", "
 
 
 # --- the model --------------------------------------------------------------------------------------
-def _weights_digest(folder: Path) -> str:
+def weights_revision(folder: Path) -> str:
+    """A local model's revision: `sha256:` + its weights' sha256 (folders have no commit)."""
     return "sha256:" + file_digest(folder / "model.safetensors")
 
 
@@ -82,7 +83,7 @@ def model_identity(gen: Any, model: str, extra_folders: list[str] | None = None)
     if not revision:
         folder = model_folder(gen, model, extra_folders)
         if folder is not None and (folder / "model.safetensors").is_file():
-            revision = _weights_digest(folder)
+            revision = weights_revision(folder)
     return model_id, revision, getattr(config, "modality", "") or ""
 
 
