@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,16 @@ RESOLUTIONS = (32, 64, 128, 256)
 # A DICOM modality code (ModelConfig.modality) as people name it, for cards and their tags.
 MODALITY_NAMES = {"MR": "MRI", "CT": "CT", "CR": "X-ray", "DX": "X-ray", "MG": "mammography", "US": "ultrasound",
                   "PT": "PET", "OT": ""}
+
+
+def modality_name(modality: str) -> str:
+    """"MRI" for "MR", …; an unknown code as it is, "" for none."""
+    return MODALITY_NAMES.get(modality.upper(), modality) if modality else ""
+
+
+def slug(text: str) -> str:
+    """A Hub tag or id: lower case, runs of anything but a-z and 0-9 as one "-"."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
 ARCHS = ("dcgan", "style")

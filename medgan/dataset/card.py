@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from ..config import MODALITY_NAMES, ModelConfig
+from ..config import ModelConfig, modality_name, slug
 from ..export import SOFTWARE, atomic_write
 from .parquet import DATA_FILES, SPLIT, data_sizes, features
 
@@ -50,15 +50,11 @@ def dataset_command(model_id: str, count: int, out: str, *, seed: int = 0, trunc
     return shlex.join(args)
 
 
-def _slug(text: str) -> str:
-    return "-".join("".join(c if c.isalnum() else " " for c in text.lower()).split())
-
-
 def card_metadata(job: Any, config: ModelConfig) -> dict[str, Any]:
     """The YAML front matter: licence, tasks, tags, size, configs (data_files) and dataset_info (features)."""
-    modality = MODALITY_NAMES.get(config.modality.upper(), config.modality) if config.modality else ""
+    modality = modality_name(config.modality)
     tags = ["synthetic", "medical-imaging"]
-    tags += [_slug(t) for t in (modality, config.organ, config.plane) if t and _slug(t) not in tags]
+    tags += [slug(t) for t in (modality, config.organ, config.plane) if t and slug(t) not in tags]
     tasks = (["image-classification"] if job.classes else []) + ["unconditional-image-generation"]
     feats = [{"name": name, "dtype": _yaml_dtype(spec)} for name, spec in features(job.classes).items()]
     num_bytes, download_size = data_sizes(job.out)

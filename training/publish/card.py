@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from medgan.config import ModelConfig
+from medgan.config import ModelConfig, modality_name, slug
 from medgan.files import atomic_write
 
 from .privacy import REAL_IMAGES_NOTE, images_public
@@ -28,13 +27,7 @@ TASK = "unconditional-image-generation"
 INDEX_METRICS = {"fid": "FID", "kid": "KID", "precision": "Precision", "recall": "Recall"}
 BASE_TAGS = ["medical-imaging", "gan", "synthetic-data", "medgan"]
 ARCH_TAGS = {"dcgan": ["dcgan"], "style": ["stylegan2", "style-based", "conditional"]}
-MODALITY_NAMES = {"MR": "MRI", "CT": "CT", "CR": "X-ray", "DX": "X-ray", "MG": "mammography", "US": "ultrasound",
-                  "PT": "PET", "OT": ""}
 SAMPLES_FILE, SAMPLES_COUNT, SAMPLES_SEED = "samples.png", 64, 0
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
 def _number(value: Any) -> float | None:
@@ -77,7 +70,7 @@ def _first(data: dict[str, Any], *keys: str) -> Any:
 
 
 def _modality(config: ModelConfig) -> str:
-    return MODALITY_NAMES.get(config.modality.upper(), config.modality) if config.modality else ""
+    return modality_name(config.modality)
 
 
 def load_eval(folder: Path, config: ModelConfig) -> dict[str, Any]:
@@ -111,14 +104,14 @@ def card_data(config: ModelConfig, evaluation: dict[str, Any]) -> ModelCardData:
     No `datasets:` key: it may only name Hugging Face Hub datasets, and ours are local scans (named in the text).
     """
     tags = list(BASE_TAGS) + ARCH_TAGS.get(config.generator.arch, [])[:2 + bool(config.generator.classes)]
-    tags += [_slug(t) for t in (_modality(config), config.organ, config.plane) if t and _slug(t) not in tags]
+    tags += [slug(t) for t in (_modality(config), config.organ, config.plane) if t and slug(t) not in tags]
     data_name = _eval_dataset(config, evaluation)
     results = []
     for key, name in INDEX_METRICS.items():
         value = _number(evaluation.get(key))
         if value is not None:
             results.append(EvalResult(task_type=TASK, task_name="Unconditional image generation",
-                                      dataset_type=_slug(data_name) or "training-data", dataset_name=data_name,
+                                      dataset_type=slug(data_name) or "training-data", dataset_name=data_name,
                                       dataset_split=_reference_split(evaluation), metric_type=key,
                                       metric_value=round(value, 6), metric_name=name))
     return ModelCardData(license=config.license or "mit", library_name="medgan", pipeline_tag=TASK, tags=tags,
