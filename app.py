@@ -12,6 +12,9 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phone-home at start-up
+# Gradio keeps a record of each of the last N events for its monitoring page (default 10,000, ~0.4 KiB each):
+# a few hundred are plenty, and memory then levels off sooner.
+os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "256")
 # OpenMP's wait policy is chosen by `import medgan` (below, before torch loads): PASSIVE when the machine is
 # busy at start-up, else OpenMP's default; each generation's thread count then follows the load
 # (medgan.threads, measured by benchmarks "threads").
@@ -52,6 +55,7 @@ import gradio as gr  # noqa: E402 (after the settings check: a bad setting fails
 
 from medgan import service  # noqa: E402 (reads MEDGAN_MAX_COUNT at import; checked above)
 from medgan import perf  # noqa: E402
+from medgan import serving  # noqa: E402
 from medgan import zoo  # noqa: E402
 from medgan.files import prune_tree  # noqa: E402
 from gradio.utils import get_upload_folder  # noqa: E402
@@ -71,7 +75,19 @@ def sweep_caches(force: bool = False) -> int:
         if not force and time.monotonic() - _sweep["last"] < SWEEP_EVERY_S:
             return 0
         _sweep["last"] = time.monotonic()
-        return prune_tree(get_upload_folder(), max_age_s=limits.gradio_cache()[1], max_bytes=limits.cache_max_bytes())
+        removed = prune_tree(get_upload_folder(), max_age_s=limits.gradio_cache()[1],
+                             max_bytes=limits.cache_max_bytes())
+        forget_removed_files()
+        return removed
+
+
+def forget_removed_files() -> None:
+    """Drop the paths of deleted files from Gradio's per-component sets of the files it wrote (kept to delete
+    them at shut-down; Gradio's own sweep skips a file that is already gone without dropping its path), so
+    those sets do not grow by a path per image for ever."""
+    for paths in getattr(demo, "temp_file_sets", []):
+        for path in [p for p in list(paths) if not os.path.exists(p)]:
+            paths.discard(path)
 
 TITLE = "MedGAN Studio"
 UI_MAX_SEED = 2**32 - 1  # the slider's range; the Python API accepts up to 2**63-1
@@ -241,20 +257,21 @@ def model_details(model: str | None) -> str:
 
 @_api
 def stats(model: str | None = None) -> dict:
-    """Performance of `model` (optional) and of the server: last/p50/p95 model time, images/s, load time,
-    RSS, device. Fields are documented in medgan/perf.py; describing a model never loads it."""
-    return perf.model_stats(model)
+    """Aggregate performance of `model` (optional; an unknown id is refused): calls, images, p50/p95 model
+    time, images/s, load time, device. Fields in medgan/perf.py; describing a model never loads it."""
+    return perf.public_stats(model)
 
 
 def performance_panel(model: str | None, session: list[dict], after_generate: bool = False):
-    """The Performance tab; after a generation, this browser session's call is appended to its own series."""
-    numbers = perf.model_stats(model)
+    """The Performance tab; after a generation, this browser session's call is appended to its own series. Host
+    details and every caller's calls only with MEDGAN_PERF_DETAILS (off on a Space)."""
+    numbers = perf.model_stats(perf.listed(model))
     session = list(session or [])
     if after_generate and numbers["history"] and (not session or session[-1]["time"] != numbers["history"][-1]["time"]):
         session = (session + [numbers["history"][-1]])[-50:]
     import pandas as pd  # gradio's own dependency; only needed here
     frame = pd.DataFrame({"call": list(range(1, len(session) + 1)), "ms": [h["seconds"] * 1e3 for h in session]})
-    return perf.panel_markdown(numbers, session), frame, session
+    return perf.panel_markdown(numbers, session, details=limits.perf_details()), frame, session
 
 
 def source_notices() -> str:
@@ -370,10 +387,13 @@ def build_demo() -> gr.Blocks:
             notices = gr.Markdown(source_notices(), elem_id="source-notices")
             choices_by = service.model_facets()
             with gr.Row():
-                filters = [gr.Dropdown(choices_by[key], value="any", label=key.title(), elem_id=f"filter-{key}",
-                                       min_width=120) for key in zoo.FILTERS]
-                sort = gr.Dropdown(list(zoo.SORTS), value=zoo.SORTS[0], label="Sort", elem_id="models-sort",
-                                   min_width=150)
+                # Unchecked by Gradio (checked_by_medgan): medgan.zoo matches any text, and Gradio's own check
+                # of a value outside the choices logs a full traceback per request.
+                filters = [checked_by_medgan(gr.Dropdown(choices_by[key], value="any", label=key.title(),
+                                                         elem_id=f"filter-{key}", min_width=120))
+                           for key in zoo.FILTERS]
+                sort = checked_by_medgan(gr.Dropdown(list(zoo.SORTS), value=zoo.SORTS[0], label="Sort",
+                                                     elem_id="models-sort", min_width=150))
             count_note = gr.Markdown(elem_id="models-count")
             rows = models_rows()
             table = gr.Dataframe(value=rows, headers=MODEL_COLUMNS, interactive=False, wrap=True,
@@ -383,7 +403,7 @@ def build_demo() -> gr.Blocks:
                         "Click a row to see its details.")
             with gr.Row():
                 with gr.Column(scale=2):
-                    pick = gr.Dropdown([], label="Details of", elem_id="model-pick")
+                    pick = checked_by_medgan(gr.Dropdown([], label="Details of", elem_id="model-pick"))
                     details = gr.Markdown(elem_id="model-detail")
                 with gr.Column(scale=3):
                     samples = gr.Gallery(label="Samples of the listed local models (SYNTHETIC)", columns=2,
@@ -440,31 +460,69 @@ def build_demo() -> gr.Blocks:
         demo.load(source_notices, outputs=notices, queue=False, api_visibility="private")
     # The queue is configured at build time, so it also holds when a Space runner launches `demo` itself.
     demo.queue(max_size=limits.queue_size(), default_concurrency_limit=limits.concurrency())
-    return cap_uploads(demo)
+    return serve_with_limits(demo)
 
 
-def cap_uploads(demo: gr.Blocks) -> gr.Blocks:
-    """Bound Gradio's upload route (/gradio_api/upload), open to anyone although this app has no upload
-    widget, to MEDGAN_MAX_UPLOAD_MB, and add the queue-free route for scripts (FAST_ROUTE). Gradio takes the cap
-    only as `launch(max_file_size=…)` and resets the Blocks' own attribute there, and extra routes only as
-    `launch(app_kwargs={"routes": …})` (FastAPI's own argument: they are matched before Gradio's), so this
-    demo's `launch` is wrapped: both hold whoever launches `demo` (a Space runner included) unless they pass
-    their own. `gr.mount_gradio_app` needs `max_file_size=` too; mount `fast_routes()` on the parent app."""
+def serve_with_limits(demo: gr.Blocks) -> gr.Blocks:
+    """Wrap `demo.launch` so that whoever launches `demo` (a Space runner included) gets, unless they pass
+    their own: the edge (medgan.serving.Edge: body and text bounds, closed routes, per-client fairness) as
+    middleware of the app Gradio serves; the queue-free route (FAST_ROUTE); Gradio's upload cap
+    (MEDGAN_MAX_UPLOAD_MB); the bound on sessions kept in memory (MEDGAN_MAX_SESSIONS); run history off.
+    Gradio takes these only as `launch` arguments (middleware and routes through `app_kwargs`, FastAPI's own:
+    routes are matched before Gradio's, middleware wraps them all). `gr.mount_gradio_app` needs them given by
+    hand: `app.edge_middleware()` on the parent app, `app.fast_routes()`, `max_file_size=`."""
     launch = demo.launch
 
     @functools.wraps(launch)
-    def capped_launch(*args, **kwargs):
+    def launch_with_limits(*args, **kwargs):
         if kwargs.get("max_file_size") is None:
             kwargs["max_file_size"] = limits.max_upload_bytes()
         kwargs["css"] = CSS + (kwargs.get("css") or "")
+        kwargs.setdefault("state_session_capacity", limits.max_sessions())
+        kwargs.setdefault("run_history", False)  # nothing to review: the same seed gives the same images
         app_kwargs = dict(kwargs.get("app_kwargs") or {})
         app_kwargs["routes"] = [*fast_routes(), *app_kwargs.get("routes", [])]
+        app_kwargs["middleware"] = [edge_middleware(), *app_kwargs.get("middleware", [])]
         kwargs["app_kwargs"] = app_kwargs
         return launch(*args, **kwargs)
 
-    demo.launch = capped_launch
+    demo.launch = launch_with_limits
     demo.max_file_size = limits.max_upload_bytes()
     return demo
+
+
+def endpoints() -> list[serving.Endpoint]:
+    """The event handlers as medgan.serving checks calls to them (read per request: cheap, and always current)."""
+    return [serving.Endpoint(index=index, name=fn.api_name, inputs=len(fn.inputs),
+                             api_inputs=sum(not block.skip_api for block in fn.inputs),
+                             private=getattr(fn, "api_visibility", "public") != "public")
+            for index, fn in demo.fns.items()]
+
+
+def forget_finished_sessions() -> None:
+    """Drop what Gradio keeps of sessions with no event left: its per-session set of pending event ids, kept
+    (empty) after the last result was delivered, and that session's empty message queue. Gradio 6.31 removes
+    them only on cancel, so every API call without a session of its own (plain-HTTP /call/…) left ~2 KiB for
+    ever. Runs on the event loop (medgan.serving.Edge's housekeeping), where Gradio's queue code, which reads
+    these between awaits, cannot interleave with it."""
+    queue = demo._queue
+    for session, ids in list(queue.pending_event_ids_session.items()):
+        messages = queue.pending_messages_per_session.get(session)
+        if not ids and (messages is None or messages.empty()):
+            queue.pending_event_ids_session.pop(session, None)
+            queue.pending_messages_per_session.pop(session, None)
+
+
+def pending(event_id: str) -> bool:
+    """Whether Gradio's queue still holds this event (queued or running): a private attribute of the queue,
+    the one place Gradio keeps that (tests/test_edge.py checks it behaves so)."""
+    return event_id in demo._queue.event_ids_to_events
+
+
+def edge_middleware():
+    from starlette.middleware import Middleware
+    return Middleware(serving.Edge, policy=serving.Policy.from_limits(), endpoints=endpoints, is_pending=pending,
+                      log=log, housekeeping=forget_finished_sessions)
 
 
 # --- the queue-free route for scripts ---------------------------------------------------------------

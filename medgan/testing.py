@@ -150,5 +150,67 @@ def running_app(env: dict[str, str] | None = None, timeout: float = 180.0, lifet
         yield proc
 
 
-__all__ = ["APP", "CHROMIUM_ARGS", "ROOT", "free_port", "launched_app", "make_model_folder", "make_style_folder",
-           "running_app", "wait_for_port"]
+# --- driving a running app over plain HTTP (soak, body limits, fairness: tests/test_serving.py, benchmarks) ----
+
+def tree_rss(pid: int) -> int:
+    """Resident memory of a process and all its children (bytes): `launched_app` runs `timeout python app.py`."""
+    import psutil
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            total += proc.memory_info().rss
+    return total
+
+
+def call_api(http, name: str, data: list, headers: dict[str, str] | None = None) -> tuple[int, str]:
+    """One plain-HTTP API call (POST /gradio_api/call/NAME, then its result stream) on an httpx.Client:
+    (HTTP status of the POST, the result's event: "complete", "error", or "" when the POST was refused).
+    Every such call opens a session of its own in Gradio, as a script without gradio_client does."""
+    posted = http.post(f"/gradio_api/call/{name}", json={"data": data}, headers=headers)
+    if posted.status_code != 200:
+        return posted.status_code, ""
+    event = ""
+    with http.stream("GET", f"/gradio_api/call/{name}/{posted.json()['event_id']}", headers=headers) as answer:
+        for line in answer.iter_lines():
+            if line.startswith("event: ") and line[7:] in ("complete", "error"):
+                event = line[7:]
+    return posted.status_code, event
+
+
+def post_oversized(url: str, path: str, size: int, chunked: bool, piece: int = 1 << 16,
+                   timeout: float = 30.0) -> tuple[int | None, int]:
+    """POST a `size`-byte body to `path` over a raw socket, declared (Content-Length) or `chunked`, a piece at a
+    time, each sent only once the server has not answered within 50 ms of the last. Returns (the HTTP status,
+    or None if the server closed without one; body bytes sent before its answer)."""
+    import select
+    host, port = url.split("//", 1)[1].rsplit(":", 1)
+    framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {size}"
+    head = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n{framing}\r\n"
+            "Connection: close\r\n\r\n").encode()
+    sent, block = 0, b"x" * piece
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(head)
+        deadline = time.monotonic() + timeout
+        while sent < size and time.monotonic() < deadline and not select.select([sock], [], [], 0.05)[0]:
+            data = block[:size - sent]
+            try:
+                sock.sendall(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
+            except OSError:  # the server answered and closed while we were sending
+                break
+            sent += len(data)
+        select.select([sock], [], [], max(0.0, deadline - time.monotonic()))
+        try:
+            reply = sock.recv(4096)
+        except OSError:
+            reply = b""
+    first = reply.split(b"\r\n", 1)[0].split()
+    return (int(first[1]) if len(first) > 1 and first[1].isdigit() else None), sent
+
+
+__all__ = ["APP", "CHROMIUM_ARGS", "ROOT", "call_api", "free_port", "launched_app", "make_model_folder",
+           "make_style_folder", "post_oversized", "running_app", "tree_rss", "wait_for_port"]

@@ -87,9 +87,13 @@ def check_count(count: object, limit: int | None = None) -> int:
 
 
 def check_model_id(model_id: object) -> str:
-    """Shape check only; the registry decides whether the id exists. Ids never become paths."""
+    """Shape check only; the registry decides whether the id exists. Ids never become paths. At most
+    MEDGAN_MAX_TEXT_CHARS characters (the app's edge refuses longer text before this point)."""
     if not isinstance(model_id, str) or not model_id.strip():
         raise InvalidArgumentError("model id must be a non-empty string")
+    if len(model_id) > limits.max_text_chars():
+        raise InvalidArgumentError(f"model id is too long ({len(model_id)} characters; at most "
+                                   f"{limits.max_text_chars()})")
     return model_id.strip()
 
 

@@ -169,6 +169,7 @@ def test_bad_limit_settings_are_refused_by_name(monkeypatch, name, value):
 
 
 def test_limits_come_from_the_environment(monkeypatch):
+    monkeypatch.delenv("SPACE_ID", raising=False)
     for name, value in {"MEDGAN_MAX_COUNT": "5", "MEDGAN_CONCURRENCY": "3", "MEDGAN_QUEUE_SIZE": "9",
                         "MEDGAN_REQUEST_TIMEOUT_S": "2.5", "MEDGAN_EXPORT_RETENTION_S": "60",
                         "MEDGAN_MAX_LOADED_MODELS": "4", "MEDGAN_CACHE_CLEAN_S": "7",
@@ -176,10 +177,12 @@ def test_limits_come_from_the_environment(monkeypatch):
         monkeypatch.setenv(name, value)
     assert limits.summary() == {"max_count": 5, "concurrency": 3, "queue_size": 9, "request_timeout_s": 2.5,
                                 "export_retention_s": 60.0, "max_loaded_models": 4, "max_params": 1000,
-                                "gradio_cache": (7, 8), "max_count_per_call": 4096, "max_upload_bytes": 2**20,
+                                "gradio_cache": (7, 8), "max_count_per_call": 4096, "max_upload_bytes": 0,
                                 "gpu_duration_s": 60, "medigan_timeout_s": 120.0, "medigan_startup_s": 120.0,
                                 "medigan_refresh_s": 86400.0, "medigan_refresh_timeout_s": 3.0, "max_frames": 64,
-                                "max_grid": 8, "cache_max_bytes": 3 << 19}
+                                "max_grid": 8, "cache_max_bytes": 3 << 19, "max_body_bytes": 64 << 10,
+                                "max_text_chars": 512, "max_per_client": 4, "max_sessions": 256,
+                                "perf_details": True, "trusted_proxies": []}
 
 
 # --- through a real app ------------------------------------------------------------------------------

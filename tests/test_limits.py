@@ -223,16 +223,24 @@ def test_uploads_are_capped_and_refused_requests_log_one_line(tmp_path):
     make_model_folder(weights, "tiny-test")
     script = tmp_path / "runner.py"
     script.write_text(RUNNER.format(root=str(ROOT)))
-    env = {"MEDGAN_WEIGHTS_DIRS": str(weights), "GRADIO_TEMP_DIR": str(uploads), "MEDGAN_MEDIGAN": "0"}
+    system_tmp = tmp_path / "system-tmp"
+    system_tmp.mkdir()
+    env = {"MEDGAN_WEIGHTS_DIRS": str(weights), "GRADIO_TEMP_DIR": str(uploads), "MEDGAN_MEDIGAN": "0",
+           "MEDGAN_MAX_UPLOAD_MB": "1", "TMPDIR": str(system_tmp)}  # the upload route is closed unless this is set
     with running_app(env, script=script) as app:
-        # uploads: 5 MB refused by the default 1 MiB cap, nothing left on disk; a small file still goes through
-        before = files_under(uploads)
+        # uploads, opened at 1 MiB: 5 MB refused from its Content-Length by the edge, 1.05 MB by Gradio's own cap
+        # as it streams; nothing left on disk; a small file goes into Gradio's cache and nowhere else
+        before, tmp_before = files_under(uploads), files_under(system_tmp)
         big = httpx.post(f"{app.url}/gradio_api/upload", files={"files": ("big.bin", b"\0" * 5_000_000)}, timeout=60)
-        assert big.status_code == 413 and "maximum allowed size of 1048576 bytes" in big.text, (big.status_code, big.text)
-        time.sleep(0.5)
-        assert files_under(uploads) == before
+        assert big.status_code == 413 and "(MEDGAN_MAX_UPLOAD_MB + form overhead)" in big.text, (big.status_code, big.text)
+        over = httpx.post(f"{app.url}/gradio_api/upload", files={"files": ("over.bin", b"\0" * 1_100_000)}, timeout=60)
+        assert over.status_code == 413 and "maximum allowed size of 1048576 bytes" in over.text, over.text
+        assert files_under(uploads) == before and files_under(system_tmp) == tmp_before
         small = httpx.post(f"{app.url}/gradio_api/upload", files={"files": ("small.bin", b"\1" * 1000)}, timeout=60)
         assert small.status_code == 200 and Path(small.json()[0]).is_relative_to(uploads), small.text
+        assert files_under(system_tmp) == tmp_before
+        recording = httpx.post(f"{app.url}/gradio_api/process_recording", files={"video": ("r.mp4", b"\0" * 1000)})
+        assert recording.status_code == 404 and files_under(system_tmp) == tmp_before  # closed whatever the cap
 
         client = Client(app.url, download_files=False, verbose=False)
         # an expected error (a bad seed): one line, no traceback
