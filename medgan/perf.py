@@ -1,20 +1,22 @@
 """Performance numbers for the app's Performance tab and its `/stats` API, the start-up warm-up, and the CPU's
 name (also used by training run records and benchmarks).
 
-`model_stats(model_id)` returns a JSON-ready dict (never loads a model just to describe it):
+`public_stats(model_id)` is what `/stats` answers to anyone: aggregates only, for a listed model (an unknown id
+is refused with UnknownModelError; none: the server's device and version alone). It never loads a model:
 
-    model            id asked about (null if none)
+    model            the id asked about (null if none)
     loaded           whether it is in the registry's LRU now
     load_seconds     how long its last load took (null if never loaded in this process)
-    last_seconds     model time of its last generate(): latents + forward + uint8 (not web/PNG overhead)
-    last_count       images in that call
-    images_per_s     last_count / last_seconds
-    p50_seconds, p95_seconds   over `history`
-    history          up to 100 recent calls: [{"time": unix s, "count": n, "seconds": s}, ...]
-    device, device_name, precision, optimized, threads   where and how it runs
-    rss_mb           resident memory of this process (MiB)
-    loaded_models, max_loaded  the LRU's content and bound
-    uptime_s, version
+    recent_calls     generate() calls of the model kept for these numbers (the last 100 at most)
+    recent_images    images those calls made
+    p50_seconds, p95_seconds   model time per call over them: latents + forward + uint8 (no web/PNG overhead)
+    images_per_s     recent_images / their total model time
+    device, precision, version
+
+`model_stats(model_id)` adds what only the local Performance tab shows, with MEDGAN_PERF_DETAILS
+(medgan.limits.perf_details: off on a Space): every recent call (`history`: [{"time", "count", "seconds"}]), the
+last one (`last_seconds`, `last_count`), and the host (`device_name`: the CPU or GPU model, `threads`, `rss_mb`,
+`loaded_models`, `max_loaded`, `uptime_s`, `optimized`).
 """
 from __future__ import annotations
 
@@ -30,7 +32,9 @@ import numpy as np
 import torch
 
 from . import __version__
+from .errors import InvalidArgumentError, UnknownModelError
 from .registry import Registry, get_registry
+from .validation import check_model_id
 
 log = logging.getLogger(__name__)
 STARTED = time.time()
@@ -79,7 +83,35 @@ def loaded_generator(registry: Registry, model_id: str) -> Any | None:
     return cached[1] if cached else None
 
 
+PUBLIC_FIELDS = ("model", "loaded", "load_seconds", "recent_calls", "recent_images", "p50_seconds", "p95_seconds",
+                 "images_per_s", "device", "precision", "version")
+
+
+def listed(model_id: object, registry: Registry | None = None) -> str | None:
+    """`model_id` when the registry lists it, else None (never raises: for panels that must not echo input)."""
+    try:
+        return (registry or get_registry()).info(check_model_id(model_id)).id
+    except (InvalidArgumentError, UnknownModelError):
+        return None
+
+
+def public_stats(model_id: object = None, registry: Registry | None = None) -> dict[str, Any]:
+    """Aggregates of a listed model (PUBLIC_FIELDS); an unknown id raises UnknownModelError, a malformed one
+    InvalidArgumentError, like every other endpoint. None or blank: the server's device and version only."""
+    registry = registry or get_registry()
+    blank = model_id is None or (isinstance(model_id, str) and not model_id.strip())
+    stats = model_stats(None if blank else registry.info(check_model_id(model_id)).id, registry)
+    history = stats["history"]
+    seconds = sum(h["seconds"] for h in history)
+    images = sum(h["count"] for h in history)
+    stats.update(recent_calls=len(history), recent_images=images,
+                 images_per_s=round(images / seconds, 1) if seconds > 0 else None)
+    return {key: stats[key] for key in PUBLIC_FIELDS}
+
+
 def model_stats(model_id: str | None = None, registry: Registry | None = None) -> dict[str, Any]:
+    """Everything known of `model_id` (used as given: validate it first) and of the host; see the module
+    docstring. Only the local Performance tab shows all of it."""
     registry = registry or get_registry()
     model_id = model_id.strip() if isinstance(model_id, str) and model_id.strip() else None
     gen = loaded_generator(registry, model_id) if model_id else None
@@ -132,8 +164,9 @@ def warm_up_in_background(model_id: str | None, registry: Registry | None = None
     return thread
 
 
-def panel_markdown(stats: dict[str, Any], session: list[dict[str, Any]] | None = None) -> str:
-    """The Performance tab's table: this browser session's last call, then the model's and the process's numbers."""
+def panel_markdown(stats: dict[str, Any], session: list[dict[str, Any]] | None = None, details: bool = True) -> str:
+    """The Performance tab's table: this browser session's last call, the model's aggregates, the device; with
+    `details` (MEDGAN_PERF_DETAILS) also the model's last call by anyone and the host (memory, CPU, uptime)."""
     def ms(s: float | None) -> str:
         return f"{s * 1e3:.1f} ms" if isinstance(s, (int, float)) else "—"
     rows = [("Model", f"`{stats['model']}` ({'loaded' if stats['loaded'] else 'not loaded yet'})"
@@ -142,17 +175,21 @@ def panel_markdown(stats: dict[str, Any], session: list[dict[str, Any]] | None =
         last = session[-1]
         rows.append(("Your last generation", f"{ms(last['seconds'])} for {last['count']} images · "
                      f"{last['count'] / last['seconds']:.0f} images/s" if last["seconds"] > 0 else "—"))
-    if stats["last_seconds"] is not None:
+    if details and stats["last_seconds"] is not None:
         rows.append(("Model's last generation (any session)", f"{ms(stats['last_seconds'])} for "
                      f"{stats['last_count']} images · {stats['images_per_s']:.0f} images/s"))
+    if stats["history"]:
         rows.append((f"Model time p50 / p95 (last {len(stats['history'])} calls)",
                      f"{ms(stats['p50_seconds'])} / {ms(stats['p95_seconds'])}"))
-    rows += [("Model load time", f"{stats['load_seconds']:.2f} s" if stats["load_seconds"] is not None else "—"),
-             ("Process memory (RSS)", f"{stats['rss_mb']:.0f} MiB"),
-             ("Device", f"{stats['device']} · {stats['device_name']} · {stats['precision'] or 'fp32'} · "
-                        f"{stats['threads']} torch threads"),
-             ("Models in memory", f"{len(stats['loaded_models'])} of at most {stats['max_loaded']}"),
-             ("Uptime", f"{stats['uptime_s']:.0f} s")]
+    rows.append(("Model load time", f"{stats['load_seconds']:.2f} s" if stats["load_seconds"] is not None else "—"))
+    if details:
+        rows += [("Process memory (RSS)", f"{stats['rss_mb']:.0f} MiB"),
+                 ("Device", f"{stats['device']} · {stats['device_name']} · {stats['precision'] or 'fp32'} · "
+                            f"{stats['threads']} torch threads"),
+                 ("Models in memory", f"{len(stats['loaded_models'])} of at most {stats['max_loaded']}"),
+                 ("Uptime", f"{stats['uptime_s']:.0f} s")]
+    else:
+        rows.append(("Device", f"{stats['device']} · {stats['precision'] or 'fp32'}"))
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     return ("Model time = latents + forward pass + uint8 conversion; the web layer (PNG encoding, transfer) "
             "comes on top.\n\n| | |\n|---|---|\n" + table)

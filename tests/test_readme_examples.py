@@ -101,14 +101,12 @@ def test_use_from_python_client_examples_run_against_the_app(model_setup):
         names = zf.namelist()
     assert {"metadata.json", "README.txt"} <= {Path(n).name for n in names}
     assert sum(n.endswith(".png") for n in names) == 4
-    # /stats: the keys the README shows, for the model just used
+    # /stats: the keys the README shows, for the model just used (aggregates only)
     if "/stats" in source:
         stats = namespace["stats"]
         shown = source.split('api_name="/stats")')[1].split("\n\n")[0]  # up to the next paragraph
-        history_keys = set(re.findall(r'"(\w+)": ', re.search(r'"history": \[\{(.*?)\}', shown).group(1)))
-        assert set(re.findall(r'"(\w+)": ', shown)) - history_keys <= set(stats)
-        assert stats["model"] == model_id and stats["loaded"] is True
-        assert history_keys <= set(stats["history"][-1]) and stats["history"][-1]["count"] == 4
+        assert set(re.findall(r'"(\w+)": ', shown)) <= set(stats) and "history" not in stats
+        assert stats["model"] == model_id and stats["loaded"] is True and stats["recent_images"] >= 4
     # steering, interpolation and mixing, as the comments say
     assert [g["caption"] for g in namespace["steered"]] == [
         f"SYNTHETIC · {DOC_STYLE} · seed 42 · #{i} · superior · ψ 0.7" for i in range(4)]
