@@ -94,7 +94,7 @@ def test_model_folder_and_upload_carry_no_identifiers(work, capsys):
         assert not leaks(path.read_bytes()), path.name
         if path.suffix == ".png":
             assert not leaks(png_text(path).encode()), path.name
-    with contextlib.chdir(work):  # the keys file is found from config.json's training command (data/ds.npz)
+    with contextlib.chdir(work):  # the keys file is found through the run folder config.json names (runs/p)
         assert push_mod.main([str(folder), "--repo", REPO, "--dry-run"]) == 0
     out, err = capsys.readouterr()
     assert "dry run: nothing uploaded" in out and "no pseudonym keys file found" not in err
@@ -223,3 +223,73 @@ def test_same_key_same_pseudonyms(work, tmp_path, capsys):
     # training or evaluating on the folder directly: pseudonymised in memory too, keys in the cache
     direct = D.load_dataset(str(work / "scans"), 32)
     assert all(is_pseudonym(s) for s in direct.subject.tolist()) and D.keys_for(work / "scans").is_file()
+
+
+# --- issue 31: a dataset whose path names a patient never reaches the weights -------------------------------------
+MRN_FOLDER, MRN_FILE = "Doe_Jane_MRN123456", "JaneDoe_MRN123456.npz"
+MRN_SECRETS = [b"janedoe", b"doe_jane", b"mrn123456"]
+
+
+def mrn_leaks(folder: Path) -> dict[str, list[bytes]]:
+    """Every file of `folder` (weights and the local discriminator included) whose bytes hold a secret, any case."""
+    found = {p.name: [s for s in MRN_SECRETS if s in p.read_bytes().lower()] for p in folder.iterdir()}
+    return {name: hits for name, hits in found.items() if hits}
+
+
+def plant_metadata(weights: Path, recorded: dict) -> None:
+    """Rewrite model.safetensors with `recorded` as its medgan_config metadata (what training wrote before it
+    recorded datasets by name): same tensors, so only the metadata can be refused."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(weights)
+    save_file(tensors, weights, metadata={"format": "pt", "medgan_config": json.dumps(recorded)})
+
+
+def test_dataset_path_naming_a_patient_stays_out_of_every_file_weights_included(tmp_path, capsys):
+    """Ingest into `Doe_Jane_MRN123456/JaneDoe_MRN123456.npz`, train 2 steps with the default run folder: no file of
+    the model folder holds the name or the MRN, byte by byte. Planting the path where training used to record it
+    (the weights' metadata, config.json untouched) makes push refuse, naming model.safetensors and the field,
+    through the keys found via the run folder and, without them, by the MRN pattern. Re-exporting with
+    `--resume` (the fix the refusal names) leaves the folder clean again."""
+    from training.train import main as train_main
+
+    make_dicoms(tmp_path / "scans")
+    data = f"{MRN_FOLDER}/{MRN_FILE}"
+    with contextlib.chdir(tmp_path):
+        assert D.main(["scans", "--size", "32", "--out", data, "--quiet"]) == 0
+        assert train_main(["--data", data, *TINY, "--export", "weights/priv-mrn", "--model-id", "priv-mrn"]) == 0
+    folder = tmp_path / "weights" / "priv-mrn"
+    assert (folder / "discriminator.safetensors").is_file() and mrn_leaks(folder) == {}
+    config = json.loads((folder / "config.json").read_text())
+    recorded = config["training"]["config"]
+    assert recorded["data"] == f"dataset-{config['training_data']['sha256'][:12]}"
+    assert recorded["data"] == D.recorded_name(D.load_dataset(str(tmp_path / data), 32), data)  # evaluate's name too
+    assert f"--data {recorded['data']}" in config["training"]["command"] and recorded["out"] == "runs/priv-mrn-small-data-32"
+    assert privacy.safetensors_metadata(folder / "model.safetensors")["medgan_config"]["training"] == config["training"]
+    with contextlib.chdir(tmp_path):
+        assert push_mod.main([str(folder), "--repo", REPO, "--dry-run"]) == 0
+    assert "no pseudonym keys file found" not in capsys.readouterr().err  # keys found through runs/priv-mrn-…
+
+    before = json.loads(json.dumps(config))
+    config["training"]["command"] = config["training"]["command"].replace(f"--data {recorded['data']}", f"--data {data}")
+    config["training"]["config"]["data"] = data
+    plant_metadata(folder / "model.safetensors", config)
+    assert json.loads((folder / "config.json").read_text()) == before  # config.json still clean
+    with contextlib.chdir(tmp_path):
+        assert push_mod.main([str(folder), "--repo", REPO, "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert ("model.safetensors: field metadata.medgan_config.training.command, metadata.medgan_config.training.config"
+            ".data contains the file path 'Do…' of the dataset (the local path training read it from)") in err
+    assert "contains the part of a PatientName 'JA…' of the dataset (listed in" in err and "--resume RUN_FOLDER" in err
+    assert "config.json:" not in err and f"--data {data}" not in err  # the file and field named, the value masked
+    elsewhere = tmp_path / "elsewhere"  # no run folder, no keys: the record number is still caught by its pattern
+    elsewhere.mkdir()
+    with contextlib.chdir(elsewhere):
+        assert push_mod.main([str(folder), "--repo", REPO, "--dry-run"]) == 2
+    assert "model.safetensors: field metadata.medgan_config.training.command holds a medical record number" in \
+        capsys.readouterr().err
+
+    with contextlib.chdir(tmp_path):  # the fix: re-export the run (no further steps)
+        assert train_main(["--resume", "runs/priv-mrn-small-data-32"]) == 0
+        assert push_mod.main([str(folder), "--repo", REPO, "--dry-run"]) == 0
+    assert mrn_leaks(folder) == {}

@@ -11,8 +11,8 @@ from .dataset import DatasetError, SliceDataset, pseudonymise
 from .export import export_slices, read_manifest, save_preview
 from .ingest import ingest
 from .labels import LABEL_KINDS, LEVEL_BANDS, LEVEL_NAMES, PLANES
-from .load import keys_for, load_dataset
+from .load import keys_for, load_dataset, recorded_name
 
 __all__ = ["BUILTIN_DATASETS", "DatasetError", "LABEL_KINDS", "LEVEL_BANDS", "LEVEL_NAMES", "PLANES", "SliceDataset",
            "build_builtin", "export_slices", "ingest", "keys_for", "load_dataset", "pseudonymise", "read_manifest",
-           "save_preview"]
+           "recorded_name", "save_preview"]

@@ -52,6 +52,19 @@ def load_dataset(name_or_path: str, size: int, *, axes: Iterable[int] = (2,), ca
                        f"({', '.join(BUILTIN_DATASETS)}) and no such .npz file or folder")
 
 
+def recorded_name(ds: SliceDataset, source: str) -> str:
+    """How `ds`, read from `source` (a built-in's name or a path), is named in what may be published
+    (training.data.pseudonyms.recorded_name): a built-in or public dataset by its name, any other by the hash of
+    its training split's pixels, which is what training records for it."""
+    import hashlib
+
+    if source in BUILTIN_DATASETS:
+        return source
+    pixels = np.ascontiguousarray(ds.train().images).tobytes()
+    return P.recorded_name(str(ds.meta.get("dataset") or ds.meta.get("name") or ""), bool(ds.meta.get("public")),
+                           hashlib.sha256(pixels).hexdigest())
+
+
 def keys_for(data: str | Path) -> Path:
     """Where the pseudonym keys of a dataset live: `<name>.keys.json` beside a .npz; for a folder or file ingested
     in place (training/evaluating on it directly), in MEDGAN_CACHE_DIR/keys (one key for all of those)."""

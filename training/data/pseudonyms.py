@@ -18,6 +18,7 @@ import hmac
 import json
 import re
 import secrets
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -153,4 +154,37 @@ class Keys:
         return self.path
 
 
-__all__ = ["Keys", "KeysError", "KEYS_SUFFIX", "extension", "is_pseudonym", "keyed_hash", "keys_path"]
+# --- how a dataset is named in what may be published ------------------------------------------------------
+
+def recorded_name(name: str, public: bool, sha256: str) -> str:
+    """The dataset's name in config.json, the weights' metadata, the card, eval.json and downstream.json, in
+    place of the path it was read from (file and folder names can name a patient): a public dataset's own
+    name, any other `dataset-` + the first 12 hex digits of the sha256 of its training pixels (the model's
+    training_data.sha256)."""
+    return str(name) if public and name else f"dataset-{str(sha256)[:12]}"
+
+
+def with_option(argv: list[str], option: str, value: str) -> list[str]:
+    """`argv` with what it gives `option` (`--data X` or `--data=X`) replaced by `value`."""
+    out, replace = [], False
+    for arg in argv:
+        if replace:
+            arg, replace = value, False
+        elif arg == option:
+            replace = True
+        elif arg.startswith(option + "="):
+            arg = f"{option}={value}"
+        out.append(arg)
+    return out
+
+
+def recorded_command(command: str, option: str, value: str) -> str:
+    """A recorded shell command with what it gives `option` replaced by `value`."""
+    try:
+        return shlex.join(with_option(shlex.split(command), option, value))
+    except ValueError:  # unbalanced quotes: not a command this project wrote
+        return command
+
+
+__all__ = ["Keys", "KeysError", "KEYS_SUFFIX", "extension", "is_pseudonym", "keyed_hash", "keys_path",
+           "recorded_command", "recorded_name", "with_option"]

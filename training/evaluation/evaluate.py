@@ -38,6 +38,7 @@ import numpy as np
 from medgan.errors import MedganError
 from medgan.imaging import grid
 
+from ..data.pseudonyms import with_option
 from . import metrics as M
 from .features import FeatureCache, InceptionExtractor, content_hash
 from .model_folder import record_metrics, resolve_model, versions, write_json
@@ -61,11 +62,12 @@ class RealData:
     subject: np.ndarray                # subject id per slice
     name: str
     meta: dict[str, Any] = field(default_factory=dict)
+    recorded: str = ""                 # how eval.json and the card name it (training.data.recorded_name)
 
 
 def load_real(dataset: str, size: int) -> RealData:
     """Slices of `dataset` (registry name or .npz path) at `size`², via training.data."""
-    from ..data import load_dataset
+    from ..data import load_dataset, recorded_name
 
     ds = load_dataset(dataset, size)
     images = np.asarray(ds.images)
@@ -74,8 +76,10 @@ def load_real(dataset: str, size: int) -> RealData:
             raise ValueError(f"dataset {dataset!r} has {images.shape[1]} channels; evaluation expects grayscale")
         images = images[:, 0]
     meta = dict(getattr(ds, "meta", {}) or {})
-    name = meta.get("name") or meta.get("dataset") or Path(dataset).name.removesuffix(".npz")
-    return RealData(images, np.asarray(ds.split).astype(str), np.asarray(ds.subject).astype(str), str(name), meta)
+    recorded = recorded_name(ds, dataset)
+    name = meta.get("name") or meta.get("dataset") or recorded
+    return RealData(images, np.asarray(ds.split).astype(str), np.asarray(ds.subject).astype(str), str(name), meta,
+                    recorded)
 
 
 def generate_images(gen: Any, count: int, seed: int, batch: int = 256) -> np.ndarray:
@@ -516,7 +520,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    command = shlex.join(["python", "-m", "training.evaluate", *argv])
     try:
         target = resolve_model(args.model)
         if not hasattr(target.generator, "config"):  # a foreign source's model (medigan) may not say
@@ -525,6 +528,8 @@ def main(argv: list[str] | None = None) -> int:
     except MedganError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    # recorded with the dataset's public name, never its path (training.data.pseudonyms.recorded_name)
+    command = shlex.join(["python", "-m", "training.evaluate", *with_option(argv, "--data", real.recorded)])
     result = evaluate(target.generator, real, num=args.num, seed=args.seed, batch=args.batch,
                       num_real=args.num_real, model_id=target.model_id)
     report = result.report

@@ -144,7 +144,8 @@ def make_config(args: dict[str, Any], resumed: dict[str, Any] | None = None) -> 
     values = {**RECIPES[recipe], **ARCH_DEFAULTS.get(arch, {}), **given}
     values.setdefault("recipe", recipe)
     if not values.get("out"):
-        name = Path(values.get("data") or values.get("dataset") or "data").stem
+        # named after what the user chose, never the data file's name: config.json records this folder
+        name = values.get("dataset") or values.get("model_id") or Path(values.get("export") or "custom").name
         values["out"] = f"runs/{name}-{recipe}-{values.get('size', TrainConfig.size)}"
     return TrainConfig(**values)
 

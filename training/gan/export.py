@@ -15,7 +15,8 @@ from medgan.generator import Generator, save_model_folder
 from medgan.imaging import grid
 from medgan.perf import cpu_name
 
-from .config import ARCH_NAMES
+from ..data import pseudonyms as P
+from .config import ARCH_NAMES, TrainConfig
 from .discriminator import save_discriminator
 from .distributed import Dist
 from .runlog import MetricsLog, fid_records, plot_fid_curves, save_synthetic_png
@@ -30,6 +31,19 @@ def hardware(d: Dist, device: torch.device) -> dict[str, Any]:
     return info
 
 
+def public_record(cfg: TrainConfig, commands: list[str],
+                  data_info: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The configuration and commands as config.json and the weights' metadata record them: `--data` is the
+    dataset's recorded name (training.data.pseudonyms.recorded_name), never the path it was read from. The run
+    folder's train_config.json, which stays here, keeps the path (training.push finds the keys file by it)."""
+    recorded = asdict(cfg)
+    if not cfg.data:
+        return recorded, list(commands)
+    name = P.recorded_name(data_info.get("name", ""), bool(data_info.get("public")), data_info.get("sha256", ""))
+    recorded["data"] = name
+    return recorded, [P.recorded_command(command, "--data", name) for command in commands]
+
+
 def export_model(trainer: Trainer, folder: Path, data_info: dict[str, Any], hw: dict[str, Any],
                  run_dir: Path) -> Path:
     """Write a medgan model folder: weights, config.json, samples.png, loss.png, README.md card, and the
@@ -39,11 +53,12 @@ def export_model(trainer: Trainer, folder: Path, data_info: dict[str, Any], hw: 
     cfg = trainer.cfg
     net = trainer.export_net()
     model_id = cfg.model_id or folder.name
-    training = {"recipe": cfg.recipe, "command": trainer.commands[0] if trainer.commands else "",
-                "resumed_with": trainer.commands[1:], "steps": trainer.step,
+    recorded, commands = public_record(cfg, trainer.commands, data_info)
+    training = {"recipe": cfg.recipe, "command": commands[0] if commands else "",
+                "resumed_with": commands[1:], "steps": trainer.step,
                 "images_seen": trainer.step * cfg.batch_size, "wall_time_s": round(trainer.elapsed, 1),
                 "cpu_time_s": round(trainer.cpu_elapsed, 1),
-                "hardware": hw, "final_losses": trainer.last, "ema": cfg.ema > 0, "config": asdict(cfg)}
+                "hardware": hw, "final_losses": trainer.last, "ema": cfg.ema > 0, "config": recorded}
     if trainer.init_info:
         training["init_from"] = trainer.init_info
         training["cpu_time_total_s"] = round(cumulative_cpu_s(training), 1)

@@ -1,11 +1,16 @@
 """What `training.push` checks before a model folder leaves this machine: no patient identifiers, no original file
-paths, no real images of a non-public dataset.
+paths, no real images of a non-public dataset. Every file push would upload is read: every JSON file (field by
+field), the card and any other text (line by line), PNG text chunks, the safetensors metadata of the weights
+(`model.safetensors`: the configuration, training command included, field by field) and, for the dataset's
+originals, every file's raw bytes.
 
 - Identifiers: JSON fields named like DICOM patient fields (PatientID, PatientName, PatientBirthDate…), DICOM
-  person names (`DOE^JANE`), and — when the dataset's pseudonym keys file is found (training.data.pseudonyms; located
-  from config.json's training command, or given with --keys) — every original the keys file lists (subject ids,
-  file paths and their distinctive parts, patient names and birth dates), in config.json, README.md, every JSON
-  file, every PNG's text chunks and bytes. Never allowed.
+  person names (`DOE^JANE`), medical record numbers (`MRN123456`), and — when the dataset's pseudonym keys file
+  is found (training.data.pseudonyms; located through the run folder that config.json's training.config.out names,
+  whose train_config.json holds the local data path, or given with --keys) — every original the keys file lists
+  (subject ids, file paths and their distinctive parts, patient names and birth dates) and the local path the
+  data was read from, in every text, field and chunk and (6 characters or more) in every file's bytes. Never
+  allowed.
 - Paths: absolute paths (`/home/…`, `C:\\…`, `~/…`; system data under /usr/ excepted) anywhere in those files;
   for a non-public dataset, any source id or subject in training_data with a directory separator or a date.
 - Real images: a PNG that is neither marked synthetic (its `synthetic: true` text chunk) nor a plot (loss.png,
@@ -13,7 +18,9 @@ paths, no real images of a non-public dataset.
   images. Refused for a dataset not marked public unless `--allow-real-images`; the card then says so.
 
 A dataset is public when config.json's training_data says `"public": true`, or it is one of training.data's
-built-ins (public data, published under their own names).
+built-ins (public data, published under their own names). Training records a dataset under its public name or
+`dataset-<hash>` (training.data.recorded_name), never the path it was read from; this check refuses what slips
+through anyway, naming the file and the field.
 """
 from __future__ import annotations
 
@@ -29,6 +36,7 @@ PLOT_FILES = ("loss.png", "fid.png", "downstream.png")  # charts only: no image 
 PATIENT_FIELD = re.compile(r"patient|birth.?date|accession", re.I)
 PERSON_NAME = re.compile(r"[A-Za-z][A-Za-z'-]*\^[A-Za-z]")  # DICOM PN: FAMILY^GIVEN
 DATE = re.compile(r"(?<!\d)(?:19|20)\d\d[-_.]?(?:0[1-9]|1[0-2])[-_.]?(?:0[1-9]|[12]\d|3[01])(?!\d)")
+RECORD_NUMBER = re.compile(r"(?<![A-Za-z])MRN[-_:#\s]?\d{4,}", re.I)  # a medical record number, as in file names
 ABS_PATH = re.compile(r"(?<![\w.:/~\\-])(?:/(?!usr/)[\w.@+-]+/[^\s'\"`)\]|]+|[A-Za-z]:\\[^\s'\"`]+|~/[^\s'\"`]+)")
 REAL_IMAGES_NOTE = "eval.png shows REAL slices of the training data"
 
@@ -70,27 +78,59 @@ def walk(obj: Any, path: str = "") -> Iterator[tuple[str, str, str]]:
 
 # --- what the folder holds ---------------------------------------------------------------------------------
 
+def safetensors_metadata(path: Path) -> dict[str, Any]:
+    """The `__metadata__` of a safetensors file (header only; no tensor is read), JSON values parsed."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        metadata = dict(f.metadata() or {})
+    for key, value in metadata.items():
+        try:
+            metadata[key] = json.loads(value)
+        except (TypeError, ValueError):
+            pass
+    return metadata
+
+
 def read_texts(folder: Path, files: list[str]) -> tuple[dict[str, Any], dict[str, str], dict[str, dict[str, str]]]:
-    """(parsed JSON files, text of every JSON/markdown file, PNG text chunks) of the files to upload."""
+    """(parsed documents: JSON files and safetensors metadata; the text of every file that has text, the
+    metadata as JSON; PNG text chunks) of the files to upload."""
     from PIL import Image
 
     docs, texts, pngs = {}, {}, {}
     for name in files:
         path = folder / name
-        if name.endswith((".json", ".md")):
-            try:
-                texts[name] = path.read_text(encoding="utf-8")
-                if name.endswith(".json"):
-                    docs[name] = json.loads(texts[name])
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-                continue  # validate_folder reports unreadable files
-        elif name.endswith(".png"):
+        if name.endswith(".png"):
             try:
                 with Image.open(path) as img:
                     pngs[name] = {str(k): str(v) for k, v in (getattr(img, "text", {}) or {}).items()}
             except OSError:
                 pngs[name] = {}
+        elif name.endswith(".safetensors"):
+            try:
+                docs[name] = {"metadata": safetensors_metadata(path)}
+                texts[name] = json.dumps(docs[name], ensure_ascii=False)
+            except Exception:  # safetensors raises its own errors; validate_folder reports an unreadable file
+                continue
+        else:
+            try:
+                texts[name] = path.read_text(encoding="utf-8")
+                if name.endswith(".json"):
+                    docs[name] = json.loads(texts[name])
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                continue  # binary, or validate_folder reports it
     return docs, texts, pngs
+
+
+FIX_TEXT = "remove it and re-render the card (python -m training.card FOLDER)"
+FIX_WEIGHTS = ("the weights' metadata is the configuration recorded at export: re-export the folder with "
+               "python -m training.train --resume RUN_FOLDER (no further steps), which records the dataset "
+               "by its pseudonymised name")
+
+
+def _fix(name: str, otherwise: str = FIX_TEXT) -> str:
+    """How to fix a finding in file `name`: the weights are re-exported, any other file edited."""
+    return FIX_WEIGHTS if name.endswith(".safetensors") else otherwise
 
 
 FIX_FIELD = ("remove it from the file (config.json by hand, then re-render the card: "
@@ -108,18 +148,24 @@ def field_problems(docs: dict[str, Any], texts: dict[str, str], pngs: dict[str, 
     """Patient-identifier fields and DICOM person names (problems), absolute paths (problems for a non-public
     dataset, warnings for a public one), wherever they are: JSON fields, card lines, PNG text chunks."""
     spots = [(name, f"field {path}", key, value) for name, doc in docs.items() for path, key, value in walk(doc)]
-    spots += [(name, i + 1, "", line) for name, text in texts.items() if name.endswith(".md")
+    spots += [(name, i + 1, "", line) for name, text in texts.items() if name not in docs
               for i, line in enumerate(text.splitlines())]
     spots += [(name, f"text chunk {k!r}", k, v) for name, chunks in pngs.items() for k, v in chunks.items()]
     problems, warnings = [], []
     for name, where, key, value in spots:
         path = ABS_PATH.search(value) if value else None
         if key and PATIENT_FIELD.search(key):
-            problems.append(f"{_where(name, where)} is a patient identifier field ({key}); {FIX_FIELD}")
+            problems.append(f"{_where(name, where)} is a patient identifier field ({key}); "
+                            f"{_fix(name, FIX_FIELD)}")
         elif value and PERSON_NAME.search(value):
-            problems.append(f"{_where(name, where)} holds a DICOM person name ('{_mask(value)}'); {FIX_FIELD}")
+            problems.append(f"{_where(name, where)} holds a DICOM person name ('{_mask(value)}'); "
+                            f"{_fix(name, FIX_FIELD)}")
+        elif value and RECORD_NUMBER.search(value):
+            problems.append(f"{_where(name, where)} holds a medical record number "
+                            f"('{_mask(RECORD_NUMBER.search(value).group(0))}'); {_fix(name, FIX_FIELD)}")
         elif path and not public:
-            problems.append(f"{_where(name, where)} holds an absolute file path ('{path.group(0)[:6]}…'); {FIX_PATH}")
+            problems.append(f"{_where(name, where)} holds an absolute file path ('{path.group(0)[:6]}…'); "
+                            f"{_fix(name, FIX_PATH)}")
         elif path:
             warnings.append(f"{_where(name, where)} holds an absolute file path ('{path.group(0)[:6]}…'): it shows "
                             "this machine's folders (allowed for a public dataset)")
@@ -148,71 +194,98 @@ def source_problems(training_data: dict[str, Any]) -> tuple[list[str], list[str]
     return problems, warnings
 
 
-def _needles(keys: Keys) -> list[tuple[str, str]]:
-    """(value to look for, what it is): identifiers, subject ids, file paths and their distinctive parts."""
+def _needles(originals: dict[str, tuple[str, str]]) -> list[tuple[str, str, str]]:
+    """(value to look for, what it is, where it is known from): identifiers, subject ids, file paths and their
+    distinctive parts, from {original: (kind, source)}."""
     out = []
-    for value, kind in keys.originals().items():
-        out.append((value, kind))
+    for value, (kind, source) in originals.items():
+        out.append((value, kind, source))
         parts = re.split(r"[\^/\\]", value) if kind != "file path" else re.split(r"[/\\]", value)
         if kind == "file path":
             parts += [p.split(".", 1)[0] for p in parts]
             parts = [p for p in parts if re.search(r"\d|_|-|\^|[a-z][A-Z]", p)]
-        out += [(p, f"part of a {kind}") for p in parts if p != value]
+        out += [(p, f"part of a {kind}", source) for p in parts if p != value]
     seen, kept = set(), []
-    for value, kind in out:
+    for value, kind, source in out:
         value = value.strip()
         if len(value) >= 3 and not (value.isdigit() and len(value) < 6) and value.lower() not in seen:
             seen.add(value.lower())
-            kept.append((value, kind))
+            kept.append((value, kind, source))
     return kept
 
 
-def known_problems(folder: Path, keys: Keys, docs: dict[str, Any], texts: dict[str, str],
-                   pngs: dict[str, dict[str, str]]) -> list[str]:
-    """Every original the keys file lists, searched as a whole token (any case) in every text, field and chunk,
-    and (6 characters or more) in every PNG's bytes."""
+def known_problems(folder: Path, originals: dict[str, tuple[str, str]], docs: dict[str, Any], texts: dict[str, str],
+                   pngs: dict[str, dict[str, str]], files: list[str]) -> list[str]:
+    """Every original (and its distinctive parts), searched as a whole token (any case) in every text, field
+    and chunk, and (6 characters or more) in the raw bytes of every file, weights included."""
     problems = []
     lower = {name: text.lower() for name, text in texts.items()}
-    raw_png = {name: (folder / name).read_bytes() for name in pngs}
-    for value, kind in _needles(keys):
+    raw = {name: (folder / name).read_bytes() for name in files if (folder / name).is_file()}
+    for value, kind, source in _needles(originals):
         token = re.compile(rf"(?<![A-Za-z0-9]){re.escape(value)}(?![A-Za-z0-9])", re.I)
-        said = f"the {kind} '{_mask(value)}' of the dataset (listed in {keys.path.name})"
+        said = f"the {kind} '{_mask(value)}' of the dataset ({source})"
+        found = set()
         for name, text in texts.items():
             if value.lower() not in lower[name] or not token.search(text):
                 continue
             fields = [p for p, _, v in walk(docs[name]) if v and token.search(v)] if name in docs else []
             lines = [str(i + 1) for i, line in enumerate(text.splitlines()) if token.search(line)]
             where = f"field {', '.join(fields[:3])}" if fields else f"line {', '.join(lines[:3])}"
-            problems.append(f"{name}: {where} contains {said}")
+            problems.append(f"{name}: {where} contains {said}; {_fix(name)}")
+            found.add(name)
         for name, chunks in pngs.items():
             hits = [k for k, v in chunks.items() if token.search(v)]
-            raw = len(value) >= 6 and value.encode("utf-8", "surrogatepass") in raw_png[name]
-            if hits or raw:
-                where = f"text chunk {hits[0]!r}" if hits else "its bytes"
-                problems.append(f"{name}: {where} contains {said}")
-    return [f"{p}; remove it and re-render the card (python -m training.card FOLDER)" for p in problems]
+            if hits:
+                problems.append(f"{name}: text chunk {hits[0]!r} contains {said}; {FIX_TEXT}")
+                found.add(name)
+        needle = value.encode("utf-8", "surrogatepass")
+        for name, blob in raw.items():
+            if name not in found and len(value) >= 6 and needle.lower() in blob.lower():
+                problems.append(f"{name}: its bytes contain {said}; {_fix(name)}")
+    return problems
 
 
-def locate_keys(folder: Path, config: Any, keys_file: str | Path | None) -> tuple[Keys | None, list[str]]:
-    """The dataset's keys: --keys, else `<data>.keys.json` of the data the model was trained on (training.config
-    .data in config.json, relative to here or to the repository). (keys, problems)"""
+def local_data_path(folder: Path, config: Any) -> Path | None:
+    """The dataset file or folder the model was trained on, on this machine: config.json records it under
+    its public name only, so it is read from the run folder (training.config.out, whose train_config.json
+    training writes locally), or (folders exported before that) from training.config.data itself."""
+    recorded = (config.training or {}).get("config") or {}
+    for base in (Path.cwd(), ROOT, folder):
+        data = str(recorded.get("data") or "")
+        if data and (base / data).exists():
+            return base / data
+        run_config = base / str(recorded.get("out") or "\0") / "train_config.json"
+        try:
+            data = str(json.loads(run_config.read_text()).get("data") or "")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if data and (Path(data).exists() or (base / data).exists()):
+            return Path(data) if Path(data).exists() else base / data
+    return None
+
+
+def locate_originals(folder: Path, config: Any, keys_file: str | Path | None
+                     ) -> tuple[dict[str, tuple[str, str]] | None, list[str]]:
+    """({original: (kind, source)} to search for, problems): what the dataset's keys file lists (--keys, else
+    `<data>.keys.json` of the local data path) and that path itself; None when no keys file is found."""
+    data = local_data_path(folder, config)
+    originals = {str(data): ("file path", "the local path training read it from")} if data else {}
     if keys_file:
         try:
-            return Keys.open(_existing(Path(keys_file))), []
+            keys = Keys.open(_existing(Path(keys_file)))
         except (KeysError, FileNotFoundError) as exc:
             return None, [f"--keys {keys_file}: {exc}"]
-    from ..data import keys_for
-
-    data = str(((config.training or {}).get("config") or {}).get("data") or "")
-    for base in (Path.cwd(), ROOT, folder):
-        if data and (base / data).exists():
-            path = keys_for(base / data)
-            if path.is_file():
-                try:
-                    return Keys.open(path), []
-                except KeysError as exc:
-                    return None, [str(exc)]
-    return None, []
+    else:
+        from ..data import keys_for
+        path = keys_for(data) if data else None
+        if path is None or not path.is_file():
+            return None, []
+        try:
+            keys = Keys.open(path)
+        except KeysError as exc:
+            return None, [str(exc)]
+    listed = {value: (kind, f"listed in {keys.path.name}") for value, kind in keys.originals().items()}
+    return {**listed, **originals}, []
 
 
 def _existing(path: Path) -> Path:
@@ -258,14 +331,15 @@ def check_folder(folder: str | Path, files: list[str], config: Any, *, allow_rea
     if not public:
         more, said = source_problems(config.training_data)
         problems, warnings = problems + more, warnings + said
-    keys, more = locate_keys(folder, config, keys_file)
+    originals, more = locate_originals(folder, config, keys_file)
     problems += more
-    if keys is not None:
-        problems += known_problems(folder, keys, docs, texts, pngs)
+    if originals is not None:
+        problems += known_problems(folder, originals, docs, texts, pngs, files)
     elif not public and not more:
-        warnings.append("no pseudonym keys file found for this model's dataset (looked for <data>.keys.json from "
-                        "config.json's training.config.data): identifiers were checked by pattern only; pass "
-                        "--keys DATA.keys.json to check against the originals")
+        warnings.append("no pseudonym keys file found for this model's dataset (looked for <data>.keys.json of the "
+                        "data named in the run folder's train_config.json, config.json's training.config.out): "
+                        "identifiers were checked by pattern only; pass --keys DATA.keys.json to check against "
+                        "the originals")
     more, said = image_problems(folder, files, config, pngs, texts.get("README.md", ""), allow_real_images)
     return list(dict.fromkeys(problems + more)), warnings + said
 

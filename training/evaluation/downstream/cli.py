@@ -50,6 +50,7 @@ from medgan.dataset import weights_revision
 from medgan.errors import MedganError
 
 from ...data.labels import LABEL_KINDS
+from ...data.pseudonyms import with_option
 from ..model_folder import record_metrics, resolve_model, write_json
 from .design import CLASSIFIERS, DEFAULT_STEPS, QUICK_STEPS, DownstreamError
 from .report import config_summary, plot, summary_text
@@ -109,7 +110,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    command = shlex.join(["python", "-m", "training.downstream", *argv])
     try:
         target = resolve_model(args.model, device=args.device, local_only=True)
         gen = target.generator
@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.data and not Path(args.data).is_file():
             raise DownstreamError(f"dataset file not found: {args.data}")
         task, ds = load_task(args.task, source, gen.config.generator.resolution, task_axes(args.task, tdata))
+        command = shlex.join(["python", "-m", "training.downstream", *with_option(argv, "--data", task.source)])
         leakage = leakage_check(tdata, ds, task, tuple(tdata.get("axes") or (2,)), args.allow_slab_split)
         print(f"leakage check: {leakage['message']}", file=sys.stderr)
         synthetic = None if args.synthetic is None else read_synthetic(

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ...data import BUILTIN_DATASETS, DatasetError, load_dataset
+from ...data import BUILTIN_DATASETS, DatasetError, load_dataset, recorded_name
 from ...data.labels import LABEL_KINDS
 from .design import GEN_CHUNK, DownstreamError, LeakageError
 
@@ -59,11 +58,10 @@ def load_task(task: str, source: str, size: int, axes: tuple[int, ...]):
     if not train.any() or not test.any():
         raise DownstreamError(f"{source}: the task needs labelled slices in both splits (train {int(train.sum())}, "
                               f"held-out {int(test.sum())})")
-    name = str(ds.meta.get("dataset") or ds.meta.get("name") or Path(source).stem)
-    if source in BUILTIN_DATASETS:
-        name = source
+    recorded = recorded_name(ds, source)  # never the path it was read from: file names can name a patient
+    name = source if source in BUILTIN_DATASETS else str(ds.meta.get("dataset") or ds.meta.get("name") or recorded)
     t = Task(task, list(classes), ds.images[train], labels[train], ds.subject[train].astype(str),
-             ds.images[test], labels[test], ds.subject[test].astype(str), name, str(source), ds.meta.get("split"),
+             ds.images[test], labels[test], ds.subject[test].astype(str), name, recorded, ds.meta.get("split"),
              split_modes=sorted(set(ds.meta.get("split_by_contrast", {}).values())))
     return t, ds
 
