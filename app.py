@@ -34,6 +34,8 @@ except ImportError:
 
 import medgan
 from medgan import limits
+
+medgan.threads.cap_malloc_arenas()  # before the server starts its threads (see medgan.threads)
 from medgan.errors import ConfigError, MedganError
 
 

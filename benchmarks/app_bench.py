@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from medgan.testing import launched_app, wait_for_port
+from medgan.testing import launched_app, tree_rss, wait_for_port
 
 from .harness import percentile
 from .models import BenchModel
@@ -48,13 +48,8 @@ def app_cpu_seconds(proc: subprocess.Popen) -> float:
 
 
 def app_rss(proc: subprocess.Popen) -> int:
-    """RSS of the python process under `timeout`, plus any children it started (bytes)."""
-    import psutil
-    total = 0
-    for child in psutil.Process(proc.pid).children(recursive=True):
-        with contextlib.suppress(psutil.Error):
-            total += child.memory_info().rss
-    return total
+    """RSS of the app's process tree (`timeout`, python app.py and any children it started), bytes."""
+    return tree_rss(proc.pid)
 
 
 def client(url: str, downloads: Path | None = None):
@@ -134,16 +129,15 @@ def measure_latency(answer, full, model_id: str, calls: int, proc: subprocess.Po
             cpu[name].append(app_cpu_seconds(proc) - cpu_before if proc else 0.0)
             assert len(result) == COUNT, f"{name} returned {len(result)} images, expected {COUNT}"
     route.close()
-    stats = answer.predict(model_id, api_name="/stats")
-    model_s = [h["seconds"] for h in stats["history"] if h["count"] == COUNT][-3 * calls:]
+    stats = answer.predict(model_id, api_name="/stats")  # aggregates over the model's recent calls (<= 100)
     out: dict[str, Any] = {"model": model_id, "count": COUNT, "calls_each": calls}
     for name, values in times.items():
         out[name] = {"p50_ms": round(percentile(values, 50) * 1e3, 2), "p95_ms": round(percentile(values, 95) * 1e3, 2),
                      "mean_ms": round(sum(values) / len(values) * 1e3, 2),
                      "app_cpu_ms_p50": round(percentile(cpu[name], 50) * 1e3, 1),
                      "client_cpu_ms_p50": round(percentile(client_cpu[name], 50) * 1e3, 1)}
-    out["model_time"] = {"p50_ms": round(percentile(model_s, 50) * 1e3, 2),
-                         "p95_ms": round(percentile(model_s, 95) * 1e3, 2), "samples": len(model_s)}
+    out["model_time"] = {"p50_ms": round(stats["p50_seconds"] * 1e3, 2), "p95_ms": round(stats["p95_seconds"] * 1e3, 2),
+                         "samples": stats["recent_calls"]}
     out["framework_overhead_p50_ms"] = round(out["answer"]["p50_ms"] - out["model_time"]["p50_ms"], 2)
     out["download_overhead_p50_ms"] = round(out["round_trip"]["p50_ms"] - out["answer"]["p50_ms"], 2)
     out["fast_route_overhead_p50_ms"] = round(out["fast_route"]["p50_ms"] - out["model_time"]["p50_ms"], 2)

@@ -39,6 +39,9 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                        8, False, "s"))
     out.append(_target("app RSS with all local models loaded", cold.get("max_rss_all_models_loaded_mb"),
                        1536, False, "MiB"))
+    soak = s.get("soak", {}).get("soak", {})
+    out.append(_target(f"app RSS slope over the last half of {soak.get('calls', '?')} plain-HTTP /generate calls",
+                       soak.get("slope_last_half_kib_per_call"), 4, False, "KiB/call"))
     style = s.get("style", {})
     row = next(iter(style.get("vs_reference", [])[-1:]), None)
     out.append(_target(f"style generate vs its plain reference, batch {row['batch'] if row else '?'}",
@@ -187,6 +190,25 @@ def _training_arch(sec: dict[str, Any]) -> tuple[str, list[str], list[list[Any]]
             ["arch", "size", "batch", "CPU s/step", "kimg per CPU-hour"], rows)
 
 
+def _soak(sec: dict[str, Any]) -> tuple[str, list[str], list[list[Any]]]:
+    soak, bodies, fair = sec["soak"], sec["bodies"], sec["fairness"]
+    rows = [[f"{soak['calls']} plain-HTTP /generate calls ({soak['failed']} failed)",
+             f"RSS {soak['rss_start_mb']} -> {soak['rss_end_mb']} MiB, peak {soak['rss_peak_mb']} MiB",
+             f"slope over the last half {soak['slope_last_half_kib_per_call']} KiB/call"]]
+    for key, label in (("content_length", "declared"), ("chunked", "chunked")):
+        b = bodies[key]
+        rows.append([f"{b['bodies']} × {b['body_mb']} MB bodies, {label}",
+                     f"HTTP {', '.join(map(str, b['statuses']))}", f"at most {b['max_sent_kib']} KiB sent before the answer"])
+    rows.append(["RSS around the big bodies", f"{bodies['rss_before_mb']} -> {bodies['rss_after_mb']} MiB",
+                 f"change {bodies['rss_change_mb']} MiB"])
+    for name in ("generate", "models"):
+        f = fair[name]
+        rows.append([f"second client's /{name} during an {fair['seconds']:g} s flood", f"{f['calls']} calls",
+                     f"p50 {f['p50_s']} s, max {f['max_s']} s"])
+    rows.append(["the flooder's answers", ", ".join(f"{k}: {v}" for k, v in fair["flooder_statuses"].items()), ""])
+    return f"Serving limits ({sec['model']}, default settings)", ["", "measured", ""], rows
+
+
 def _compile(c: dict[str, Any]) -> tuple[str, list[str], list[list[Any]]]:
     return ("torch.compile (inductor) of the BN-folded network vs FastDCGAN", ["compile s", "compiled vs FastDCGAN"],
             [[c["compile_seconds"], f"{c['compiled_vs_fast']}x"]])
@@ -197,7 +219,8 @@ _RENDERERS = (("inference", "models", _inference), ("variants", "forward", _vari
               ("roofline", "rows", _roofline), ("scaling", "rows", _scaling), ("threads", "rows", _threads),
               ("cold_start", "runs", _cold_start), ("app", "answer", _app), ("training", "rows", _training),
               ("export", "rows", _export), ("dataset_formats", "rows", _dataset_formats), ("style", "vs_reference", _style), ("detail_block", "rows", _detail_block),
-              ("training_arch", "rows", _training_arch), ("compile", "compile_seconds", _compile))
+              ("training_arch", "rows", _training_arch), ("soak", "soak", _soak),
+              ("compile", "compile_seconds", _compile))
 
 
 def report(results: dict[str, Any], markdown: bool = False) -> str:

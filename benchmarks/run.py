@@ -29,7 +29,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from benchmarks import app_bench, export_bench, inference, roofline, style_bench, training_bench  # noqa: E402
+from benchmarks import (app_bench, export_bench, inference, roofline, soak_bench, style_bench,  # noqa: E402
+                        training_bench)
 from benchmarks.harness import machine  # noqa: E402
 from benchmarks.models import ROOT, BenchModel, bench_models  # noqa: E402
 from benchmarks.report import print_report, targets  # noqa: E402
@@ -44,6 +45,7 @@ SECTIONS: dict[str, Callable[[list[BenchModel], bool], dict[str, Any]]] = {
     "scaling": roofline.run_scaling,
     "threads": inference.run_threads,
     "app": app_bench.run_app,
+    "soak": soak_bench.run_soak,
     "training": lambda models, quick: training_bench.run_training(quick),
     "export": export_bench.run_export,
     "dataset_formats": export_bench.run_dataset_formats,

@@ -4,9 +4,12 @@
     make_style_folder(parent, "style-tiny")           # a style-based (conditional) one
     with running_app({"MEDGAN_WEIGHTS_DIRS": …}) as proc:   # `python app.py` on a free 127.0.0.1 port
         Client(proc.url)
+        call_api(httpx.Client(base_url=proc.url), "generate", [...])   # a plain-HTTP API call
+        tree_rss(proc.pid); post_oversized(proc.url, path, 20 << 20, chunked=True); under_flood(proc.url, 8, …)
 
 Random weights only: these folders are for tests and speed measurements, never for images anyone looks at.
-Imports torch and medgan's own modules, never gradio (the app runs in a subprocess).
+Imports torch and medgan's own modules (httpx and psutil where used), never gradio or gradio_client (the app
+runs in a subprocess).
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -212,5 +215,38 @@ def post_oversized(url: str, path: str, size: int, chunked: bool, piece: int = 1
     return (int(first[1]) if len(first) > 1 and first[1].isdigit() else None), sent
 
 
+def under_flood(url: str, seconds: float, calls: dict[str, Callable[[], object]], flooder: dict[str, str],
+                data: list) -> dict[str, object]:
+    """For `seconds`, one client (`flooder`: its headers, e.g. an X-Forwarded-For) posts /generate with `data` as
+    fast as it can (plain HTTP, never reading a result), while another runs each of `calls` in turn (at least
+    once each): {"times": {name: [seconds per call]}, "flooder": {HTTP status: count}}. A call that raises
+    stops the run with its error."""
+    import threading
+
+    import httpx
+    stop, codes = threading.Event(), {}
+
+    def flood() -> None:
+        with httpx.Client(base_url=url, timeout=30, headers=flooder) as http:
+            while not stop.is_set():
+                code = http.post("/gradio_api/call/generate", json={"data": data}).status_code
+                codes[code] = codes.get(code, 0) + 1
+
+    thread = threading.Thread(target=flood, daemon=True, name="flooder")
+    thread.start()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    ends = time.monotonic() + seconds
+    try:
+        while time.monotonic() < ends or not all(times.values()):
+            for name, call in calls.items():
+                began = time.perf_counter()
+                call()
+                times[name].append(time.perf_counter() - began)
+    finally:
+        stop.set()
+        thread.join(30)
+    return {"times": times, "flooder": dict(sorted(codes.items()))}
+
+
 __all__ = ["APP", "CHROMIUM_ARGS", "ROOT", "call_api", "free_port", "launched_app", "make_model_folder",
-           "make_style_folder", "post_oversized", "running_app", "tree_rss", "wait_for_port"]
+           "make_style_folder", "post_oversized", "running_app", "tree_rss", "under_flood", "wait_for_port"]

@@ -23,6 +23,27 @@ from contextlib import contextmanager
 from typing import Iterator
 
 MIN_INTERVAL_S = 0.5   # calls within this long of the last estimate reuse it
+M_ARENA_MAX = -8       # glibc's mallopt() parameter for the number of malloc arenas
+SERVER_ARENAS = 2
+
+
+def cap_malloc_arenas(arenas: int = SERVER_ARENAS, environ: dict | None = None) -> bool:
+    """Cap glibc's malloc arenas for a long-running server (mallopt M_ARENA_MAX), unless MALLOC_ARENA_MAX is set
+    (glibc applied that at start-up). Each request of the app runs in a thread of its own
+    (limits.run_with_time_limit), and glibc's default of 8 arenas per core lets threads spread their allocations
+    over many heaps that each keep freed memory: measured on the app (1,500 plain-HTTP /generate calls of 4
+    images), RSS still crept up ~30 KiB per call with the default and ~1 KiB with 2 arenas. Returns whether the
+    cap was applied (not on other C libraries)."""
+    import ctypes
+    import ctypes.util
+
+    if "MALLOC_ARENA_MAX" in (os.environ if environ is None else environ):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.gnu_get_libc_version and libc.mallopt(M_ARENA_MAX, int(arenas)))
+    except (OSError, AttributeError):  # not glibc: musl, macOS, Windows
+        return False
 
 
 def cores() -> int:

@@ -100,7 +100,7 @@ def test_configuration_page_documents_every_variable():
     """docs/configuration.md names every limit and every MEDGAN_* variable the code reads from the environment
     (through env_number, env_paths, os.environ or os.getenv), and none that nothing reads."""
     page = (ROOT / "docs" / "configuration.md").read_text()
-    reader = re.compile(r"""(?:env_number|env_paths|environ\.get|environ\.setdefault|getenv|environ\[)\(?\s*"""
+    reader = re.compile(r"""(?:env_number|env_flag|env_paths|environ\.get|environ\.setdefault|getenv|environ\[)\(?\s*"""
                         r"""["'](MEDGAN_\w+)""")
     read = {m for path in tracked_sources() for m in reader.findall(path.read_text())} | set(limits.VARIABLES)
     read |= set(reader.findall((ROOT / "tests" / "conftest.py").read_text()))

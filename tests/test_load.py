@@ -17,6 +17,7 @@ import pytest
 from gradio_client import Client
 
 from helpers import make_model_folder, running_app
+from medgan.testing import tree_rss
 
 pytestmark = pytest.mark.slow
 
@@ -26,11 +27,7 @@ RSS_LIMIT_MB = 1500
 
 def server_rss_mb(proc) -> float:
     """RSS of the app: `running_app` starts `timeout python app.py`, so sum the process tree."""
-    try:
-        root = psutil.Process(proc.pid)
-        return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)]) / 2**20
-    except psutil.Error:
-        return 0.0
+    return tree_rss(proc.pid) / 2**20
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -41,7 +38,9 @@ def percentile(values: list[float], q: float) -> float:
 def test_concurrent_clients(tmp_path, artifacts_dir):
     weights = tmp_path / "w"
     make_model_folder(weights, "tiny-test")
-    with running_app({"MEDGAN_WEIGHTS_DIRS": str(weights)}) as app:
+    # 16 users on one machine: the loopback address is trusted as a proxy, so that each client's own
+    # X-Forwarded-For address is its identity for MEDGAN_MAX_PER_CLIENT, as behind a Space's proxy
+    with running_app({"MEDGAN_WEIGHTS_DIRS": str(weights), "MEDGAN_TRUSTED_PROXIES": "127.0.0.1"}) as app:
         Client(app.url, download_files=False, verbose=False).predict("tiny-test", 0, 1, api_name="/generate")
         rss_start = server_rss_mb(app)
         peak = [rss_start]
@@ -52,7 +51,8 @@ def test_concurrent_clients(tmp_path, artifacts_dir):
                 peak[0] = max(peak[0], server_rss_mb(app))
 
         def client_run(k: int) -> list[tuple[float, str | None]]:
-            client = Client(app.url, download_files=False, verbose=False)
+            client = Client(app.url, download_files=False, verbose=False,
+                            headers={"X-Forwarded-For": f"198.51.100.{k + 1}"})
             out = []
             for i in range(REQUESTS):
                 seed, count = 1000 * k + i, (k + i) % 16 + 1

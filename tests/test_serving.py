@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -15,7 +13,7 @@ import pytest
 from gradio_client import Client
 
 from helpers import make_model_folder, running_app
-from medgan.testing import call_api, post_oversized, tree_rss
+from medgan.testing import call_api, post_oversized, tree_rss, under_flood
 
 pytestmark = pytest.mark.slow
 
@@ -102,31 +100,21 @@ def test_one_client_flooding_generate_does_not_lock_out_another(app, artifacts_d
     """Client A posts /generate as fast as it can for 8 s (raw HTTP, never reading results); meanwhile client B's
     /generate and /models calls through gradio_client all succeed. Both reach the app through 127.0.0.1,
     trusted as a proxy here, so their X-Forwarded-For addresses tell them apart."""
-    stop, codes = threading.Event(), {}
-
-    def flood() -> None:
-        with httpx.Client(base_url=app.url, timeout=30, headers={"X-Forwarded-For": "203.0.113.7"}) as http:
-            while not stop.is_set():
-                code = http.post("/gradio_api/call/generate", json={"data": ["tiny-test", 1, 16, 1, "any"]}).status_code
-                codes[code] = codes.get(code, 0) + 1
-
     b = Client(app.url, download_files=False, verbose=False, headers={"X-Forwarded-For": "198.51.100.9"})
-    flooder = threading.Thread(target=flood, daemon=True)
-    flooder.start()
-    ends = time.monotonic() + 8
-    times: dict[str, list[float]] = {"generate": [], "models": []}
-    while time.monotonic() < ends or not times["generate"]:
-        for name, args in (("generate", ("tiny-test", 5, 4)), ("models", ())):
-            began = time.perf_counter()
-            result = b.predict(*args, api_name=f"/{name}")
-            times[name].append(time.perf_counter() - began)
-            assert len(result) == 4 if name == "generate" else any(m["id"] == "tiny-test" for m in result)
-    stop.set()
-    flooder.join(30)
-    figures = {name: {"calls": len(v), "p50_s": round(statistics.median(v), 3), "max_s": round(max(v), 3)}
-               for name, v in times.items()}
-    figures["flooder_http_status_counts"] = codes
+
+    def generate() -> None:
+        assert [r["caption"] for r in b.predict("tiny-test", 5, 4, api_name="/generate")] == \
+            [f"SYNTHETIC · tiny-test · seed 5 · #{i}" for i in range(4)]
+
+    def models() -> None:
+        assert any(m["id"] == "tiny-test" for m in b.predict(api_name="/models"))
+
+    run = under_flood(app.url, 8, {"generate": generate, "models": models}, {"X-Forwarded-For": "203.0.113.7"},
+                      ["tiny-test", 1, 16, 1, "any"])
+    figures = {name: {"calls": len(t), "p50_s": round(statistics.median(t), 3), "max_s": round(max(t), 3)}
+               for name, t in run["times"].items()}
+    figures["flooder_http_status_counts"] = run["flooder"]
     (artifacts_dir / "fairness.json").write_text(json.dumps(figures, indent=1) + "\n")
     print(f"fairness: {figures}")
-    assert codes.get(429, 0) > 0 and codes.get(200, 0) >= 4  # the flooder was served, up to its bound
+    assert run["flooder"].get(429, 0) > 0 and run["flooder"].get(200, 0) >= 4  # served, up to its bound
     assert "client 203.0.113.7 reached MEDGAN_MAX_PER_CLIENT=4" in app.log_path.read_text()
