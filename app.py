@@ -21,6 +21,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "256")
 
 import functools
 import importlib.util
+import inspect
 import random
 import sys
 import threading
@@ -146,7 +147,9 @@ def _api(fn):
 
     Expected errors (MedganError: a bad argument, an unknown or broken model, a time limit) are logged as one
     line; unexpected ones with their full traceback. Gradio's own traceback of the gr.Error is switched off
-    (print_exception=False): it would only show this wrapper, ~1.8 KB per rejected request."""
+    (print_exception=False): it would only show this wrapper, ~1.8 KB per rejected request. The wrapper keeps
+    `fn`'s signature (functools.wraps), so Gradio's API page and gradio_client name the real parameters."""
+    @functools.wraps(fn)
     def wrapper(*args):
         try:
             sweep_caches()
@@ -159,8 +162,6 @@ def _api(fn):
                 f"{traceback.format_exc().rstrip()}")
             raise gr.Error(f"Internal error ({type(exc).__name__}); the request was not completed.",
                            print_exception=False) from None
-    wrapper.__name__ = fn.__name__
-    wrapper.__doc__ = fn.__doc__
     return wrapper
 
 
@@ -497,8 +498,18 @@ def endpoints() -> list[serving.Endpoint]:
     """The event handlers as medgan.serving checks calls to them (read per request: cheap, and always current)."""
     return [serving.Endpoint(index=index, name=fn.api_name, inputs=len(fn.inputs),
                              api_inputs=sum(not block.skip_api for block in fn.inputs),
-                             private=getattr(fn, "api_visibility", "public") != "public")
+                             private=getattr(fn, "api_visibility", "public") != "public",
+                             parameters=parameter_names(fn.fn))
             for index, fn in demo.fns.items()]
+
+
+@functools.lru_cache(maxsize=64)
+def parameter_names(fn) -> tuple[str, ...]:
+    """The parameter names of an event handler (through its wrappers), () when they cannot be read."""
+    try:
+        return tuple(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return ()
 
 
 def forget_finished_sessions() -> None:

@@ -205,7 +205,7 @@ def _soak(sec: dict[str, Any]) -> tuple[str, list[str], list[list[Any]]]:
         f = fair[name]
         rows.append([f"second client's /{name} during an {fair['seconds']:g} s flood", f"{f['calls']} calls",
                      f"p50 {f['p50_s']} s, max {f['max_s']} s"])
-    rows.append(["the flooder's answers", ", ".join(f"{k}: {v}" for k, v in fair["flooder_statuses"].items()), ""])
+    rows.append(["the flooder's answers", ", ".join(f"{k}: {v}" for k, v in fair["flooder"].items()), ""])
     return f"Serving limits ({sec['model']}, default settings)", ["", "measured", ""], rows
 
 

@@ -13,25 +13,18 @@
 """
 from __future__ import annotations
 
-import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from medgan.testing import call_api, launched_app, post_oversized, tree_rss, under_flood, wait_for_port
+from medgan.testing import (call_api, launched_app, post_oversized, rss_slope_kib, tree_rss, under_flood,
+                            wait_for_port)
 
 from .app_bench import app_env
 from .models import BenchModel
 
 BODY_MB, BODIES, EVERY = 20, 5, 50
-
-
-def slope_kib(samples: list[tuple[int, int]]) -> float:
-    """Least-squares slope of RSS (bytes) over the call number, KiB per call."""
-    xs, ys = [x for x, _ in samples], [y for _, y in samples]
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    return round(sum((x - mx) * (y - my) for x, y in samples) / sum((x - mx) ** 2 for x in xs) / 1024, 3)
 
 
 def soak(url: str, pid: int, model_id: str, calls: int) -> dict[str, Any]:
@@ -47,7 +40,7 @@ def soak(url: str, pid: int, model_id: str, calls: int) -> dict[str, Any]:
     mib = [round(r / 2**20, 1) for _, r in samples]
     return {"calls": calls, "failed": failed, "seconds": round(time.perf_counter() - began, 1),
             "rss_start_mb": mib[0], "rss_end_mb": mib[-1], "rss_peak_mb": max(mib),
-            "slope_last_half_kib_per_call": slope_kib(half), "slope_all_kib_per_call": slope_kib(samples),
+            "slope_last_half_kib_per_call": round(rss_slope_kib(half), 3), "slope_all_kib_per_call": round(rss_slope_kib(samples), 3),
             "rss_mb_every_50_calls": mib}
 
 
@@ -69,11 +62,7 @@ def fairness(url: str, model_id: str, seconds: float) -> dict[str, Any]:
     calls = {"generate": lambda: other.predict(model_id, 5, 4, api_name="/generate"),
              "models": lambda: other.predict(api_name="/models")}
     run = under_flood(url, seconds, calls, {"X-Forwarded-For": "203.0.113.7"}, [model_id, 1, 16, 1, "any"])
-    out: dict[str, Any] = {name: {"calls": len(t), "p50_s": round(statistics.median(t), 3), "max_s": round(max(t), 3)}
-                           for name, t in run["times"].items()}
-    out["flooder_statuses"] = run["flooder"]
-    out["seconds"] = seconds
-    return out
+    return {**run, "seconds": seconds}
 
 
 def run_soak(models: list[BenchModel], quick: bool) -> dict[str, Any]:

@@ -66,6 +66,7 @@ class Endpoint:
     inputs: int         # every input, as the page sends them (gr.State included)
     api_inputs: int     # the inputs a caller by name sends (gr.State excluded)
     private: bool       # not part of the named API
+    parameters: tuple[str, ...] = ()  # its parameter names (/call/v2 takes them as keywords); () = unchecked
 
 
 @dataclass(frozen=True)
@@ -301,7 +302,11 @@ class Edge:
             if found is None:
                 public = ", ".join(f"/{e.name}" for e in endpoints if not e.private)
                 raise Refusal(404, f"no API endpoint named {name[:60]!r}; the API: {public}")
-        if keywords:
+        if keywords:  # Gradio fills in the missing ones from the components' defaults
+            unknown = sorted(set(document) - set(found.parameters) - {"oauth_token"}) if found.parameters else []
+            if unknown:
+                raise Refusal(400, f"{found.name} has no parameter {unknown[0][:40]!r}; its parameters: "
+                                   f"{', '.join(found.parameters)}")
             return
         data = document.get("data", [])
         if not isinstance(data, list):

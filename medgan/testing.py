@@ -170,6 +170,14 @@ def tree_rss(pid: int) -> int:
     return total
 
 
+def rss_slope_kib(samples: list[tuple[int, int]]) -> float:
+    """Least-squares slope of (call number, RSS bytes) samples, in KiB per call: ≈ 0 once memory has levelled off."""
+    import statistics
+    xs, ys = [x for x, _ in samples], [y for _, y in samples]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    return sum((x - mx) * (y - my) for x, y in samples) / sum((x - mx) ** 2 for x in xs) / 1024
+
+
 def call_api(http, name: str, data: list, headers: dict[str, str] | None = None) -> tuple[int, str]:
     """One plain-HTTP API call (POST /gradio_api/call/NAME, then its result stream) on an httpx.Client:
     (HTTP status of the POST, the result's event: "complete", "error", or "" when the POST was refused).
@@ -219,8 +227,9 @@ def under_flood(url: str, seconds: float, calls: dict[str, Callable[[], object]]
                 data: list) -> dict[str, object]:
     """For `seconds`, one client (`flooder`: its headers, e.g. an X-Forwarded-For) posts /generate with `data` as
     fast as it can (plain HTTP, never reading a result), while another runs each of `calls` in turn (at least
-    once each): {"times": {name: [seconds per call]}, "flooder": {HTTP status: count}}. A call that raises
+    once each): {name: {"calls", "p50_s", "max_s"}, …, "flooder": {HTTP status: count}}. A call that raises
     stops the run with its error."""
+    import statistics
     import threading
 
     import httpx
@@ -245,8 +254,10 @@ def under_flood(url: str, seconds: float, calls: dict[str, Callable[[], object]]
     finally:
         stop.set()
         thread.join(30)
-    return {"times": times, "flooder": dict(sorted(codes.items()))}
+    return {**{name: {"calls": len(t), "p50_s": round(statistics.median(t), 3), "max_s": round(max(t), 3)}
+               for name, t in times.items()}, "flooder": dict(sorted(codes.items()))}
 
 
 __all__ = ["APP", "CHROMIUM_ARGS", "ROOT", "call_api", "free_port", "launched_app", "make_model_folder",
-           "make_style_folder", "post_oversized", "running_app", "tree_rss", "under_flood", "wait_for_port"]
+           "make_style_folder", "post_oversized", "rss_slope_kib", "running_app", "tree_rss", "under_flood",
+           "wait_for_port"]

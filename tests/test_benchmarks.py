@@ -130,7 +130,7 @@ def test_quick_benchmark_writes_every_section(tmp_path):
     soak = sections["soak"]
     assert soak["soak"]["calls"] == 200 and soak["soak"]["failed"] == 0 and soak["soak"]["rss_peak_mb"] > 0
     assert soak["bodies"]["content_length"]["statuses"] == soak["bodies"]["chunked"]["statuses"] == [413]
-    assert soak["fairness"]["generate"]["calls"] >= 1 and soak["fairness"]["flooder_statuses"].get("429", 0) > 0
+    assert soak["fairness"]["generate"]["calls"] >= 1 and soak["fairness"]["flooder"].get("429", 0) > 0
     assert {t["status"] for t in results["targets"]} <= {"PASS", "FAIL", "N/A"} and len(results["targets"]) >= 5
     assert "## Targets" in proc.stdout
 

@@ -17,7 +17,8 @@ from starlette.testclient import TestClient
 
 from medgan import limits, serving
 
-ENDPOINTS = [serving.Endpoint(0, "generate", 5, 5, False), serving.Endpoint(1, "stats", 1, 1, False),
+ENDPOINTS = [serving.Endpoint(0, "generate", 5, 5, False, ("model", "seed", "count", "truncation", "label")),
+             serving.Endpoint(1, "stats", 1, 1, False),
              serving.Endpoint(2, "performance_panel", 2, 1, True)]
 POLICY = serving.Policy(max_body=1024, max_upload=0, max_text=64, max_per_client=2,
                         trusted=(ipaddress.ip_network("10.0.0.0/8"),))
@@ -127,6 +128,9 @@ def test_events_need_a_known_endpoint_and_their_inputs_private_ones_answer_by_fn
         assert client.post("/gradio_api/queue/join", json={"data": data, "fn_index": 2, "session_hash": "s"}
                            ).status_code == 200
     assert client.post("/gradio_api/call/v2/generate", json={"model": "tiny", "seed": 1}).status_code == 200
+    bogus = client.post("/gradio_api/call/v2/generate", json={"model": "tiny", "bogus": 1})
+    assert bogus.status_code == 400 and bogus.json()["detail"] == ("generate has no parameter 'bogus'; its parameters: "
+                                                                   "model, seed, count, truncation, label")
     assert client.post("/gradio_api/call/generate", json={"data": ["tiny", 1, 1, 1, "any"]}).status_code == 200
 
 

@@ -158,7 +158,7 @@ def test_medigan_catalogue_refresh_settings(monkeypatch, tmp_path, name):
 
 
 def test_max_upload_mb(monkeypatch):
-    assert limits.max_upload_bytes() == 2**20  # default 1 MiB
+    assert limits.max_upload_bytes() == 0  # default: the upload route is closed
     monkeypatch.setenv("MEDGAN_MAX_UPLOAD_MB", "0.5")
     assert limits.max_upload_bytes() == 2**19
     monkeypatch.setenv("MEDGAN_MAX_UPLOAD_MB", "0")

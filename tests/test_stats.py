@@ -121,6 +121,10 @@ def test_stats_api_and_start_up_warm_up_through_the_app(tmp_path):
                            json={"data": [default, 1], "fn_index": endpoint_index(app.url, "generate"),
                                  "session_hash": "s1"})
         assert wrong.status_code == 400 and wrong.json() == {"detail": "generate takes 5 inputs, got 2"}
+        keywords = httpx.post(f"{app.url}/gradio_api/call/v2/generate", json={"model": default, "bogus": 1})
+        assert keywords.status_code == 400 and "generate has no parameter 'bogus'; its parameters: model, seed, " \
+            "count, truncation, label" in keywords.text  # the real names: Gradio's API page shows them too
+        assert httpx.post(f"{app.url}/gradio_api/call/v2/generate", json={"model": default, "seed": 3}).status_code == 200
         logged = app.log_path.read_text()[size:]  # the edge logs before it answers
         assert "generate takes 5 inputs, got 2" in logged and "Traceback" not in logged
         panel = endpoint_index(app.url, "performance_panel")
