@@ -237,7 +237,8 @@ def test_slow_requests_queue_full_time_limit_and_full_disk(tmp_path):
     env = {"MEDGAN_WEIGHTS_DIRS": str(tmp_path / "w"), "MEDGAN_EXPORT_DIR": str(exports),
            "GRADIO_TEMP_DIR": str(tmp_path / "gradio"), "FAULT_DISK_FULL_FLAG": str(flag),
            "FAULT_DELAYS": "13:4,14:1.5", "MEDGAN_CONCURRENCY": "1", "MEDGAN_QUEUE_SIZE": "2",
-           "MEDGAN_REQUEST_TIMEOUT_S": "2"}
+           "MEDGAN_REQUEST_TIMEOUT_S": "2",
+           "MEDGAN_MAX_PER_CLIENT": "10"}  # one client fills the queue here: its bound is not what is tested
     with faulty_app(tmp_path, env) as url:
         client = Client(url, download_files=False, verbose=False)
         generate_ok(client, "tiny-test")
