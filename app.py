@@ -35,9 +35,9 @@ except ImportError:
 
 import medgan
 from medgan import limits
+from medgan.errors import ConfigError, MedganError
 
 medgan.threads.cap_malloc_arenas()  # before the server starts its threads (see medgan.threads)
-from medgan.errors import ConfigError, MedganError
 
 
 def check_settings() -> dict:
