@@ -251,12 +251,12 @@ def test_dataset_path_naming_a_patient_stays_out_of_every_file_weights_included(
     (the weights' metadata, config.json untouched) makes push refuse, naming model.safetensors and the field,
     through the keys found via the run folder and, without them, by the MRN pattern. Re-exporting with
     `--resume` (the fix the refusal names) leaves the folder clean again."""
-    from training.train import main as train_main
+    from training.gan.cli import main as train_main
 
     make_dicoms(tmp_path / "scans")
     data = f"{MRN_FOLDER}/{MRN_FILE}"
     with contextlib.chdir(tmp_path):
-        assert D.main(["scans", "--size", "32", "--out", data, "--quiet"]) == 0
+        assert data_cli.main(["scans", "--size", "32", "--out", data, "--quiet"]) == 0
         assert train_main(["--data", data, *TINY, "--export", "weights/priv-mrn", "--model-id", "priv-mrn"]) == 0
     folder = tmp_path / "weights" / "priv-mrn"
     assert (folder / "discriminator.safetensors").is_file() and mrn_leaks(folder) == {}
