@@ -161,7 +161,7 @@ def declared_length(scope: dict[str, Any]) -> int | None:
     raw = _header(scope, b"content-length")
     if raw is None:
         return None
-    if not raw.strip().isdigit() or len(raw.strip()) > 18:
+    if not re.fullmatch(r"[0-9]{1,18}", raw.strip()):  # ASCII digits only: "٣".isdigit() is true too
         raise Refusal(400, "malformed Content-Length header")
     return int(raw)
 
