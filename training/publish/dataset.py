@@ -138,7 +138,7 @@ def _model_folder(info: dict[str, Any], model: str | Path | None) -> tuple[Any, 
 def _privacy(folder: Path, files: list[str], config: Any, model_folder: Path, keys_file: str | Path | None
              ) -> tuple[list[str], list[str]]:
     """Nothing of a non-public training set in README.md or dataset.json; (problems, warnings)."""
-    from .privacy import dataset_public, field_problems, known_problems, locate_keys, read_texts
+    from .privacy import dataset_public, field_problems, known_problems, locate_originals, read_texts
 
     texts_of = [name for name in files if name in EXPECTED]
     docs, texts, _ = read_texts(folder, texts_of)
@@ -149,9 +149,9 @@ def _privacy(folder: Path, files: list[str], config: Any, model_folder: Path, ke
         token = re.compile(rf"(?<![A-Za-z0-9]){re.escape(value)}(?![A-Za-z0-9])", re.I)
         problems += [f"{name}: names the training data's {key} '{value[:2]}…' (the training data is not public); "
                      "remove it" for name, text in texts.items() if len(value) >= 3 and token.search(text)]
-    keys, more = locate_keys(model_folder, config, keys_file)
-    if keys is not None:
-        problems += known_problems(folder, keys, docs, texts, {})
+    originals, more = locate_originals(model_folder, config, keys_file)
+    if originals is not None:
+        problems += known_problems(folder, originals, docs, texts, {}, texts_of)
     return problems + more, warnings
 
 
