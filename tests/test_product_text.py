@@ -23,6 +23,9 @@ SESSION_ALLOWED = {
     r"\bbrowser sessions?\b": "Gradio's per-browser state (gr.State lives as long as one browser session)",
     r"\bpytest session\b|\bsession-scoped\b|scope=\"session\"": "pytest's fixture scope",
     r"\bstart_new_session\b": "subprocess.Popen's keyword (a POSIX process session)",
+    (r"\bsessions? (?:of its own|kept|bound|whose|with no event|per call)|\b(?:finished|each finished|that|per-|few)"
+     r" ?sessions?\b|\{session\}|\b[\d,]+ sessions\b|\bsession's\b"):
+        "Gradio's per-client session (the state it keeps for one browser or API client; MEDGAN_MAX_SESSIONS)",
 }
 HELP_KEYWORDS = {"help", "description", "epilog", "usage"}
 
