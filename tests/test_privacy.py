@@ -54,7 +54,9 @@ def png_text(path: Path) -> str:
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
-    """Ingested (CLI) and trained (2 steps) from the tiny DICOMs, all with relative paths from this folder."""
+    """Ingested (CLI), trained (2 steps) and audited for membership leakage (pixel space: a push of a non-public
+    dataset's model needs privacy.json) from the tiny DICOMs, all with relative paths from this folder."""
+    from training.evaluation.audit import main as audit_main
     from training.gan.cli import main as train_main
 
     root = tmp_path_factory.mktemp("privacy")
@@ -63,6 +65,7 @@ def work(tmp_path_factory) -> Path:
         assert data_cli.main(["scans", "--size", "32", "--out", "data/ds.npz", "--quiet"]) == 0
         assert train_main(["--data", "data/ds.npz", *TINY, "--out", "runs/p", "--export", "weights/priv-32",
                            "--model-id", "priv-32"]) == 0
+        assert audit_main(["weights/priv-32", "--spaces", "pixel", "--num", "64", "--bootstrap", "100"]) == 0
     return root
 
 

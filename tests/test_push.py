@@ -23,7 +23,17 @@ REPO = "medgan-test/tiny-card"
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> Path:
-    return make_evaluated_model(tmp_path_factory.mktemp("push") / "weights")
+    """An evaluated model of a public (made-up) dataset: no membership audit needed to publish it (test_push_audit
+    covers the non-public case)."""
+    from medgan.config import ModelConfig
+    from training.publish.card import write_card
+
+    folder = make_evaluated_model(tmp_path_factory.mktemp("push") / "weights")
+    config = ModelConfig.load(folder)
+    config.training_data["public"] = True
+    config.save(folder)
+    write_card(folder)
+    return folder
 
 
 def test_dry_run_validates_and_lists_files_without_network(model, capsys):

@@ -1,6 +1,6 @@
 """README.md's models table says what each shipped model's files say: one row per model in weights/, best first
 (medgan.zoo.quality_rank, the order the app picks its default by), each cell recomputed here from the model's
-config.json, eval.json and downstream.json."""
+config.json, eval.json, downstream.json and privacy.json."""
 from __future__ import annotations
 
 import json
@@ -8,6 +8,7 @@ import re
 
 from helpers import ROOT, SHIPPED
 from medgan import zoo
+from training.evaluation.audit_report import read, readme_cell
 
 README = (ROOT / "README.md").read_text()
 # FID against unseen people beside the real floor; the marks say when the unseen data is something else.
@@ -36,7 +37,8 @@ def expected_row(model_id: str) -> list[str]:
             f"{data['train_subjects']} ({data['train_slices']} slices)",
             f"{quality.fid:.1f} ({quality.floor:.1f}){AGAINST_MARK[quality.against]}",
             f"{100 * evaluation['memorization']['fraction_closer']:.1f} %",
-            f"{with_ci(tstr)} vs {with_ci(trtr)} ({downstream['task']['name']}, {classifier}, {tstr['n']} seeds)"]
+            f"{with_ci(tstr)} vs {with_ci(trtr)} ({downstream['task']['name']}, {classifier}, {tstr['n']} seeds)",
+            readme_cell(read(ROOT / "weights" / model_id))]
 
 
 def expected_rows() -> list[list[str]]:

@@ -75,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
                        ("ckpt-every", int), ("log-every", int), ("max-minutes", float), ("max-cpu-minutes", float),
                        ("fid-every", int), ("fid-images", int)):
         run.add_argument(f"--{name}", type=kind)
+    private = p.add_argument_group("differential privacy (training/gan/dp.py: DP-SGD on D with Opacus)")
+    private.add_argument("--dp-epsilon", type=float, metavar="E",
+                         help="train D with DP-SGD to (E, --dp-delta)-DP; stops when the budget is spent")
+    private.add_argument("--dp-delta", type=float, metavar="D", help="δ, below 1/training slices (e.g. 1e-5)")
+    private.add_argument("--dp-noise-multiplier", type=float, metavar="SIGMA",
+                         help="noise multiplier (default: the one whose --steps spend exactly E)")
+    private.add_argument("--dp-max-grad-norm", type=float, metavar="C", help="per-sample gradient clip (default 1)")
     run.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
     run.add_argument("--amp", action=argparse.BooleanOptionalAction,
                      help="bf16 autocast for G and D forward passes on CUDA (default on; never used on CPU)")

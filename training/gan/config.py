@@ -11,6 +11,7 @@ from medgan.config import RESOLUTIONS, GeneratorConfig, ModelConfig
 
 from ..data.labels import LABEL_KINDS
 from .augment import parse_policy
+from .dp import DP_RECIPE
 
 LOSSES = ("bce", "ns", "hinge")
 
@@ -81,6 +82,12 @@ class TrainConfig:
     # > 0: stop after this much process CPU time (summed over resumes): equal budgets on a shared machine
     max_cpu_minutes: float = 0.0
     out: str = ""
+    # differential privacy (training.gan.dp): > 0 trains D with DP-SGD to this ε at dp_delta; the noise multiplier
+    # comes from the budget and --steps unless given; per-sample gradients are clipped to dp_max_grad_norm
+    dp_epsilon: float = 0.0
+    dp_delta: float = 0.0
+    dp_noise_multiplier: float = 0.0
+    dp_max_grad_norm: float = 1.0
     # warm start: G (and its EMA) from an exported model folder; tensors match by name and shape, so a
     # 128² run can grow from a 64² model whose widths it shares (see Trainer.warm_start). D continues from the
     # folder's discriminator.safetensors when that fits (same size, width and classes), else starts fresh.
@@ -141,7 +148,8 @@ def make_config(args: dict[str, Any], resumed: dict[str, Any] | None = None) -> 
         return TrainConfig(**{**base, **given})
     recipe = given.get("recipe", TrainConfig.recipe)
     arch = given.get("arch", TrainConfig.arch)
-    values = {**RECIPES[recipe], **ARCH_DEFAULTS.get(arch, {}), **given}
+    private = DP_RECIPE if given.get("dp_epsilon", 0) > 0 else {}   # what DP-SGD needs instead (training.gan.dp)
+    values = {**RECIPES[recipe], **ARCH_DEFAULTS.get(arch, {}), **private, **given}
     values.setdefault("recipe", recipe)
     if not values.get("out"):
         # named after what the user chose, never the data file's name: config.json records this folder
@@ -189,9 +197,27 @@ def check_config(cfg: TrainConfig) -> None:
         problems.append("--condition needs --arch style (DCGAN models are unconditional)")
     if cfg.fid_every < 0 or cfg.fid_images < 2 or not 0 <= cfg.style_mixing <= 1:
         problems.append("--fid-every must be >= 0, --fid-images >= 2, --style-mixing in [0, 1]")
+    problems += dp_problems(cfg)
     try:
         parse_policy(cfg.augment_policy)
     except ValueError as exc:
         problems.append(str(exc))
     if problems:
         raise UsageError("; ".join(problems))
+
+
+def dp_problems(cfg: TrainConfig) -> list[str]:
+    """--dp-epsilon settings, and the recipe options DP-SGD cannot run with (training/gan/dp.py says why)."""
+    if cfg.dp_epsilon <= 0:
+        given = [f for f in ("dp_delta", "dp_noise_multiplier") if getattr(cfg, f)]
+        return [f"--{given[0].replace('_', '-')} needs --dp-epsilon"] if given else []
+    clash = [f"--{k.replace('_', '-')} {getattr(cfg, k)}" for k, v in DP_RECIPE.items() if getattr(cfg, k) != v]
+    clash += [f"--{k.replace('_', '-')}" for k in ("init_from", "compile") if getattr(cfg, k)]
+    problems = [f"--dp-epsilon cannot train with {', '.join(clash)}: DP-SGD needs per-sample gradients of D "
+                "(no R1, spectral norm or batch norm), Poisson-sampled batches (no class balancing), no statistic "
+                "of the data outside it (no ADA), and a discriminator that never saw the data (no --init-from); "
+                "training/gan/dp.py says why"] if clash else []
+    if not 0 < cfg.dp_delta < 1 or cfg.dp_max_grad_norm <= 0 or cfg.dp_noise_multiplier < 0:
+        problems.append("--dp-epsilon needs --dp-delta in (0, 1) (e.g. 1e-5), --dp-max-grad-norm > 0 and "
+                        "--dp-noise-multiplier >= 0")
+    return problems

@@ -59,6 +59,8 @@ def export_model(trainer: Trainer, folder: Path, data_info: dict[str, Any], hw: 
                 "images_seen": trainer.step * cfg.batch_size, "wall_time_s": round(trainer.elapsed, 1),
                 "cpu_time_s": round(trainer.cpu_elapsed, 1),
                 "hardware": hw, "final_losses": trainer.last, "ema": cfg.ema > 0, "config": recorded}
+    if trainer.private:
+        training["dp"] = trainer.private.budget.record(trainer.step)
     if trainer.init_info:
         training["init_from"] = trainer.init_info
         training["cpu_time_total_s"] = round(cumulative_cpu_s(training), 1)

@@ -150,8 +150,9 @@ def train_loop(trainer: Trainer, cfg: TrainConfig, d: Dist, stop: StopFlag, log:
         stats = trainer.train_step().double()
         trainer.elapsed = time.perf_counter() - began
         trainer.cpu_elapsed = time.process_time() - cpu_began
+        budget_spent = bool(trainer.private and trainer.private.spent(trainer.step))
         timeup = (cfg.max_minutes > 0 and trainer.elapsed >= cfg.max_minutes * 60) or \
-            (cfg.max_cpu_minutes > 0 and trainer.cpu_elapsed >= cfg.max_cpu_minutes * 60)
+            (cfg.max_cpu_minutes > 0 and trainer.cpu_elapsed >= cfg.max_cpu_minutes * 60) or budget_spent
         # One small collective per step: stop flags, ADA statistics and losses, summed over ranks.
         flags = torch.cat([torch.tensor([float(stop.set), float(timeup)], dtype=torch.float64, device=stats.device),
                            stats])
@@ -193,7 +194,7 @@ def train_loop(trainer: Trainer, cfg: TrainConfig, d: Dist, stop: StopFlag, log:
             reason = f"stopped by {stop.signal or 'signal on another rank'}"
             break
         if flags[1] > 0:
-            reason = "time limit"
+            reason = "privacy budget spent" if budget_spent else "time limit"
             break
         if trainer.step % cfg.ckpt_every == 0 and trainer.step < cfg.steps:
             save("periodic")

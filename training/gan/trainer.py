@@ -150,6 +150,8 @@ class Trainer:
         self.stream = IndexStream(len(images), self.gen_perm, weights=self.class_weights() if cfg.balance_classes
                                   else None)
         self.ada = AdaptiveP(cfg.ada_target, cfg.ada_kimg, p=0.0) if cfg.augment and cfg.ada_target > 0 else None
+        self.private = self.make_private(len(images))
+        self.opt_d_step = self.private.optimizer if self.private else self.opt_d  # clips and adds noise under DP
         self.step = 0
         self.elapsed = 0.0          # training wall time, summed over resumes
         self.cpu_elapsed = 0.0      # process CPU time of training, summed over resumes
@@ -161,6 +163,20 @@ class Trainer:
                 dist.broadcast(t, 0)
             if self.G_ema is not None:
                 self.G_ema.load_state_dict(self.G.state_dict())
+
+    def make_private(self, n: int) -> Any:
+        """--dp-epsilon: D under DP-SGD (training.gan.dp); None otherwise."""
+        if self.cfg.dp_epsilon <= 0:
+            return None
+        from .dp import Budget, DPError, PrivateDiscriminator
+
+        if self.d.world > 1:
+            raise UsageError("--dp-epsilon trains in one process (the accountant counts one Poisson-sampled batch "
+                             "per step)")
+        try:
+            return PrivateDiscriminator(self.D, self.opt_d, Budget.plan(self.cfg, n), self.gen_perm)
+        except DPError as exc:
+            raise UsageError(str(exc)) from None
 
     def class_weights(self) -> torch.Tensor:
         """Per image 1/(images of its class), so each class is drawn equally often."""
@@ -203,17 +219,27 @@ class Trainer:
         return diff_augment(x, self.policy, self.gen_aug, self.aug_p) if self.policy else x
 
     def real_batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """This rank's real images and their labels (None when unconditional)."""
-        idx = self.stream.take(self.cfg.batch_size)
-        idx = idx[self.d.rank * self.local_batch:(self.d.rank + 1) * self.local_batch].to(self.device)
+        """This rank's real images and their labels (None when unconditional); Poisson-sampled under DP."""
+        if self.private:
+            idx = self.private.batch_indices().to(self.device)
+        else:
+            idx = self.stream.take(self.cfg.batch_size)
+            idx = idx[self.d.rank * self.local_batch:(self.d.rank + 1) * self.local_batch].to(self.device)
         x = self.precision.layout(self.images[idx].float() / 127.5 - 1)
         labels = self.labels[idx] if self.labels is not None else None
         return (hflip(x, self.gen_aug) if self.cfg.hflip else x), labels
 
-    def fake_batch(self, labels: torch.Tensor | None) -> torch.Tensor:
-        """G's images for this step. Fakes get the real batch's labels (the data's class frequencies). Style:
-        random noise, and with probability style_mixing two latents crossed over at a random layer."""
-        cfg, n = self.cfg, self.local_batch
+    def fake_labels(self, labels: torch.Tensor | None, n: int) -> torch.Tensor | None:
+        """Fakes get the real batch's labels (the data's class frequencies); under DP uniformly drawn classes,
+        since the real labels are data that only D's DP-SGD may see."""
+        if labels is None or not self.private:
+            return labels
+        return torch.randint(len(self.classes), (n,), generator=self.gen_noise).to(self.device)
+
+    def fake_batch(self, labels: torch.Tensor | None, n: int | None = None) -> torch.Tensor:
+        """G's images for this step (n of them: the real batch's size). Style: random noise, and with probability
+        style_mixing two latents crossed over at a random layer."""
+        cfg, n = self.cfg, n or self.local_batch
         z = torch.randn(n, cfg.latent_dim, generator=self.gen_noise).to(self.device)
         if cfg.arch != "style":
             return self.G(z)
@@ -244,19 +270,24 @@ class Trainer:
         (r1 as applied: the lazy penalty times r1_every on its steps, 0 between, so means are per step)."""
         cfg = self.cfg
         real, labels = self.real_batch()
+        if len(real) == 0:   # an empty Poisson batch (DP): nothing to learn from; the accountant counted the step
+            self.step += 1
+            return torch.zeros(len(STATS), device=self.device)
+        labels_fake = self.fake_labels(labels, len(real))
         amp = self.precision.autocast
         with amp(self.device):
-            fake = self.fake_batch(labels)  # reused for the G step (one G forward per iteration, as in PyTorch's DCGAN)
+            # reused for the G step (one G forward per iteration, as in PyTorch's DCGAN)
+            fake = self.fake_batch(labels_fake, len(real))
 
-        # D step
-        self.D.requires_grad_(True)
-        self.opt_d.zero_grad(set_to_none=True)
+        # D step (under DP: one per-sample gradient per real slice, its fake partner's added, then clipped)
+        self.d_learns(True)
+        self.opt_d_step.zero_grad(set_to_none=True)
         do_r1 = cfg.r1 > 0 and self.step % cfg.r1_every == 0
         real_in = real.detach().requires_grad_(do_r1)
         with amp(self.device, enabled=not do_r1):  # R1 differentiates this pass twice: fp32 and eager
             logits_real = (self.D if do_r1 else self.D_fast)(self.augment(real_in), labels).float()
         with amp(self.device):
-            logits_fake = self.D_fast(self.augment(fake.detach()), labels).float()
+            logits_fake = self.D_fast(self.augment(fake.detach()), labels_fake).float()
         loss_d = d_loss(cfg.loss, logits_real, logits_fake)
         penalty = torch.zeros((), device=self.device)
         if do_r1:
@@ -266,13 +297,13 @@ class Trainer:
         else:
             loss_d.backward()
         self.sync_grads(self.D)
-        self.opt_d.step()
+        self.opt_d_step.step()
 
         # G step (D frozen: its gradients are not needed)
-        self.D.requires_grad_(False)
+        self.d_learns(False)
         self.opt_g.zero_grad(set_to_none=True)
         with amp(self.device):
-            logits_g = self.D_fast(self.augment(fake), labels).float()
+            logits_g = self.D_fast(self.augment(fake), labels_fake).float()
         loss_g = g_loss(cfg.loss, logits_g)
         loss_g.backward()
         self.sync_grads(self.G)
@@ -288,6 +319,13 @@ class Trainer:
                     be.copy_(b)
         self.step += 1
         return self.stats(loss_d, loss_g, logits_real, logits_fake, penalty, do_r1)
+
+    def d_learns(self, on: bool) -> None:
+        """D's parameters take gradients (D step) or not (G step); under DP its per-sample hooks likewise, since
+        G's gradient passes through D's layers."""
+        self.D.requires_grad_(on)
+        if self.private:
+            (self.private.hooks.enable_hooks if on else self.private.hooks.disable_hooks)()
 
     def stats(self, loss_d, loss_g, logits_real, logits_fake, penalty, do_r1: bool) -> torch.Tensor:
         """The STATS vector of one step."""

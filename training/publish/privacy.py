@@ -17,6 +17,11 @@ originals, every file's raw bytes.
   fid.png, downstream.png) shows real slices — eval.png puts training slices beside their nearest synthetic
   images. Refused for a dataset not marked public unless `--allow-real-images`; the card then says so.
 
+- Pixels: a model of a dataset not marked public needs its membership-inference audit (privacy.json, written by
+  training.audit for these very weights) showing no attack advantage over both controls beyond
+  evaluation.audit_report.LEAK_THRESHOLD, or differentially private training (config.json's training.dp, whose ε
+  Opacus' accountant reproduces). `--accept-privacy-risk` publishes it anyway and records that on the card.
+
 A dataset is public when config.json's training_data says `"public": true`, or it is one of training.data's
 built-ins (public data, published under their own names). Training records a dataset under its public name or
 `dataset-<hash>` (training.data.recorded_name), never the path it was read from; this check refuses what slips
@@ -319,6 +324,54 @@ def image_problems(folder: Path, files: list[str], config: Any, pngs: dict[str, 
             problems.append("README.md does not say that eval.png shows real training slices; re-render it with "
                             "python -m training.card FOLDER")
     return problems, warnings
+
+
+FIX_LEAK = ("retrain with --dp-epsilon (differentially private), or with fewer steps or more subjects, then run "
+            "python -m training.audit FOLDER again; or pass --accept-privacy-risk to publish it anyway (the card "
+            "will say so)")
+
+
+def leak_problems(folder: Path, config: Any) -> tuple[list[str], list[str]]:
+    """Why the model's pixels may give its (non-public) training slices away: no audit of these weights, or an audit
+    whose attack beats both controls beyond the threshold. DP-trained models pass on their ε. (problems, notes)"""
+    from medgan.files import file_digest
+
+    from ..evaluation.audit_report import LEAK_THRESHOLD, PRIVACY_FILE, AuditError, largest_lower_bound, read
+    from .privacy_record import dp_record
+
+    if dataset_public(config.training_data):
+        return [], []
+    dp = dp_record(config)
+    if dp is not None:
+        from ..gan.dp import epsilon
+
+        recomputed = epsilon(dp["noise_multiplier"], dp["sample_rate"], dp["steps"], dp["delta"])
+        if abs(recomputed - dp["epsilon"]) > 1e-4 * max(1.0, recomputed):
+            return [f"config.json: training.dp records ε = {dp['epsilon']:g}, but Opacus' accountant gives "
+                    f"{recomputed:g} for its noise multiplier, sample rate and steps; retrain (the record is not "
+                    "the training's)"], []
+        return [], [f"differentially private training (ε = {dp['epsilon']:.3g}, δ = {dp['delta']:.3g}): passes on "
+                    "its ε"]
+    name = config.training_data.get("name") or "its dataset"
+    try:
+        report = read(folder)
+    except AuditError as exc:
+        return [f"{exc}; run python -m training.audit FOLDER again"], []
+    if report is None:
+        return [f"no {PRIVACY_FILE}: this model was trained on '{name}', which is not marked public, and its images "
+                "have not been audited for membership leakage; run python -m training.audit FOLDER (it writes "
+                f"{PRIVACY_FILE} and the card's Privacy audit section), or retrain with --dp-epsilon; or pass "
+                "--accept-privacy-risk to publish it anyway (the card will say so)"], []
+    if report.get("weights_sha256") != file_digest(folder / "model.safetensors"):
+        return [f"{PRIVACY_FILE} audits other weights than this model.safetensors; run python -m training.audit "
+                "FOLDER again"], []
+    bound, where = largest_lower_bound(report["black_box"])
+    if bound > LEAK_THRESHOLD:
+        return [f"{PRIVACY_FILE}: the membership-inference attack beats both controls in {where}: the lower 95 % "
+                f"bound of its advantage is {bound:+.3f}, above the threshold {LEAK_THRESHOLD:+.2f}, so the model may "
+                f"give training slices of '{name}' away; {FIX_LEAK}"], []
+    return [], [f"{PRIVACY_FILE}: no membership advantage beyond the threshold (largest lower 95 % bound "
+                f"{bound:+.3f}, threshold {LEAK_THRESHOLD:+.2f})"]
 
 
 def check_folder(folder: str | Path, files: list[str], config: Any, *, allow_real_images: bool = False,

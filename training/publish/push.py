@@ -3,7 +3,7 @@ as a dataset repo, or the app to a Space.
 
     python -m training.push weights/<id> --repo ORG/NAME [--private] [--revision BRANCH] [--dry-run]
                             [--endpoint URL] [--catalogue weights/hub.json] [--id ID] [--message TEXT]
-                            [--allow-real-images] [--keys DATA.keys.json]
+                            [--allow-real-images] [--keys DATA.keys.json] [--accept-privacy-risk]
     python -m training.push --space ORG/SPACE [--private] [--dry-run] [--endpoint URL]
     python -m training.push --dataset DIR --repo ORG/NAME [--model weights/<id>] [--private] [--revision BRANCH]
                             [--dry-run] [--endpoint URL] [--message TEXT] [--keys DATA.keys.json]
@@ -11,7 +11,10 @@ as a dataset repo, or the app to a Space.
 A model folder is validated first (config loads, weights load and generate with medgan, the card parses with
 its metadata, no pickle and no unexpected files) and checked for patient data (training.privacy): no patient
 identifiers or original file paths (checked against the dataset's pseudonym keys file when found, or --keys),
-no real images of a dataset not marked public unless --allow-real-images. The upload needs a token (HF_TOKEN or `hf auth login`) and
+no real images of a dataset not marked public unless --allow-real-images; and for such a dataset a membership-
+inference audit of these weights (privacy.json, python -m training.audit) whose attack does not beat both controls
+beyond the threshold, or differentially private training (--dp-epsilon): `--accept-privacy-risk` publishes it
+anyway and records that on the card. The upload needs a token (HF_TOKEN or `hf auth login`) and
 prints the commit URL and the commit sha to pin. `--catalogue` records {id, repo_id, revision, sha256 of every
 file} in MedGAN Studio's Hub catalogue so the app lists the model and verifies what it downloads.
 `--dry-run` validates and lists what would be uploaded, without any network.
@@ -48,7 +51,7 @@ from .hub_api import PushError, PushResult, check_repo_id, hub_api, listing
 
 REQUIRED = ("config.json", WEIGHTS_FILE, "README.md")
 ALLOWED = (*REQUIRED, "eval.json", "samples.png", "loss.png", "eval.png", "fid.png", "downstream.json",
-           "downstream.png", ".gitattributes")
+           "downstream.png", "privacy.json", ".gitattributes")
 # What a Space needs to run the app (git-tracked files under these paths only: no tests, runs, caches).
 SPACE_PATHS = ("app.py", "requirements.txt", "packages.txt", "README.md", "LICENSE", "medgan/", "weights/", "docs/")
 
@@ -63,10 +66,11 @@ def _looks_pickled(path: Path) -> bool:
 # --- validation --------------------------------------------------------------------------------------------
 
 def validate_folder(folder: str | Path, *, allow_real_images: bool = False,
-                    keys_file: str | Path | None = None) -> list[str]:
+                    keys_file: str | Path | None = None, accept_privacy_risk: bool = False) -> list[str]:
     """The files to upload, after every check passed; PushError lists every problem found. Privacy checks
     (training.privacy): no patient identifiers or file paths, no real images of a non-public dataset unless
-    `allow_real_images` (warned about on stderr); `keys_file`: the dataset's pseudonym keys, if not found."""
+    `allow_real_images` (warned about on stderr); `keys_file`: the dataset's pseudonym keys, if not found; a
+    non-public dataset's model audited without a leak or DP-trained, unless `accept_privacy_risk` (warned)."""
     from huggingface_hub import ModelCard
 
     from medgan.config import ModelConfig
@@ -125,16 +129,63 @@ def validate_folder(folder: str | Path, *, allow_real_images: bool = False,
         except ValueError as exc:
             problems.append(f"README.md: {exc}; {fix}")
     if config is not None:
-        from .privacy import check_folder
-
-        found, warnings = check_folder(folder, [n for n in names if n in ALLOWED], config,
-                                       allow_real_images=allow_real_images, keys_file=keys_file)
-        problems += found
-        for warning in warnings:
-            print(f"warning: {warning}", file=sys.stderr)
+        problems += privacy_problems(folder, [n for n in names if n in ALLOWED], config,
+                                     allow_real_images=allow_real_images, keys_file=keys_file,
+                                     accept_privacy_risk=accept_privacy_risk)
     if problems:
         raise PushError(f"{folder} cannot be published:\n  - " + "\n  - ".join(problems))
     return [n for n in names if n in ALLOWED]
+
+
+def privacy_problems(folder: Path, files: list[str], config: Any, *, allow_real_images: bool,
+                     keys_file: str | Path | None, accept_privacy_risk: bool) -> list[str]:
+    """training.privacy's checks of the files to upload (patient data, then the model's pixels); warnings and notes
+    go to stderr, and so do the pixel problems that --accept-privacy-risk overrides."""
+    from .privacy_record import OVERRIDE_KEY
+    from .privacy import check_folder, leak_problems
+
+    problems, warnings = check_folder(folder, files, config, allow_real_images=allow_real_images, keys_file=keys_file)
+    leaks, notes = leak_problems(folder, config)
+    if leaks and accept_privacy_risk:
+        recorded = OVERRIDE_KEY in config.extra
+        warnings += [f"{leak}: publishing it because --accept-privacy-risk was given" + (
+            "" if recorded else " (a push records that in config.json and on the card)") for leak in leaks]
+    else:
+        problems += leaks
+    for warning in warnings + notes:
+        print(f"warning: {warning}", file=sys.stderr)
+    return problems
+
+
+def record_privacy_risk(folder: str | Path) -> bool:
+    """--accept-privacy-risk on a push: the refusal it overrides goes into config.json (extra.privacy_risk_accepted)
+    and the card is re-rendered to say so; a stale record is dropped when the folder now passes. True if changed."""
+    from medgan.config import ModelConfig
+
+    from .card import write_card
+    from .privacy_record import OVERRIDE_KEY
+    from .privacy import leak_problems
+
+    folder = Path(folder)
+    config = ModelConfig.load(folder)
+    leaks = leak_problems(folder, config)[0]
+    wanted = {"reason": "; ".join(leaks)} if leaks else None
+    if config.extra.get(OVERRIDE_KEY) == wanted:
+        return False
+    config.extra = {k: v for k, v in config.extra.items() if k != OVERRIDE_KEY}
+    if wanted:
+        config.extra[OVERRIDE_KEY] = wanted
+    config.save(folder)
+    write_card(folder)
+    return True
+
+
+def listing(folder: Path, files: list[str]) -> str:
+    rows = [(name, (folder / name).stat().st_size) for name in files]
+    width = max(len(n) for n, _ in rows)
+    lines = [f"  {n:<{width}}  {s:>12,d} bytes" for n, s in rows]
+    lines.append(f"  {'total':<{width}}  {sum(s for _, s in rows):>12,d} bytes in {len(rows)} files")
+    return "\n".join(lines)
 
 
 # --- Hub access --------------------------------------------------------------------------------------------
@@ -142,18 +193,21 @@ def validate_folder(folder: str | Path, *, allow_real_images: bool = False,
 def push(folder: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None,
          endpoint: str | None = None, token: str | None = None, message: str | None = None,
          files: list[str] | None = None, allow_real_images: bool = False,
-         keys_file: str | Path | None = None) -> PushResult:
+         keys_file: str | Path | None = None, accept_privacy_risk: bool = False) -> PushResult:
     """Validate, create the repo (if needed), upload the folder in one commit; returns the pinned revision.
 
     `files`: validate_folder's result when the caller has just run it (the CLI does, to list them first).
-    `allow_real_images`, `keys_file`: see validate_folder.
+    `allow_real_images`, `keys_file`, `accept_privacy_risk`: see validate_folder; the last is recorded on the card.
     """
     from medgan.config import ModelConfig
 
     folder = Path(folder)
     check_repo_id(repo_id)
     if files is None:
-        files = validate_folder(folder, allow_real_images=allow_real_images, keys_file=keys_file)
+        if accept_privacy_risk:
+            record_privacy_risk(folder)
+        files = validate_folder(folder, allow_real_images=allow_real_images, keys_file=keys_file,
+                                accept_privacy_risk=accept_privacy_risk)
     model_id = ModelConfig.load(folder).id
     api = hub_api(endpoint, token)
     sha = {name: file_digest(folder / name) for name in files}
@@ -296,6 +350,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--allow-real-images", action="store_true",
                    help="publish real-image panels (eval.png) of a dataset not marked public (warned; the card "
                         "says what they show). Patient identifiers are never allowed")
+    p.add_argument("--accept-privacy-risk", action="store_true",
+                   help="publish a model of a dataset not marked public although it has no membership-inference "
+                        "audit (privacy.json) or its audit shows a leak beyond the threshold; recorded in config.json "
+                        "and on the card")
     p.add_argument("--keys", help="the dataset's pseudonym keys file (DATA.keys.json) to check the folder against, "
                                   "when it is not found from config.json's training command")
     args = p.parse_args(argv)
@@ -331,7 +389,10 @@ def _main(args: argparse.Namespace) -> int:
     check_repo_id(args.repo)
     if args.dataset:
         return _main_dataset(args)
-    files = validate_folder(args.folder, allow_real_images=args.allow_real_images, keys_file=args.keys)
+    if args.accept_privacy_risk and not args.dry_run and record_privacy_risk(args.folder):
+        print(f"recorded --accept-privacy-risk in {args.folder / 'config.json'} and on the card", file=sys.stderr)
+    files = validate_folder(args.folder, allow_real_images=args.allow_real_images, keys_file=args.keys,
+                            accept_privacy_risk=args.accept_privacy_risk)
     print(f"{args.folder} is valid; to {args.repo} ({args.revision or 'main'}):")
     print(listing(args.folder, files))
     if args.dry_run:
