@@ -206,7 +206,8 @@ def black_box_block(s: SpaceScores, half_a: np.ndarray, draws: list[Resample]) -
 def _stat(values: np.ndarray) -> dict[str, Any]:
     """values[0]: the point estimate; values[1:]: bootstrap replicates -> value and percentile 95 % interval."""
     low, high = np.percentile(values[1:], [2.5, 97.5]) if len(values) > 1 else (values[0], values[0])
-    return {"value": round(float(values[0]), 4), "ci95": [round(float(low), 4), round(float(high), 4)]}
+    value, low, high = (round(float(x), 4) + 0.0 for x in (values[0], low, high))   # + 0.0: no -0.0
+    return {"value": value, "ci95": [low, high]}
 
 
 # --- white box ---------------------------------------------------------------------------------------------------

@@ -83,9 +83,9 @@ def verdict(black_box: dict[str, Any], threshold: float = LEAK_THRESHOLD) -> dic
 # --- what the card and the README show ----------------------------------------------------------------------------
 
 def _stat(s: dict[str, Any], signed: bool = False) -> str:
-    low, high = s["ci95"]
-    f = "{:+.3f}" if signed else "{:.3f}"
-    return f"{f.format(s['value'])} [{f.format(low)}, {f.format(high)}]"
+    f = ("{:+.3f}" if signed else "{:.3f}").format
+    value, low, high = (x + 0.0 for x in (s["value"], *s["ci95"]))   # + 0.0: no "-0.000"
+    return f"{f(value)} [{f(low)}, {f(high)}]"
 
 
 def _black_box_rows(report: dict[str, Any]) -> list[str]:
