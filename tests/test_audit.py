@@ -14,7 +14,8 @@ from test_train import TINY, make_npz
 from medgan.config import ModelConfig
 from medgan.generator import Generator
 from training.evaluation import audit as A
-from training.evaluation.audit_report import LEAK_THRESHOLD, PRIVACY_FILE, AuditError, card_section, read, readme_cell, validate
+from training.evaluation.audit_report import (LEAK_THRESHOLD, PRIVACY_FILE, AuditError, card_section, read,
+                                              readme_cell, validate)
 from training.evaluation.evaluate import RealData, load_real
 
 # Planted copies in a model of 3 training people (halves by subject) are a leak beyond both controls; in a model of

@@ -294,7 +294,8 @@ def black_box_spaces(real: RealData, split: Split, generated: np.ndarray, settin
         cache = FeatureCache(real.images, extractor, real.name)
         f_m, new_m = cache.get(split.members, desc="Inception (members)")
         f_h, new_h = cache.get(split.nonmembers, desc="Inception (held-out)")
-        embedded = {"real_embedded_now": int(new_m + new_h), "cpu_s_embedding_real": round(time.process_time() - cpu0, 1)}
+        embedded = {"real_embedded_now": int(new_m + new_h),
+                    "cpu_s_embedding_real": round(time.process_time() - cpu0, 1)}
         f_g = extractor(generated[:settings.num_features], desc="Inception (generated)")
         out["inception"] = space_scores(f_m, f_h, f_g, split.half_a, "L2 between Inception-v3 pool features")
     return out, embedded
@@ -339,7 +340,8 @@ def audit(gen: Any, real: RealData, config: Any, *, folder: Path | None = None, 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m training.audit", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+                                epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="model folder (weights/<id>), or a medgan model id")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--dataset", help="built-in dataset (default: the one config.json names)")
