@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The differential-privacy measurement on brain-t1 at 64²: one DP model (DP-SGD on D, training/gan/dp.py) and a
-# non-DP twin with the same recipe (the one DP mode uses: no R1, no spectral or batch norm, no ADA) and the same budget of
-# 120 CPU-minutes each; then, for both, the evaluation (FID, held-out FID beside the real floor), the
+# non-DP twin with the same recipe (the one DP mode uses: no R1, no spectral or batch norm, no ADA) and the same
+# budget of 120 CPU-minutes each; then, for both, the evaluation (FID, held-out FID beside the real floor), the
 # membership-inference audit (privacy.json) and the downstream study (TSTR on the slice level).
 #
 # The noise multiplier is chosen so that the planned steps spend exactly ε; the steps are planned from a timed
