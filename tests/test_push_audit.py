@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from fake_hub import fake_hub
-from test_push import run_push
+from helpers import run_push
 from test_train import TINY, make_npz
 
 from training.evaluation.audit import main as audit_main
