@@ -123,11 +123,23 @@ def test_a_copier_is_flagged_and_an_outsider_is_not(tmp_path, monkeypatch):
     assert "member-only control" in text and "| pixels (nearest of 72) | ROC AUC | 1.000" in text
 
 
-def test_schema_refuses_a_report_missing_its_controls():
+def small_report() -> dict:
     real = toy_real()
     train = real.images[real.split == "train"]
-    report = A.audit(Copier(train), real, toy_config(A._sha256(train)),
-                     settings=A.Settings(num=72, bootstrap=20, spaces=("pixel",)))
+    return A.audit(Copier(train), real, toy_config(A._sha256(train)),
+                   settings=A.Settings(num=72, bootstrap=20, spaces=("pixel",)))
+
+
+def test_held_out_slices_of_a_training_person_get_a_caveat():
+    report = small_report()
+    assert "Caveat:" not in card_section(report)
+    report["data"]["nonmember_subjects"] = ["a"]   # a slab split: the held-out part of a training person
+    assert "Caveat: the held-out slices are another part of a, a person the model was trained on" in \
+        card_section(report)
+
+
+def test_schema_refuses_a_report_missing_its_controls():
+    report = small_report()
     broken = json.loads(json.dumps(report))
     del broken["black_box"]["pixel"]["member_only_control"]
     with pytest.raises(AuditError, match="black_box/pixel.*member_only_control"):

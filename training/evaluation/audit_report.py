@@ -80,6 +80,18 @@ def verdict(black_box: dict[str, Any], threshold: float = LEAK_THRESHOLD) -> dic
             "text": text}
 
 
+def split_caveat(report: dict[str, Any]) -> str:
+    """What the verdict cannot separate when held-out slices come from a training person (a slab split): "" else."""
+    data = report["data"]
+    shared = sorted(set(data["member_subjects"]) & set(data["nonmember_subjects"]))
+    if not shared:
+        return ""
+    return (f"the held-out slices are another part of {', '.join(shared)}, a person the model was trained on, so "
+            "members and non-members differ in anatomy (another slab, other levels) as well as in membership, and "
+            "neither control splits the training slices that way: an advantage here can be that anatomy gap rather "
+            "than copying")
+
+
 # --- what the card and the README show ----------------------------------------------------------------------------
 
 def _stat(s: dict[str, Any], signed: bool = False) -> str:
@@ -120,7 +132,8 @@ def card_section(report: dict[str, Any]) -> str:
            f"{data['nonmembers']} held-out slices ({', '.join(data['nonmember_subjects'])}) of **{data['dataset']}**. "
            "Each slice scores by its distance to the nearest generated image; each number is measured on all the "
            f"slices, with its 95 % bootstrap interval over slices ({settings['bootstrap']:,d} resamples).", "",
-           f"**Verdict: {report['verdict']['text']}.**", "", *_black_box_rows(report), "",
+           f"**Verdict: {report['verdict']['text']}.**"
+           + (f" Caveat: {split_caveat(report)}." if split_caveat(report) else ""), "", *_black_box_rows(report), "",
            f"The member-only control runs the same attack between two halves of the training slices (split by "
            f"{halves['by']}: {halves['a']['slices']} and {halves['b']['slices']} slices), so it measures split "
            "bias; the real-data reference scores each slice by its distance to real training slices of the other "

@@ -336,7 +336,8 @@ def leak_problems(folder: Path, config: Any) -> tuple[list[str], list[str]]:
     whose attack beats both controls beyond the threshold. DP-trained models pass on their ε. (problems, notes)"""
     from medgan.files import file_digest
 
-    from ..evaluation.audit_report import LEAK_THRESHOLD, PRIVACY_FILE, AuditError, largest_lower_bound, read
+    from ..evaluation.audit_report import (LEAK_THRESHOLD, PRIVACY_FILE, AuditError, largest_lower_bound, read,
+                                           split_caveat)
     from .privacy_record import dp_record
 
     if dataset_public(config.training_data):
@@ -369,7 +370,8 @@ def leak_problems(folder: Path, config: Any) -> tuple[list[str], list[str]]:
     if bound > LEAK_THRESHOLD:
         return [f"{PRIVACY_FILE}: the membership-inference attack beats both controls in {where}: the lower 95 % "
                 f"bound of its advantage is {bound:+.3f}, above the threshold {LEAK_THRESHOLD:+.2f}, so the model may "
-                f"give training slices of '{name}' away; {FIX_LEAK}"], []
+                f"give training slices of '{name}' away"
+                + (f" (but {split_caveat(report)})" if split_caveat(report) else "") + f"; {FIX_LEAK}"], []
     return [], [f"{PRIVACY_FILE}: no membership advantage beyond the threshold (largest lower 95 % bound "
                 f"{bound:+.3f}, threshold {LEAK_THRESHOLD:+.2f})"]
 
