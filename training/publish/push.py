@@ -139,10 +139,10 @@ def validate_folder(folder: str | Path, *, allow_real_images: bool = False,
 
 def privacy_problems(folder: Path, files: list[str], config: Any, *, allow_real_images: bool,
                      keys_file: str | Path | None, accept_privacy_risk: bool) -> list[str]:
-    """training.privacy's checks of the files to upload (patient data, then the model's pixels); warnings and notes
+X of the files to upload (patient data, then the model's pixels); warnings and notes
     go to stderr, and so do the pixel problems that --accept-privacy-risk overrides."""
-    from .privacy_record import OVERRIDE_KEY
     from .privacy import check_folder, leak_problems
+    from .privacy_record import OVERRIDE_KEY
 
     problems, warnings = check_folder(folder, files, config, allow_real_images=allow_real_images, keys_file=keys_file)
     leaks, notes = leak_problems(folder, config)
@@ -163,8 +163,8 @@ def record_privacy_risk(folder: str | Path) -> bool:
     from medgan.config import ModelConfig
 
     from .card import write_card
-    from .privacy_record import OVERRIDE_KEY
     from .privacy import leak_problems
+    from .privacy_record import OVERRIDE_KEY
 
     folder = Path(folder)
     config = ModelConfig.load(folder)
@@ -178,14 +178,6 @@ def record_privacy_risk(folder: str | Path) -> bool:
     config.save(folder)
     write_card(folder)
     return True
-
-
-def listing(folder: Path, files: list[str]) -> str:
-    rows = [(name, (folder / name).stat().st_size) for name in files]
-    width = max(len(n) for n, _ in rows)
-    lines = [f"  {n:<{width}}  {s:>12,d} bytes" for n, s in rows]
-    lines.append(f"  {'total':<{width}}  {sum(s for _, s in rows):>12,d} bytes in {len(rows)} files")
-    return "\n".join(lines)
 
 
 # --- Hub access --------------------------------------------------------------------------------------------
