@@ -150,8 +150,9 @@ def card_section(report: dict[str, Any]) -> str:
 
 
 def readme_cell(report: dict[str, Any]) -> str:
-    """The README models table's cell: pixel-space attack AUC / control / reference, and the verdict."""
+    """The README models table's cell: pixel-space attack AUC / control / reference, and the verdict (with where a
+    leak shows, which may be another space or metric)."""
     pixel = report["black_box"]["pixel"]
     auc = [pixel[k]["auc"]["value"] for k in ("attack", "member_only_control", "real_data_reference")]
-    shown = "leak shown" if report["verdict"]["leak"] else "none shown"
+    shown = f"leak shown ({report['verdict']['where']})" if report["verdict"]["leak"] else "none shown"
     return f"{auc[0]:.2f} / {auc[1]:.2f} / {auc[2]:.2f}: {shown}"
