@@ -139,7 +139,7 @@ def validate_folder(folder: str | Path, *, allow_real_images: bool = False,
 
 def privacy_problems(folder: Path, files: list[str], config: Any, *, allow_real_images: bool,
                      keys_file: str | Path | None, accept_privacy_risk: bool) -> list[str]:
-X of the files to upload (patient data, then the model's pixels); warnings and notes
+    """training.privacy's checks of the files to upload (patient data, then the model's pixels); warnings and notes
     go to stderr, and so do the pixel problems that --accept-privacy-risk overrides."""
     from .privacy import check_folder, leak_problems
     from .privacy_record import OVERRIDE_KEY
