@@ -151,7 +151,6 @@ class Trainer:
                                   else None)
         self.ada = AdaptiveP(cfg.ada_target, cfg.ada_kimg, p=0.0) if cfg.augment and cfg.ada_target > 0 else None
         self.private = self.make_private(len(images))
-        self.opt_d_step = self.private.optimizer if self.private else self.opt_d  # clips and adds noise under DP
         self.step = 0
         self.elapsed = 0.0          # training wall time, summed over resumes
         self.cpu_elapsed = 0.0      # process CPU time of training, summed over resumes
@@ -163,6 +162,11 @@ class Trainer:
                 dist.broadcast(t, 0)
             if self.G_ema is not None:
                 self.G_ema.load_state_dict(self.G.state_dict())
+
+    @property
+    def opt_d_step(self) -> torch.optim.Optimizer:
+        """What steps D: its Adam, or under DP Opacus' optimizer around it (clips and adds noise)."""
+        return self.private.optimizer if self.private else self.opt_d
 
     def make_private(self, n: int) -> Any:
         """--dp-epsilon: D under DP-SGD (training.gan.dp); None otherwise."""
