@@ -160,9 +160,12 @@ def test_cli_audits_an_exported_model_with_its_discriminator(tmp_path, capsys, m
     folder = tmp_path / "weights" / "phantom-32"
     assert train_main(["--data", str(npz), *TINY, "--steps", "2", "--out", str(tmp_path / "run"),
                        "--export", str(folder)]) == 0
-    assert A.main([str(folder), "--num", "64", "--bootstrap", "50", "--spaces", "pixel"]) == 0
+    assert A.main([str(folder), "--num", "64"]) == 2   # config.json records the data by name, not by path
+    assert "give the data the model was trained on with --data FILE" in capsys.readouterr().err
+    assert A.main([str(folder), "--data", str(npz), "--num", "64", "--bootstrap", "50", "--spaces", "pixel"]) == 0
     out = capsys.readouterr().out
-    assert "32 members vs 8 held-out slices of phantom" in out and f"wrote {folder / PRIVACY_FILE}" in out
+    assert "32 members vs 8 held-out slices of dataset-" in out and f"wrote {folder / PRIVACY_FILE}" in out
+    assert str(npz) not in read(folder)["command"]   # the path is not recorded
     report = read(folder)
     white = report["white_box"]
     assert white["available"] and 0 <= white["attack"]["auc"]["value"] <= 1

@@ -65,7 +65,7 @@ def work(tmp_path_factory) -> Path:
         assert data_cli.main(["scans", "--size", "32", "--out", "data/ds.npz", "--quiet"]) == 0
         assert train_main(["--data", "data/ds.npz", *TINY, "--out", "runs/p", "--export", "weights/priv-32",
                            "--model-id", "priv-32"]) == 0
-        assert audit_main(["weights/priv-32", "--spaces", "pixel", "--num", "64", "--bootstrap", "100"]) == 0
+        assert audit_main(["weights/priv-32", "--data", "data/ds.npz", "--spaces", "pixel", "--num", "64", "--bootstrap", "100"]) == 0
     return root
 
 

@@ -32,7 +32,7 @@ def trained(tmp_path_factory) -> dict[str, Path]:
     common = ["--data", "phantom.npz", *TINY, "--steps", "2"]
     with contextlib.chdir(root):   # relative paths: a non-public dataset's folder may hold no absolute path
         assert train_main([*common, "--out", "run", "--export", "plain"]) == 0
-        assert audit_main(["plain", "--spaces", "pixel", "--num", "64", "--bootstrap", "100"]) == 0
+        assert audit_main(["plain", "--data", "phantom.npz", "--spaces", "pixel", "--num", "64", "--bootstrap", "100"]) == 0
         assert train_main([*common, "--out", "dprun", "--export", "dp", "--dp-epsilon", "5", "--dp-delta", "1e-3"]) == 0
     return {"plain": root / "plain", "dp": root / "dp"}
 
@@ -58,8 +58,9 @@ def test_an_audit_without_a_leak_passes(plain, capsys):
 def test_no_audit_is_refused_saying_why_and_what_to_do(plain, capsys):
     (plain / PRIVACY_FILE).unlink()
     msg = refusal(plain)
-    assert "no privacy.json: this model was trained on 'phantom', which is not marked public" in msg
-    assert "python -m training.audit FOLDER" in msg and "--dp-epsilon" in msg and "--accept-privacy-risk" in msg
+    assert "no privacy.json: this model was trained on 'dataset-" in msg and "which is not marked public" in msg
+    assert "python -m training.audit FOLDER --data DATA.npz" in msg and "--dp-epsilon" in msg
+    assert "--accept-privacy-risk" in msg
     assert push_mod.main([str(plain), "--repo", REPO, "--dry-run"]) == 2
     assert "cannot be published" in capsys.readouterr().err
 

@@ -1,7 +1,7 @@
 """Membership-inference audit of a model folder: privacy.json, and the card re-rendered with its "Privacy audit".
 
-    python -m training.audit weights/<id>                       # on the data config.json says it was trained on
-    python -m training.audit weights/<id> --data data/mine.npz  # or name the dataset (another copy of it)
+    python -m training.audit weights/<id>                       # a built-in dataset's model: config.json names it
+    python -m training.audit weights/<id> --data data/mine.npz  # a model of your own data: the file it learnt from
 
 Black box, in the manner of GAN-Leaks (Chen et al. 2020): each real slice scores by its distance to the nearest of
 `--num` generated images, in pixel space (RMS difference, images area-averaged to at most 64²) and in Inception
@@ -43,6 +43,7 @@ import torch
 from medgan.errors import MedganError
 from medgan.files import file_digest
 
+from ..data.pseudonyms import with_option
 from . import metrics as M
 from .audit_report import PRIVACY_FILE, SCHEMA_ID, AuditError, validate, verdict
 from .evaluate import MEMO_PIXEL_SIZE, RealData, generate_images, load_real, subject_halves
@@ -320,7 +321,7 @@ def audit(gen: Any, real: RealData, config: Any, *, folder: Path | None = None, 
     report = {
         "schema": SCHEMA_ID, "model_id": config.id,
         **({"weights_sha256": file_digest(weights)} if weights and weights.is_file() else {}),
-        "data": {"dataset": real.name, "members": int(len(split.members)), "nonmembers": int(len(split.nonmembers)),
+        "data": {"dataset": real.recorded or real.name, "members": int(len(split.members)), "nonmembers": int(len(split.nonmembers)),
                  "member_subjects": subjects(split.members), "nonmember_subjects": subjects(split.nonmembers),
                  "members_how": split.members_how,
                  "halves": {"by": split.halves_by, "a": half(split.half_a), "b": half(~split.half_a)}},
@@ -363,24 +364,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def training_source(config: Any) -> str:
-    """The dataset config.json says the model was trained on (a built-in name or a file)."""
+    """The dataset config.json says the model was trained on: a built-in's name. Other data is recorded by a name
+    that is not its path (training.data.recorded_name), so it must be given with --data."""
+    from ..data import BUILTIN_DATASETS
+
     cfg = (config.training or {}).get("config") or {}
-    source = cfg.get("data") or cfg.get("dataset") or config.training_data.get("name", "")
-    if not source:
-        raise AuditError("config.json names no training dataset; give --dataset NAME or --data FILE")
-    return str(source)
+    source = str(cfg.get("dataset") or cfg.get("data") or config.training_data.get("name", ""))
+    if source not in BUILTIN_DATASETS and not Path(source).exists():
+        raise AuditError(f"config.json records the training data as {source or 'nothing'!r}, not a built-in dataset "
+                         "or a file here; give the data the model was trained on with --data FILE (.npz)")
+    return source
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    command = shlex.join(["python", "-m", "training.audit", *argv])
     try:
         target = resolve_model(args.model)
         config = target.generator.config
         dataset = args.dataset or args.data or training_source(config)
         real = load_real(dataset, config.generator.resolution)
         settings = Settings(args.num, args.num_features, args.bootstrap, args.seed, tuple(args.spaces))
+        # recorded with the dataset's public name, never its path (training.data.pseudonyms.recorded_name)
+        command = shlex.join(["python", "-m", "training.audit", *with_option(argv, "--data", real.recorded)])
         report = audit(target.generator, real, config, folder=target.folder, dataset=dataset, settings=settings,
                        command=command)
     except (AuditError, MedganError, ValueError, OSError) as exc:
