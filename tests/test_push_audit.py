@@ -32,7 +32,8 @@ def trained(tmp_path_factory) -> dict[str, Path]:
     common = ["--data", "phantom.npz", *TINY, "--steps", "2"]
     with contextlib.chdir(root):   # relative paths: a non-public dataset's folder may hold no absolute path
         assert train_main([*common, "--out", "run", "--export", "plain"]) == 0
-        assert audit_main(["plain", "--data", "phantom.npz", "--spaces", "pixel", "--num", "64", "--bootstrap", "100"]) == 0
+        assert audit_main(["plain", "--data", "phantom.npz", "--spaces", "pixel", "--num", "64",
+                           "--bootstrap", "100"]) == 0
         assert train_main([*common, "--out", "dprun", "--export", "dp", "--dp-epsilon", "5", "--dp-delta", "1e-3"]) == 0
     return {"plain": root / "plain", "dp": root / "dp"}
 

@@ -327,8 +327,8 @@ def image_problems(folder: Path, files: list[str], config: Any, pngs: dict[str, 
 
 
 FIX_LEAK = ("retrain with --dp-epsilon (differentially private), or with fewer steps or more subjects, then run "
-            "python -m training.audit FOLDER --data DATA.npz again; or pass --accept-privacy-risk to publish it anyway (the card "
-            "will say so)")
+            "python -m training.audit FOLDER --data DATA.npz again; or pass --accept-privacy-risk to publish it "
+            "anyway (the card will say so)")
 
 
 def leak_problems(folder: Path, config: Any) -> tuple[list[str], list[str]]:
@@ -360,8 +360,8 @@ def leak_problems(folder: Path, config: Any) -> tuple[list[str], list[str]]:
         return [f"{exc}; run python -m training.audit FOLDER --data DATA.npz again"], []
     if report is None:
         return [f"no {PRIVACY_FILE}: this model was trained on '{name}', which is not marked public, and its images "
-                "have not been audited for membership leakage; run python -m training.audit FOLDER --data DATA.npz (it writes "
-                f"{PRIVACY_FILE} and the card's Privacy audit section), or retrain with --dp-epsilon; or pass "
+                "have not been audited for membership leakage; run python -m training.audit FOLDER --data DATA.npz (it "
+                f"writes {PRIVACY_FILE} and the card's Privacy audit section), or retrain with --dp-epsilon; or pass "
                 "--accept-privacy-risk to publish it anyway (the card will say so)"], []
     if report.get("weights_sha256") != file_digest(folder / "model.safetensors"):
         return [f"{PRIVACY_FILE} audits other weights than this model.safetensors; run python -m training.audit "
