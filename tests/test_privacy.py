@@ -65,7 +65,8 @@ def work(tmp_path_factory) -> Path:
         assert data_cli.main(["scans", "--size", "32", "--out", "data/ds.npz", "--quiet"]) == 0
         assert train_main(["--data", "data/ds.npz", *TINY, "--out", "runs/p", "--export", "weights/priv-32",
                            "--model-id", "priv-32"]) == 0
-        assert audit_main(["weights/priv-32", "--data", "data/ds.npz", "--spaces", "pixel", "--num", "64", "--bootstrap", "100"]) == 0
+        assert audit_main(["weights/priv-32", "--data", "data/ds.npz", "--spaces", "pixel", "--num", "64",
+                           "--bootstrap", "100"]) == 0
     return root
 
 
@@ -270,7 +271,7 @@ def test_dataset_path_naming_a_patient_stays_out_of_every_file_weights_included(
     assert f"--data {recorded['data']}" in config["training"]["command"] and recorded["out"] == "runs/priv-mrn-small-data-32"
     assert privacy.safetensors_metadata(folder / "model.safetensors")["medgan_config"]["training"] == config["training"]
     with contextlib.chdir(tmp_path):
-        assert push_mod.main([str(folder), "--repo", REPO, "--dry-run"]) == 0
+        assert push_mod.main([str(folder), "--repo", REPO, "--dry-run", "--accept-privacy-risk"]) == 0  # no audit here
     assert "no pseudonym keys file found" not in capsys.readouterr().err  # keys found through runs/priv-mrn-…
 
     before = json.loads(json.dumps(config))
@@ -294,5 +295,5 @@ def test_dataset_path_naming_a_patient_stays_out_of_every_file_weights_included(
 
     with contextlib.chdir(tmp_path):  # the fix: re-export the run (no further steps)
         assert train_main(["--resume", "runs/priv-mrn-small-data-32"]) == 0
-        assert push_mod.main([str(folder), "--repo", REPO, "--dry-run"]) == 0
+        assert push_mod.main([str(folder), "--repo", REPO, "--dry-run", "--accept-privacy-risk"]) == 0
     assert mrn_leaks(folder) == {}

@@ -59,7 +59,7 @@ def test_an_audit_without_a_leak_passes(plain, capsys):
 def test_no_audit_is_refused_saying_why_and_what_to_do(plain, capsys):
     (plain / PRIVACY_FILE).unlink()
     msg = refusal(plain)
-    assert "no privacy.json: this model was trained on 'dataset-" in msg and "which is not marked public" in msg
+    assert "no privacy.json: this model was trained on '" in msg and "', which is not marked public" in msg
     assert "python -m training.audit FOLDER --data DATA.npz" in msg and "--dp-epsilon" in msg
     assert "--accept-privacy-risk" in msg
     assert push_mod.main([str(plain), "--repo", REPO, "--dry-run"]) == 2
