@@ -9,11 +9,13 @@ Data parallel: under torchrun each rank takes its shard of every global batch fr
 stream, and gradients are averaged across ranks after each backward — what DistributedDataParallel does,
 done explicitly because GAN training breaks DDP's one-forward-one-backward assumption (D runs in both the
 D and the G step, and the R1 penalty needs double backward, which DDP does not support; StyleGAN2-ADA
-syncs gradients the same way).
+syncs gradients the same way). The buffers each rank updates from its own rows (batch-norm statistics,
+style's w_avg) are averaged after each step, so every rank holds the same model (tests/test_parallel.py).
 """
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,11 @@ from .precision import Precision
 # What train_step returns, in this order (one float64 vector, so all ranks sum it in one collective).
 STATS = ("loss_d", "loss_g", "d_real", "d_fake", "r1", "sign_sum", "count")
 STAT = {name: i for i, name in enumerate(STATS)}
+# Test-only (tests/test_parallel.py), deliberately not a flag: with this variable "1", every rank of a data-parallel
+# run draws what one process draws for the same global batch (the single-process latent and augmentation streams,
+# each rank keeping its rows; see Trainer.per_sample and Trainer.fake_batch), so N ranks must give one process's
+# weights. It costs N times G's forward pass and the augmentation draws, so training never sets it.
+GLOBAL_DRAWS_ENV = "MEDGAN_TEST_GLOBAL_DRAWS"
 
 
 def stream_seed(seed: int, stream: int, rank: int = 0) -> int:
@@ -145,8 +152,10 @@ class Trainer:
         # no StyleGAN2-style lr/beta adjustment.
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=betas, fused=True)
         self.gen_perm = torch.Generator().manual_seed(stream_seed(cfg.seed, 1))      # shared by all ranks
-        self.gen_noise = torch.Generator().manual_seed(stream_seed(cfg.seed, 2, self.d.rank))
-        self.gen_aug = torch.Generator().manual_seed(stream_seed(cfg.seed, 3, self.d.rank))
+        self.global_draws = self.d.world > 1 and os.environ.get(GLOBAL_DRAWS_ENV) == "1"
+        self.draw_rank = 0 if self.global_draws else self.d.rank  # whose latent and augmentation streams
+        self.gen_noise = torch.Generator().manual_seed(stream_seed(cfg.seed, 2, self.draw_rank))
+        self.gen_aug = torch.Generator().manual_seed(stream_seed(cfg.seed, 3, self.draw_rank))
         self.stream = IndexStream(len(images), self.gen_perm, weights=self.class_weights() if cfg.balance_classes
                                   else None)
         self.ada = AdaptiveP(cfg.ada_target, cfg.ada_kimg, p=0.0) if cfg.augment and cfg.ada_target > 0 else None
@@ -220,7 +229,19 @@ class Trainer:
         return self.ada.p if self.ada else self.cfg.augment_p
 
     def augment(self, x: torch.Tensor) -> torch.Tensor:
-        return diff_augment(x, self.policy, self.gen_aug, self.aug_p) if self.policy else x
+        if not self.policy:
+            return x
+        return self.per_sample(lambda t: diff_augment(t, self.policy, self.gen_aug, self.aug_p), x)
+
+    def per_sample(self, op: Any, x: torch.Tensor) -> torch.Tensor:
+        """op(x) for a random op that treats each sample alone (flips, augmentation). Under GLOBAL_DRAWS_ENV (tests):
+        op runs on the global batch, zeros in the other ranks' rows, and this rank keeps its rows, so it draws what
+        one process draws."""
+        if not self.global_draws:
+            return op(x)
+        n, lo, rest = len(x), self.d.rank * len(x), x.shape[1:]
+        padded = torch.cat([x.new_zeros((lo, *rest)), x, x.new_zeros(((self.d.world - 1) * n - lo, *rest))])
+        return op(padded)[lo:lo + n]
 
     def real_batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """This rank's real images and their labels (None when unconditional); Poisson-sampled under DP."""
@@ -231,7 +252,7 @@ class Trainer:
             idx = idx[self.d.rank * self.local_batch:(self.d.rank + 1) * self.local_batch].to(self.device)
         x = self.precision.layout(self.images[idx].float() / 127.5 - 1)
         labels = self.labels[idx] if self.labels is not None else None
-        return (hflip(x, self.gen_aug) if self.cfg.hflip else x), labels
+        return (self.per_sample(lambda t: hflip(t, self.gen_aug), x) if self.cfg.hflip else x), labels
 
     def fake_labels(self, labels: torch.Tensor | None, n: int) -> torch.Tensor | None:
         """Fakes get the real batch's labels (the data's class frequencies); under DP uniformly drawn classes,
@@ -241,9 +262,19 @@ class Trainer:
         return torch.randint(len(self.classes), (n,), generator=self.gen_noise).to(self.device)
 
     def fake_batch(self, labels: torch.Tensor | None, n: int | None = None) -> torch.Tensor:
-        """G's images for this step (n of them: the real batch's size). Style: random noise, and with probability
-        style_mixing two latents crossed over at a random layer."""
-        cfg, n = self.cfg, n or self.local_batch
+        """G's images for this step (n of them: the real batch's size). Under GLOBAL_DRAWS_ENV (tests): G draws the
+        global batch from the single-process stream (its batch-norm statistics and w_avg then those of the global
+        batch, as in one process) and this rank keeps its rows; gradients still reach G from those rows only."""
+        n = n or self.local_batch
+        if not self.global_draws:
+            return self.generate(labels, n)
+        everyone = None if labels is None else torch.cat(self.gather(labels)).to(self.device)
+        return self.generate(everyone, n * self.d.world)[self.d.rank * n:(self.d.rank + 1) * n]
+
+    def generate(self, labels: torch.Tensor | None, n: int) -> torch.Tensor:
+        """n images of G with grad. Style: random noise, and with probability style_mixing two latents crossed
+        over at a random layer."""
+        cfg = self.cfg
         z = torch.randn(n, cfg.latent_dim, generator=self.gen_noise).to(self.device)
         if cfg.arch != "style":
             return self.G(z)
@@ -258,16 +289,24 @@ class Trainer:
         return self.G.synthesis(ws, noise=self.gen_noise)
 
     def sync_grads(self, module: torch.nn.Module) -> None:
-        if self.d.world == 1:
+        self.average([p.grad for p in module.parameters() if p.grad is not None])
+
+    def sync_buffers(self) -> None:
+        """Each rank updates G's and D's buffers from its own rows (batch-norm running statistics, style's w_avg;
+        spectral norm's vectors from the shared weights): their mean keeps every rank's copy the same."""
+        self.average([b for net in (self.G, self.D) for b in net.buffers() if b.is_floating_point()])
+
+    def average(self, tensors: list[torch.Tensor]) -> None:
+        """Replace each tensor by its mean over the ranks, in one collective."""
+        if self.d.world == 1 or not tensors:
             return
-        grads = [p.grad for p in module.parameters() if p.grad is not None]
-        flat = torch.cat([g.reshape(-1) for g in grads])
+        flat = torch.cat([t.reshape(-1) for t in tensors])
         dist.all_reduce(flat)
         flat /= self.d.world
         offset = 0
-        for g in grads:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
-            offset += g.numel()
+        for t in tensors:
+            t.copy_(flat[offset:offset + t.numel()].view_as(t))
+            offset += t.numel()
 
     def train_step(self) -> torch.Tensor:
         """One D update then one G update; returns the STATS vector (loss_d, loss_g, d_real, d_fake, r1, sign_sum, count)
@@ -312,6 +351,7 @@ class Trainer:
         loss_g.backward()
         self.sync_grads(self.G)
         self.opt_g.step()
+        self.sync_buffers()  # before the EMA copies G's
 
         if self.G_ema is not None:
             t = self.step
@@ -399,8 +439,8 @@ class Trainer:
             self.gen_noise.set_state(tensors[f"gen.noise.{self.d.rank}"])
             self.gen_aug.set_state(tensors[f"gen.aug.{self.d.rank}"])
         else:  # a different process count cannot replay the same streams; start fresh ones, still seeded
-            self.gen_noise.manual_seed(stream_seed(self.cfg.seed, 2 + 1000 * meta["step"], self.d.rank))
-            self.gen_aug.manual_seed(stream_seed(self.cfg.seed, 3 + 1000 * meta["step"], self.d.rank))
+            self.gen_noise.manual_seed(stream_seed(self.cfg.seed, 2 + 1000 * meta["step"], self.draw_rank))
+            self.gen_aug.manual_seed(stream_seed(self.cfg.seed, 3 + 1000 * meta["step"], self.draw_rank))
         if self.ada and meta.get("ada"):
             self.ada.load(meta["ada"])
         for opt, lr in ((self.opt_g, self.cfg.lr_g), (self.opt_d, self.cfg.lr_d)):
