@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +38,20 @@ def build_hf_cache(cache_dir: Path, repo_id: str, files: dict[str, bytes], commi
         link.unlink(missing_ok=True)
         link.symlink_to(os.path.relpath(blob, snapshot))
     return commit
+
+
+def run_process_group(cmd: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    """Run cmd (e.g. torch's launcher and its workers) in its own process group from the repository root; a hang
+    past `timeout` kills the whole group, workers included, and fails with the timeout."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
 def copy_model(src: Path, dst_parent: Path) -> Path:

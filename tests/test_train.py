@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import run_process_group
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
@@ -166,15 +165,9 @@ def test_torchrun_two_processes_exports(tmp_path, npz):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "training.train", "--data", str(npz), *TINY, "--steps", "4", "--out", str(out)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # its own group: a hang kills the workers too
-    try:
-        stdout, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-    assert proc.returncode == 0, stderr[-3000:]
+    proc = run_process_group(cmd, _env(), timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stdout = proc.stdout
     config = json.loads((out / "model/config.json").read_text())
     assert config["training"]["hardware"]["processes"] == 2
     assert config["training"]["command"].startswith("torchrun --nproc_per_node 2 -m training.train")
