@@ -35,10 +35,10 @@ ARCHS = {
 }
 # Relative difference allowed per tensor, ||two ranks - one process|| / ||one process||. Both compute the same
 # mathematics in another order (sums over 4 + 4 rows, then across ranks, against sums over 8 rows): run in float64,
-# the two agree to 1e-14. In float32 the rounding grows through the steps, most where a pre-activation sits near a
-# leaky ReLU's kink: measured at most 4e-4 (style: D's bias gradients after the second R1 step), 3e-6 (dcgan). A
-# gradient or loss summed instead of averaged is off by a factor of 2 in Adam's moments, a gradient left out of the
-# averaging by a whole step's update: both are ~100 times this.
+# the two agree to 1e-14. In float32 the rounding differences grow through the steps (2e-6 after the first style
+# step, 6e-4 after the third); measured at most 4e-4 for these runs (style: D's bias gradients in Adam's moments)
+# and 3e-6 (dcgan). G's gradients left out of the averaging, or R1 summed over a rank's rows instead of averaged,
+# gave 0.5 to 31.
 RTOL = 1e-2
 
 
@@ -52,7 +52,7 @@ def worker_env(**extra: str) -> dict[str, str]:
     return {**env, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **extra}
 
 
-def launch(out: Path, args: list[str], ranks: int, **env: str) -> list[dict[str, torch.Tensor]]:
+def launch(out: Path, args: list[str], ranks: int, **env: str) -> list[dict]:
     """Train with the worker (under torch's launcher when ranks > 1); every rank's state, rank 0 first."""
     prefix = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)] if ranks > 1 else []
     cmd = [sys.executable, *prefix, str(WORKER), str(out / "states.safetensors"), *args, "--out", str(out / "run")]
@@ -96,8 +96,7 @@ def relative_differences(a: dict[str, torch.Tensor], reference: dict[str, torch.
 def test_two_ranks_with_global_draws_train_as_one_process(tmp_path, npz, arch):
     """Under the test-only global-draws hook every rank draws what one process draws for the same global batch of
     8 and keeps its 4 rows: after the steps, G, D, EMA and the Adam moments are one process's to float tolerance.
-    A gradient left out of the averaging or a loss summed instead of averaged fails it (both tried: relative
-    differences of 0.5 to 31)."""
+    A gradient left out of the averaging or a loss summed instead of averaged fails it (see RTOL)."""
     args = ["--data", str(npz), *TINY, *ARCHS[arch]]
     (one,) = launch(tmp_path / "one", args, ranks=1)
     two = launch(tmp_path / "two", args, ranks=2, **{GLOBAL_DRAWS_ENV: "1"})
