@@ -13,6 +13,7 @@ from medgan.files import atomic_path
 
 from . import pseudonyms as P
 from .labels import LABEL_KINDS, LEVEL_BANDS, LEVEL_NAMES, PLANES
+from .lazy import ShardImages
 
 ARRAYS = ("images", "source", "subject", "axis", "index", "split")
 OPTIONAL_ARRAYS = {"level": -1}  # absent in older files: filled with this value on load
@@ -24,7 +25,7 @@ class DatasetError(MedganError, ValueError):
 
 @dataclass
 class SliceDataset:
-    images: np.ndarray   # uint8 [n, 1, N, N]
+    images: np.ndarray   # uint8 [n, 1, N, N] (a sharded dataset: ShardImages, read on demand)
     source: np.ndarray   # str [n]: file/volume id
     subject: np.ndarray  # str [n]: split group
     axis: np.ndarray     # int8 [n]: slicing axis (RAS+), -1 for native 2-D images
@@ -73,7 +74,9 @@ class SliceDataset:
         return list(self.meta.get("skipped", []))
 
     def subset(self, mask: np.ndarray) -> "SliceDataset":
-        return SliceDataset(*(getattr(self, a)[mask] for a in ARRAYS), meta=dict(self.meta),
+        """The rows `mask` selects; a sharded dataset's images stay on disk (ShardImages.subset)."""
+        images = self.images.subset(mask) if isinstance(self.images, ShardImages) else self.images[mask]
+        return SliceDataset(images, *(getattr(self, a)[mask] for a in ARRAYS[1:]), meta=dict(self.meta),
                             level=self.level[mask])
 
     def train(self) -> "SliceDataset":
@@ -144,7 +147,6 @@ def pseudonymise(ds: SliceDataset, keys: "P.Keys") -> SliceDataset:
     """A copy of `ds` whose subjects and file ids (arrays and meta: sources, skipped, templates, warnings) are
     keyed pseudonyms from `keys`; the identifiers the files carried are recorded in `keys` (save it)."""
     import copy
-    import re
 
     meta = copy.deepcopy(ds.meta)
     subj = {s: keys.subject(s) for s in sorted({*ds.subject.tolist(), *(x.get("subject", "") for x in
@@ -156,22 +158,34 @@ def pseudonymise(ds: SliceDataset, keys: "P.Keys") -> SliceDataset:
             keys.note_identifiers(subj[original], {"subject id": original, **values})
     meta["sources"] = [{**x, **({"id": files[x["id"]]} if x.get("id") else {}),
                         **({"subject": subj[x["subject"]]} if x.get("subject") else {})} for x in meta.get("sources", [])]
-    meta["skipped"] = _pseudonymise_skipped(meta.get("skipped", []), files)
+    meta["skipped"] = pseudonymise_skipped(meta.get("skipped", []), files)
     meta["templates"] = [subj.get(t) or keys.subject(t) for t in meta.get("templates", [])]
-    warnings = []
-    for text in meta.get("warnings", []):  # the split names a lone subject as "(ID)"
-        for original in sorted(subj, key=len, reverse=True):
-            text = re.sub(rf"\({re.escape(original)}\)", f"({subj[original]})", text)
-        warnings.append(text)
-    meta.update(warnings=warnings, pseudonymised=True,
-                pseudonyms={"method": "HMAC-SHA256 keyed hash, truncated (training.data.pseudonyms)",
-                            "keys_file": keys.path.name, "note": "the key and mapping stay local; never published"})
+    meta.update(warnings=pseudonymise_warnings(meta.get("warnings", []), subj), pseudonymised=True,
+                pseudonyms=pseudonyms_note(keys))
     source = np.array([files[f] for f in ds.source.tolist()], dtype=str)
     subject = np.array([subj[s] for s in ds.subject.tolist()], dtype=str)
     return SliceDataset(ds.images, source, subject, ds.axis, ds.index, ds.split, meta=meta, level=ds.level)
 
 
-def _pseudonymise_skipped(skipped: list[dict], files: Mapping[str, str]) -> list[dict]:
+def pseudonymise_warnings(warnings: list[str], subjects: Mapping[str, str]) -> list[str]:
+    """The split's warnings with a lone subject, named as "(ID)", replaced by its pseudonym."""
+    import re
+
+    out = []
+    for text in warnings:
+        for original in sorted(subjects, key=len, reverse=True):
+            text = re.sub(rf"\({re.escape(original)}\)", f"({subjects[original]})", text)
+        out.append(text)
+    return out
+
+
+def pseudonyms_note(keys: "P.Keys") -> dict:
+    """meta["pseudonyms"] of a pseudonymised dataset: how, and which keys file (its name only) holds the key."""
+    return {"method": "HMAC-SHA256 keyed hash, truncated (training.data.pseudonyms)", "keys_file": keys.path.name,
+            "note": "the key and mapping stay local; never published"}
+
+
+def pseudonymise_skipped(skipped: list[dict], files: Mapping[str, str]) -> list[dict]:
     """Skipped entries under file pseudonyms; a reader's message that quotes the file (its id, as ingest puts it,
     or its bare name) gets the pseudonym there too."""
     out = []
