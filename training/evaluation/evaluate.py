@@ -66,7 +66,7 @@ class RealData:
 
 
 def load_real(dataset: str, size: int) -> RealData:
-    """Slices of `dataset` (registry name or .npz path) at `size`², via training.data."""
+    """Slices of `dataset` (registry name, .npz or dataset folder) at `size`², via training.data."""
     from ..data import load_dataset, recorded_name
 
     ds = load_dataset(dataset, size)
@@ -504,7 +504,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("model", help="model folder path, or a medgan model id")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--dataset", help="dataset name known to training.data (e.g. brain-t1)")
-    src.add_argument("--data", help="a slices .npz (as training.data writes)")
+    src.add_argument("--data", help="a slices .npz or dataset folder (as training.data writes)")
     p.add_argument("--num", type=int, default=2000, help="synthetic images (default 2000)")
     p.add_argument("--num-real", type=int, default=10000, help="cap on real slices per split (default 10000)")
     p.add_argument("--seed", type=int, default=0)

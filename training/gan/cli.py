@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 argument_default=S)
     data = p.add_argument_group("data")
     data.add_argument("--dataset", help="built-in dataset name (see training.data)")
-    data.add_argument("--data", help="dataset file (.npz) made by training.data")
+    data.add_argument("--data", help="dataset (.npz or folder) made by training.data; a folder's images are read "
+                                     "from disk batch by batch")
     data.add_argument("--size", type=int, choices=RESOLUTIONS, help="image size; default 64")
     data.add_argument("--axes", type=int, nargs="+", help="volume axes to slice (default 2 = axial)")
     rec = p.add_argument_group("recipe (each flag overrides the recipe)")

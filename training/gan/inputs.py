@@ -1,7 +1,6 @@
 """The training split a run learns from: its images, labels and the provenance a model card needs."""
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,12 +10,13 @@ import numpy as np
 from medgan.errors import MedganError
 
 from ..data import BUILTIN_DATASETS, load_dataset
+from ..data.lazy import pixels_sha256
 from .config import TrainConfig, UsageError
 
 
 @dataclass
 class TrainingData:
-    images: np.ndarray                  # uint8 [n, 1, N, N]
+    images: Any                         # uint8 [n, 1, N, N]: an array, or a dataset folder's ShardImages
     info: dict[str, Any]                # provenance for config.json and the card
     labels: np.ndarray | None = None    # int64 [n] class per image when conditional
     classes: list[str] = field(default_factory=list)
@@ -34,7 +34,7 @@ def load_training_data(cfg: TrainConfig) -> TrainingData:
         train = dataset.train()
     except (MedganError, OSError, ValueError, KeyError, LookupError) as exc:
         raise UsageError(f"cannot load dataset {source!r}: {exc}") from None
-    images = np.asarray(train.images)
+    images = train.images  # a dataset folder's stay on disk (ShardImages), read batch by batch
     if images.ndim != 4 or images.shape[0] == 0:
         raise UsageError(f"dataset {source!r} has no training images (shape {images.shape})")
     if images.dtype != np.uint8 or images.shape[2:] != (cfg.size, cfg.size):
@@ -71,5 +71,5 @@ def data_provenance(meta: dict[str, Any], train: Any, images: np.ndarray,
             "train_subjects": len(set(np.asarray(train.subject).tolist())),
             "heldout_slices": counts.get("heldout"), "skipped_files": len(meta.get("skipped", [])),
             "public": meta.get("public", name in builtins), "pseudonymised": meta.get("pseudonymised"),
-            "sha256": hashlib.sha256(images.tobytes()).hexdigest()}
+            "sha256": pixels_sha256(images)}
     return {k: v for k, v in info.items() if v not in (None, "", [])}

@@ -2,7 +2,6 @@
 checkpoints, stopping on a signal or a time limit, and the export. Only rank 0 writes files."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shlex
@@ -21,6 +20,7 @@ from tqdm import tqdm
 
 from medgan.generator import save_model_folder
 
+from ..data.lazy import pixels_sha256
 from . import checkpoint as ckpt
 from .config import TrainConfig, UsageError, adopt_architecture
 from .distributed import Dist, pick_device
@@ -79,7 +79,7 @@ def run(cfg: TrainConfig, argv: list[str], resume: str | None = None, images: np
     if cfg.condition and not classes:
         raise UsageError(f"--condition {cfg.condition} needs labelled data")
     data_info = {"train_slices": len(images), **(data_info or {})}
-    data_info.setdefault("sha256", hashlib.sha256(images.tobytes()).hexdigest())
+    data_info.setdefault("sha256", pixels_sha256(images))
     run_dir = Path(cfg.out)
     if not resume:
         cfg = adopt_architecture(cfg)
@@ -140,7 +140,7 @@ def train_loop(trainer: Trainer, cfg: TrainConfig, d: Dist, stop: StopFlag, log:
     bar = tqdm(total=cfg.steps, initial=trainer.step, disable=not d.main, dynamic_ncols=True, unit="step",
                file=sys.stderr)
     sums = torch.zeros(len(STATS), dtype=torch.float64)
-    fid_logger = TrainFID(trainer.images.cpu().numpy()[:, 0], cfg.fid_images) if cfg.fid_every and d.main else None
+    fid_logger = TrainFID(np.asarray(trainer.images)[:, 0], cfg.fid_images) if cfg.fid_every and d.main else None
     n_sums, began = 0, time.perf_counter() - trainer.elapsed
     cpu_began = time.process_time() - trainer.cpu_elapsed
     reason = "done"

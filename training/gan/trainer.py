@@ -29,6 +29,7 @@ from medgan.generator import Generator, load_weights
 from medgan.imaging import grid
 from medgan.nets import DCGANGenerator, build_generator
 
+from ..data.lazy import ShardImages
 from . import checkpoint as ckpt
 from .augment import AdaptiveP, diff_augment, hflip, parse_policy
 from .config import TrainConfig, UsageError
@@ -128,9 +129,11 @@ class Trainer:
             raise UsageError(f"--batch-size {cfg.batch_size} is not divisible by {self.d.world} processes")
         self.local_batch = cfg.batch_size // self.d.world
         self.policy = parse_policy(cfg.augment_policy) if cfg.augment else []
-        self.images = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+        # On the host (an array, or a dataset folder's ShardImages read on demand): each step gathers its batch
+        # there and moves only that to the device, so the device never holds the dataset.
+        self.images = images if isinstance(images, ShardImages) else np.ascontiguousarray(images)
         self.classes = list(classes or [])
-        self.labels = torch.from_numpy(np.asarray(labels, np.int64)).to(self.device) if self.classes else None
+        self.labels = torch.from_numpy(np.asarray(labels, np.int64)) if self.classes else None
 
         torch.manual_seed(cfg.seed)  # same init on every rank; broadcast below anyway
         self.gcfg = generator_config(cfg, images.shape[1], self.classes)
@@ -246,12 +249,13 @@ class Trainer:
     def real_batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """This rank's real images and their labels (None when unconditional); Poisson-sampled under DP."""
         if self.private:
-            idx = self.private.batch_indices().to(self.device)
+            idx = self.private.batch_indices()
         else:
             idx = self.stream.take(self.cfg.batch_size)
-            idx = idx[self.d.rank * self.local_batch:(self.d.rank + 1) * self.local_batch].to(self.device)
-        x = self.precision.layout(self.images[idx].float() / 127.5 - 1)
-        labels = self.labels[idx] if self.labels is not None else None
+            idx = idx[self.d.rank * self.local_batch:(self.d.rank + 1) * self.local_batch]
+        pixels = torch.from_numpy(self.images[idx.numpy()]).to(self.device)
+        x = self.precision.layout(pixels.float() / 127.5 - 1)
+        labels = self.labels[idx].to(self.device) if self.labels is not None else None
         return (self.per_sample(lambda t: hflip(t, self.gen_aug), x) if self.cfg.hflip else x), labels
 
     def fake_labels(self, labels: torch.Tensor | None, n: int) -> torch.Tensor | None:

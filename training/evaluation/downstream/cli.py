@@ -66,7 +66,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--task", choices=LABEL_KINDS, default="level",
                    help="the label kind to classify (default level)")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--data", help="a labelled slices .npz (training.data)")
+    src.add_argument("--data", help="a labelled slices .npz or dataset folder (training.data)")
     src.add_argument("--dataset", help="a built-in dataset (default: the one the model was trained on)")
     p.add_argument("--out", required=True, type=Path, help="output folder (downstream.json, downstream.png)")
     p.add_argument("--quick", action="store_true", help=f"smoke test: CNN only, {QUICK_STEPS} steps per regime")
@@ -116,9 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         tdata = dict(gen.config.training_data)
         source = args.data or args.dataset or tdata.get("name")
         if not source:
-            raise DownstreamError("the model does not record its dataset: give --data FILE.npz or --dataset NAME")
-        if args.data and not Path(args.data).is_file():
-            raise DownstreamError(f"dataset file not found: {args.data}")
+            raise DownstreamError("the model does not record its dataset: give --data FILE.npz|DIR or --dataset NAME")
+        if args.data and not Path(args.data).exists():
+            raise DownstreamError(f"dataset not found: {args.data}")
         task, ds = load_task(args.task, source, gen.config.generator.resolution, task_axes(args.task, tdata))
         command = shlex.join(["python", "-m", "training.downstream", *with_option(argv, "--data", task.source)])
         leakage = leakage_check(tdata, ds, task, tuple(tdata.get("axes") or (2,)), args.allow_slab_split)

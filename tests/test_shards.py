@@ -1,0 +1,263 @@
+"""Dataset folders (training.data.shards / .stream): the same slices as an .npz, parallel and resumable ingestion,
+the subject split across shards, every reader, and training from shards (bit-identical resume)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from scripts.dicom_corpus import make_corpus
+from training.data import DatasetError, load_dataset
+from training.data.cli import main as data_main
+from training.data.lazy import ShardImages, pixels_sha256
+from training.data.shards import INDEX, ShardWriter, open_shards, save_shards
+from training.gan import checkpoint as ckpt
+from training.gan.cli import main as train_main
+
+ROOT = Path(__file__).resolve().parent.parent
+SIZE = 32
+
+
+def volumes(folder: Path, subjects: int = 3, depth: int = 12) -> Path:
+    """BIDS-named NIfTI volumes of head-like ellipsoids: files of many slices, so one file spans shards."""
+    rng = np.random.default_rng(5)
+    zz, yy, xx = np.mgrid[-1:1:depth * 1j, -1:1:24j, -1:1:24j]
+    for s in range(subjects):
+        vol = ((xx / 0.8) ** 2 + (yy / 0.9) ** 2 + (zz / 1.1) ** 2 < 1) * 300.0 + rng.normal(0, 10, xx.shape)
+        path = folder / f"sub-{s:02d}" / "anat" / f"sub-{s:02d}_T1w.nii.gz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(np.transpose(vol, (2, 1, 0)).astype(np.float32), np.eye(4)), path)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """48 DICOM slices of 8 made-up subjects and 3 NIfTI volumes of 12 slices."""
+    root = tmp_path_factory.mktemp("corpus")
+    make_corpus(root / "dicom", 48, size=48, per_series=6)
+    volumes(root / "nifti")
+    return root
+
+
+def ingest(corpus: Path, out: Path, *extra: str) -> int:
+    return data_main([str(corpus / "dicom"), str(corpus / "nifti"), "--size", str(SIZE), "--out", str(out),
+                      "--quiet", "--seed", "1", *extra])  # seed 1 holds out a volume: level labels on both sides
+
+
+def folder_files(folder: Path) -> dict[str, bytes]:
+    """Every file's bytes; dataset.json without its creation time and its keys file's name (the folder's)."""
+    out = {}
+    for path in sorted(folder.iterdir()):
+        data = path.read_bytes()
+        if path.name == "dataset.json":
+            info = json.loads(data)
+            assert info.pop("keys_file") == info["meta"]["pseudonyms"].pop("keys_file") == f"{folder.name}.keys.json"
+            info["meta"].pop("created_utc")
+            data = json.dumps(info, sort_keys=True).encode()
+        out[path.name] = data
+    return out
+
+
+@pytest.fixture(scope="module")
+def built(corpus, tmp_path_factory) -> dict[str, Path]:
+    """The same input as an .npz, as a folder (1 worker) and as a folder (2 workers), shards of 5 slices."""
+    root = tmp_path_factory.mktemp("built")
+    assert ingest(corpus, root / "one.npz") == 0
+    assert ingest(corpus, root / "one", "--shard-size", "5", "--key-file", str(root / "one.keys.json")) == 0
+    assert ingest(corpus, root / "two", "--shard-size", "5", "--workers", "2",
+                  "--key-file", str(root / "one.keys.json")) == 0
+    return {"npz": root / "one.npz", "folder": root / "one", "workers": root / "two"}
+
+
+def assert_same_slices(a, b) -> None:
+    assert np.array_equal(np.asarray(a.images), np.asarray(b.images))
+    for name in ("source", "subject", "split", "axis", "index", "level"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+
+
+def test_a_folder_holds_the_slices_labels_and_meta_of_the_npz(built):
+    npz, folder = load_dataset(str(built["npz"]), SIZE), load_dataset(str(built["folder"]), SIZE)
+    assert isinstance(folder.images, ShardImages) and folder.images.shape == npz.images.shape
+    assert_same_slices(npz, folder)
+    assert {k: v for k, v in npz.meta.items() if k != "created_utc"} == \
+           {k: v for k, v in folder.meta.items() if k != "created_utc"}
+    assert len(npz) == 48 + 3 * 12 - npz.meta["counts"]["dropped_empty"] - npz.meta["counts"]["dropped_gap"]
+    shards = sorted(built["folder"].glob("images-*.npy"))
+    assert len(shards) == -(-len(npz) // 5)  # full shards of 5, no gap dropped (subject split)
+    assert all(np.load(p, mmap_mode="r").shape[0] <= 5 for p in shards)
+    table = pq.read_table(built["folder"] / INDEX).to_pydict()
+    assert list(table) == ["shard", "row", "source", "subject", "split", "axis", "index", "level", "contrast"]
+    info = json.loads((built["folder"] / "dataset.json").read_text())
+    assert info["complete"] and info["keys_file"] == "one.keys.json" and info["pipeline_version"] >= 2
+
+
+def test_two_workers_write_the_same_folder_as_one(built):
+    assert folder_files(built["folder"]) == folder_files(built["workers"])
+
+
+def test_no_subject_is_in_both_splits_across_shards(built):
+    ds = open_shards(built["folder"])
+    table = pq.read_table(built["folder"] / INDEX).to_pydict()
+    split_of: dict[str, set] = {}
+    shards_of: dict[str, set] = {}
+    for subject, split, shard in zip(table["subject"], table["split"], table["shard"]):
+        split_of.setdefault(subject, set()).add(split)
+        shards_of.setdefault(subject, set()).add(shard)
+    assert all(len(s) == 1 for s in split_of.values())
+    assert {"train", "heldout"} == set().union(*split_of.values())
+    assert any(len(s) > 1 for s in shards_of.values())  # subjects do span shards
+    assert ds.meta["counts"]["train_subjects"] + ds.meta["counts"]["heldout_subjects"] == len(split_of) == 11
+
+
+def test_the_folder_holds_pseudonyms_only_and_its_keys_lie_beside_it(built):
+    text = b"".join(p.read_bytes() for p in built["folder"].iterdir() if p.suffix != ".npy")
+    for original in (b"SYN-0001", b"sub-01", b"SYNTHETIC", b"slice-000", b"nifti", b"dicom"):
+        assert original not in text, original
+    keys = json.loads((built["folder"].parent / "one.keys.json").read_text())
+    assert "SYN-0001" in keys["subjects"].values()
+    assert keys["identifiers"] and "SYNTHETIC^PHANTOM" in json.dumps(keys["identifiers"])
+
+
+class Stop(Exception):
+    pass
+
+
+def test_a_failure_after_some_shards_resumes_without_duplicate_or_missing_slices(built, corpus, tmp_path,
+                                                                                monkeypatch):
+    """Shards of 5 and NIfTI files of 12 slices: the stop falls mid-file; the re-run finishes it exactly."""
+    commit, calls = ShardWriter.commit, []
+
+    def failing(self):
+        calls.append(self.k)
+        if len(calls) == 12:  # after 11 shards: the 48 DICOM slices fill 9.6, the first volume is half written
+            raise Stop
+        commit(self)
+
+    monkeypatch.setattr(ShardWriter, "commit", failing)
+    with pytest.raises(Stop):
+        ingest(corpus, tmp_path / "out", "--shard-size", "5", "--key-file", str(built["npz"].with_suffix(".keys.json")))
+    monkeypatch.setattr(ShardWriter, "commit", commit)
+    assert len(list((tmp_path / "out").glob("images-*.npy"))) == 11
+    records = [json.loads(p.read_text()) for p in sorted((tmp_path / "out").glob("*.rows.json"))]
+    finished = {e["id"] for r in records for e in r["sources"]}
+    assert {f for r in records for f in r["rows"]["source"]} - finished  # a file with only some slices written
+    with pytest.raises(DatasetError, match="still being ingested"):
+        open_shards(tmp_path / "out")
+    assert ingest(corpus, tmp_path / "out", "--shard-size", "5") == 0
+    assert folder_files(tmp_path / "out") == folder_files(built["folder"])
+
+
+def test_a_killed_ingestion_with_two_workers_resumes(built, corpus, tmp_path):
+    """A real SIGKILL of the ingesting process (and so of its pool) after 3 shards; the same command resumes."""
+    out = tmp_path / "out"
+    argv = [str(corpus / "dicom"), str(corpus / "nifti"), "--size", str(SIZE), "--out", str(out), "--quiet",
+            "--seed", "1", "--shard-size", "5", "--workers", "2", "--key-file", str(built["npz"].with_suffix(".keys.json"))]
+    script = ("import os, signal, sys\n"
+              "from training.data.shards import ShardWriter\n"
+              "commit = ShardWriter.commit\n"
+              "def killing(self):\n"
+              "    if self.k == 3: os.kill(os.getpid(), signal.SIGKILL)\n"
+              "    commit(self)\n"
+              "ShardWriter.commit = killing\n"
+              "from training.data.cli import main\n"
+              f"sys.exit(main({argv!r}))\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr
+    assert sorted(p.name for p in out.glob("images-*.npy")) == [f"images-0000{k}.npy" for k in range(3)]
+    assert data_main(argv) == 0
+    assert folder_files(out) == folder_files(built["folder"])
+
+
+def test_a_folder_of_other_settings_or_files_is_refused(built, corpus, tmp_path, capsys):
+    assert ingest(corpus, built["folder"], "--shard-size", "5", "--seed", "3") == 2
+    assert "holds another ingestion" in capsys.readouterr().err and "seed" not in str(built["folder"])
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    assert ingest(corpus, tmp_path / "other") == 2
+    assert "not empty and holds no dataset" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        ingest(corpus, tmp_path / "x.npz", "--workers", "2")
+
+
+def test_a_complete_folder_is_not_rewritten(built, corpus):
+    before = {p.name: p.stat().st_mtime_ns for p in built["folder"].iterdir()}
+    assert ingest(corpus, built["folder"], "--shard-size", "5") == 0
+    assert {p.name: p.stat().st_mtime_ns for p in built["folder"].iterdir()} == before
+
+
+def test_shard_images_index_like_an_array(built):
+    npz = np.load(built["npz"])["images"]
+    lazy = open_shards(built["folder"]).images
+    rng = np.random.default_rng(0)
+    idx = rng.permutation(len(npz))[:17]
+    mask = rng.random(len(npz)) < 0.3
+    assert np.array_equal(lazy[idx], npz[idx]) and np.array_equal(lazy[mask], npz[mask])
+    assert np.array_equal(lazy[3], npz[3]) and np.array_equal(lazy[2:9], npz[2:9])
+    assert np.array_equal(lazy[idx, 0], npz[idx, 0])
+    assert np.array_equal(np.asarray(lazy.subset(mask).subset(slice(1, 4))), npz[mask][1:4])
+    assert pixels_sha256(lazy) == pixels_sha256(npz)
+    small = load_dataset(str(built["npz"]), 16).images
+    assert np.array_equal(np.asarray(load_dataset(str(built["folder"]), 16).images), small)
+
+
+def test_every_reader_takes_either_form(built):
+    from training.evaluation.downstream.task import load_task
+    from training.evaluation.evaluate import load_real
+    from training.gan.config import TrainConfig
+    from training.gan.inputs import load_training_data
+
+    a, b = load_real(str(built["npz"]), SIZE), load_real(str(built["folder"]), SIZE)
+    assert np.array_equal(a.images, b.images) and np.array_equal(a.split, b.split) and a.recorded == b.recorded
+    ta, tb = (load_task("level", str(built[k]), SIZE, (2,))[0] for k in ("npz", "folder"))
+    assert np.array_equal(ta.x_train, tb.x_train) and np.array_equal(ta.y_test, tb.y_test) and len(ta.x_test)
+    da, db = (load_training_data(TrainConfig(data=str(built[k]), size=SIZE)) for k in ("npz", "folder"))
+    assert isinstance(db.images, ShardImages) and da.info == db.info
+    assert np.array_equal(da.images, np.asarray(db.images))
+
+
+def test_a_builtin_in_memory_dataset_saves_as_a_folder(built, tmp_path):
+    ds = load_dataset(str(built["npz"]), SIZE)
+    save_shards(ds, tmp_path / "copy", shard_size=7)
+    assert_same_slices(ds, open_shards(tmp_path / "copy"))
+
+
+TINY = ["--size", str(SIZE), "--batch-size", "8", "--base-width", "8", "--d-width", "8", "--threads", "1",
+        "--log-every", "2", "--sample-every", "4", "--ckpt-every", "4", "--r1-every", "2", "--seed", "7"]
+
+
+@pytest.mark.slow
+def test_training_from_a_folder_equals_the_npz_and_resumes_bit_identically(built, tmp_path):
+    """The device sees only batches, drawn from the same index stream: a folder trains exactly like its .npz,
+    and 4 steps + --resume 4 more equal 8 straight."""
+    common = [*TINY, "--recipe", "dcgan"]
+    assert train_main(["--data", str(built["npz"]), *common, "--steps", "8", "--out", str(tmp_path / "npz")]) == 0
+    assert train_main(["--data", str(built["folder"]), *common, "--steps", "8", "--out", str(tmp_path / "a")]) == 0
+    assert train_main(["--data", str(built["folder"]), *common, "--steps", "4", "--out", str(tmp_path / "b")]) == 0
+    assert train_main(["--resume", str(tmp_path / "b"), "--steps", "8"]) == 0
+    runs = {name: ckpt.load_checkpoint(tmp_path / name)[0] for name in ("npz", "a", "b")}
+    assert set(runs["a"]) == set(runs["b"]) == set(runs["npz"])
+    assert [k for k in runs["a"] if not torch.equal(runs["a"][k], runs["b"][k])] == []
+    assert [k for k in runs["a"] if not torch.equal(runs["a"][k], runs["npz"][k])] == []
+    config = json.loads((tmp_path / "a" / "model" / "config.json").read_text())
+    npz_config = json.loads((tmp_path / "npz" / "model" / "config.json").read_text())
+    assert config["training_data"]["sha256"] == npz_config["training_data"]["sha256"]
+
+
+def test_the_corpus_script_writes_plausible_dicom(tmp_path):
+    import pydicom
+
+    assert subprocess.run([sys.executable, "-m", "scripts.dicom_corpus", str(tmp_path / "c"), "--files", "5",
+                           "--size", "16", "--per-series", "2"], cwd=ROOT, env={**os.environ}).returncode == 0
+    files = sorted((tmp_path / "c").rglob("*.dcm"))
+    assert [f.parent.name for f in files] == ["SYN-0001"] * 2 + ["SYN-0002"] * 2 + ["SYN-0003"]
+    ds = pydicom.dcmread(files[1])
+    assert ds.Modality == "MR" and ds.InstanceNumber == 2 and ds.pixel_array.shape == (16, 16)
+    assert float(ds.ImagePositionPatient[2]) == 1.0 and ds.pixel_array.std() > 0
