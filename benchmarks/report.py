@@ -60,7 +60,17 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     train = next((r for r in s.get("training", {}).get("rows", []) if r["contender"] == "medgan dcgan"), None)
     out.append(_target("training img/s vs reference loop (dcgan recipe)", train["vs_reference"] if train else None,
                        1.0, True, "x"))
-    return out
+    return out + _ingest_targets(s.get("ingest", {}))
+
+
+def _ingest_targets(sec: dict[str, Any]) -> list[dict[str, Any]]:
+    """Only when the ingest section ran (runs recorded before it existed keep their targets table)."""
+    if "speed" not in sec:
+        return []
+    return [_target(f"ingest peak RSS, {sec['files_large']} files / {sec['files_small']} files", sec["rss_growth"],
+                    1.15, False, "x"),
+            _target("ingest files/s, --workers 2 vs a plain loop", sec["speed"]["speedup"], 1.6, True, "x"),
+            _target("training img/s from shards vs in memory", sec["training"]["shards_vs_memory"], 0.9, True, "x")]
 
 
 def _table(headers: list[str], rows: list[list[Any]], markdown: bool = False) -> str:
@@ -209,6 +219,18 @@ def _soak(sec: dict[str, Any]) -> tuple[str, list[str], list[list[Any]]]:
     return f"Serving limits ({sec['model']}, default settings)", ["", "measured", ""], rows
 
 
+def _ingest(sec: dict[str, Any]) -> tuple[str, list[str], list[list[Any]]]:
+    speed, train = sec["speed"], sec["training"]
+    rows = [[f"ingest {speed['files']} DICOM files of {sec['side']}², {r['contender']}", f"{r['items_per_s']} files/s",
+             f"{speed['speedup']}x" if r["contender"] != "plain loop" else "1x"] for r in speed["rows"]]
+    rows += [[f"python -m training.data --workers {sec['workers']}, {m['files']} files",
+              f"peak RSS {m['tree_peak_mb']} MiB (all processes), {m['parent_peak_mb']} MiB (main)",
+              f"{m['files_per_s']} files/s"] for m in sec["memory"]]
+    rows += [[f"training {train['size']}², batch {train['batch']}, {r['contender']}", f"{r['items_per_s']} img/s",
+              f"{train['shards_vs_memory']}x" if r["contender"] == "shards" else "1x"] for r in train["rows"]]
+    return "Ingestion at scale (synthetic DICOM corpus) and training from shards", ["", "measured", "ratio"], rows
+
+
 def _compile(c: dict[str, Any]) -> tuple[str, list[str], list[list[Any]]]:
     return ("torch.compile (inductor) of the BN-folded network vs FastDCGAN", ["compile s", "compiled vs FastDCGAN"],
             [[c["compile_seconds"], f"{c['compiled_vs_fast']}x"]])
@@ -220,7 +242,7 @@ _RENDERERS = (("inference", "models", _inference), ("variants", "forward", _vari
               ("cold_start", "runs", _cold_start), ("app", "answer", _app), ("training", "rows", _training),
               ("export", "rows", _export), ("dataset_formats", "rows", _dataset_formats), ("style", "vs_reference", _style), ("detail_block", "rows", _detail_block),
               ("training_arch", "rows", _training_arch), ("soak", "soak", _soak),
-              ("compile", "compile_seconds", _compile))
+              ("compile", "compile_seconds", _compile), ("ingest", "speed", _ingest))
 
 
 def report(results: dict[str, Any], markdown: bool = False) -> str:

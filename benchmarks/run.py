@@ -29,8 +29,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from benchmarks import (app_bench, export_bench, inference, roofline, soak_bench, style_bench,  # noqa: E402
-                        training_bench)
+from benchmarks import (app_bench, export_bench, inference, ingest_bench, roofline, soak_bench,  # noqa: E402
+                        style_bench, training_bench)
 from benchmarks.harness import machine  # noqa: E402
 from benchmarks.models import ROOT, BenchModel, bench_models  # noqa: E402
 from benchmarks.report import print_report, targets  # noqa: E402
@@ -53,6 +53,7 @@ SECTIONS: dict[str, Callable[[list[BenchModel], bool], dict[str, Any]]] = {
     "detail_block": style_bench.run_detail_block,
     "training_arch": style_bench.run_training_arch,
     "compile": inference.run_compile,
+    "ingest": lambda models, quick: ingest_bench.run_ingest(quick),
 }
 ALL_KEYS = [*SECTIONS, "cold_start"]
 
