@@ -159,7 +159,8 @@ def test_a_killed_ingestion_with_two_workers_resumes(built, corpus, tmp_path):
     """A real SIGKILL of the ingesting process (and so of its pool) after 3 shards; the same command resumes."""
     out = tmp_path / "out"
     argv = [str(corpus / "dicom"), str(corpus / "nifti"), "--size", str(SIZE), "--out", str(out), "--quiet",
-            "--seed", "1", "--shard-size", "5", "--workers", "2", "--key-file", str(built["npz"].with_suffix(".keys.json"))]
+            "--seed", "1", "--shard-size", "5", "--workers", "2",
+            "--key-file", str(built["npz"].with_suffix(".keys.json"))]
     script = ("import os, signal, sys\n"
               "from training.data.shards import ShardWriter\n"
               "commit = ShardWriter.commit\n"

@@ -70,8 +70,17 @@ class ShardImages:
 
     # --- reading ------------------------------------------------------------------------------------------
     def _positions(self, key) -> np.ndarray:
-        pos = np.arange(len(self))[key]
-        return np.atleast_1d(pos).astype(np.int64)
+        if isinstance(key, slice):
+            return np.arange(*key.indices(len(self)), dtype=np.int64)
+        key = np.asarray(key)
+        if key.dtype == bool:
+            if key.shape != (len(self),):
+                raise IndexError(f"boolean index of shape {key.shape} for {len(self)} rows")
+            return np.flatnonzero(key)
+        pos = np.atleast_1d(key).astype(np.int64)  # per step: no arange of the whole set
+        if len(pos) and (pos.min() < -len(self) or pos.max() >= len(self)):
+            raise IndexError(f"index out of range for {len(self)} rows")
+        return np.where(pos < 0, pos + len(self), pos)
 
     def _map(self, k: int) -> np.ndarray:
         if k not in self._maps:
