@@ -117,7 +117,7 @@ def test_quick_benchmark_writes_every_section(tmp_path):
     results = json.loads(out.read_text())
     sections = results["sections"]
     want = {"inference", "variants", "profile", "roofline", "scaling", "threads", "cold_start", "app", "training",
-            "export", "dataset_formats", "compile", "soak"}
+            "export", "dataset_formats", "compile", "soak", "ingest"}
     assert want <= set(sections)
     errors = {k: v["error"] for k, v in sections.items() if "error" in v}
     assert not errors, errors
@@ -127,6 +127,7 @@ def test_quick_benchmark_writes_every_section(tmp_path):
     assert sections["cold_start"]["runs"][0]["rss_all_models_loaded_mb"] > 0
     formats = {r["contender"]: r for r in sections["dataset_formats"]["rows"]}
     assert set(formats) == {"generate only", "png", "parquet"} and formats["parquet"]["images_per_s"] > 0
+    assert sections["ingest"]["speed"]["same_slices"] and sections["ingest"]["rss_growth"] > 0
     soak = sections["soak"]
     assert soak["soak"]["calls"] == 200 and soak["soak"]["failed"] == 0 and soak["soak"]["rss_peak_mb"] > 0
     assert soak["bodies"]["content_length"]["statuses"] == soak["bodies"]["chunked"]["statuses"] == [413]
