@@ -103,7 +103,7 @@ def test_bad_format_and_bad_target_are_refused(work, tmp_path, capsys):
     assert "--format applies to --export-slices" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         data_cli.main([str(work / "scans")])
-    assert "--out DATASET.npz or --export-slices DIR is required" in capsys.readouterr().err
+    assert "--out DATASET.npz|DIR or --export-slices DIR is required" in capsys.readouterr().err
     ds = D.SliceDataset.load(work / "data" / "ds.npz")
     with pytest.raises(D.DatasetError, match="unknown slice format 'tiff'; choose from png, jpg"):
         D.export_slices(ds, tmp_path / "y", "tiff")
