@@ -1,7 +1,8 @@
 """Ingestion into a dataset folder (training.data.shards): files read by worker processes, slices streamed into
 shards as they come, resumable.
 
-Memory: the parent holds one shard buffer, the files in flight (a bounded window of `4 x workers`) and the
+Memory: the parent holds one shard buffer, the files in flight (a bounded window of
+`FILES_PER_TASK x IN_FLIGHT_PER_WORKER x workers`) and the
 per-slice labels (a few numbers and two short names per slice); never the images of the whole set.
 
 Resuming: a file is finished once the shard holding its last slice is written (its `sources` or `skipped`
@@ -16,6 +17,8 @@ the keys file maps back), from the slices' labels alone, so both forms of the sa
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import multiprocessing as mp
 from collections import deque
 from dataclasses import dataclass, field
@@ -36,7 +39,10 @@ from .shards import (SHARD_SIZE, ShardWriter, committed_shards, finish_folder, i
 
 ROW_FIELDS = ("source", "subject", "axis", "index", "pos", "thick")
 NO_NAMES = {"subject": {}, "licence": {}, "contrast": {}}  # the CLI names no subjects, licences or contrasts
-IN_FLIGHT_PER_WORKER = 4  # files submitted ahead of the one being stored: keeps workers busy, memory bounded
+# A worker's task is a chunk of files: with one file a task, the pool's messages cost the parent about as much CPU
+# as storing the slices, and two workers were no faster than one.
+FILES_PER_TASK = 16
+IN_FLIGHT_PER_WORKER = 2  # chunks submitted ahead of the one being stored: keeps workers busy, memory bounded
 
 
 @dataclass
@@ -86,14 +92,29 @@ def ingest_to_folder(inputs: Sequence[str | Path], out: str | Path, opts: SliceO
         state.add_record(record)
     writer = ShardWriter(out, shard_size, opts.size, start=len(set(state.rows["shard"])), before_commit=keys.save)
     todo = [f for f in files if keys.file(f[1]) not in state.finished]
-    for result in _results(todo, opts, workers, progress):
-        _store(result, writer, keys, state)
+    with _no_cyclic_gc():
+        for result in _results(todo, opts, workers, progress):
+            _store(result, writer, keys, state)
     writer.commit()
     keys.save()
     if not state.rows["source"]:
         raise no_slices(inputs, len(files), missing + state.skipped)
     _finish(out, state, keys, missing, (opts, split, settings, len(files), name))
     return out
+
+
+@contextlib.contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """The cyclic garbage collector paused while files stream in: what the loop allocates holds no cycles, and the
+    collector's passes over everything imported before (torch included) took about a tenth of the parent's CPU,
+    which the workers need."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _settings(opts: SliceOptions, split: SplitOptions, shard_size: int, files: list, keys: "P.Keys") -> dict:
@@ -126,7 +147,8 @@ def _prepare(out: Path, settings: dict) -> bool:
 
 
 def _results(todo: list, opts: SliceOptions, workers: int, progress: bool) -> Iterator[FileResult]:
-    """read_one of each file, in order: in this process, or in `workers` processes with a bounded window."""
+    """read_one of each file, in order: in this process, or in `workers` processes with a bounded window of
+    chunks of FILES_PER_TASK files."""
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(todo), desc="reading", unit="file", disable=not progress)
@@ -138,23 +160,29 @@ def _results(todo: list, opts: SliceOptions, workers: int, progress: bool) -> It
             return
         methods = mp.get_all_start_methods()
         ctx = mp.get_context("fork" if "fork" in methods else "spawn")  # fork: no re-import per worker
+        chunks = (todo[i:i + FILES_PER_TASK] for i in range(0, len(todo), FILES_PER_TASK))
         with ctx.Pool(min(workers, len(todo))) as pool:
-            pending, queue = deque(), iter(todo)
+            pending: deque = deque()
             for _ in range(workers * IN_FLIGHT_PER_WORKER):
-                _submit(pool, pending, queue, opts)
+                _submit(pool, pending, chunks, opts)
             while pending:
-                result = pending.popleft().get()
-                _submit(pool, pending, queue, opts)
-                bar.update()
-                yield result
+                results = pending.popleft().get()
+                _submit(pool, pending, chunks, opts)
+                for result in results:
+                    bar.update()
+                    yield result
     finally:
         bar.close()
 
 
-def _submit(pool, pending: deque, queue: Iterator, opts: SliceOptions) -> None:
-    nxt = next(queue, None)
+def _read_chunk(files: list, opts: SliceOptions) -> list[FileResult]:
+    return [read_one(path, fid, given, NO_NAMES, opts) for path, fid, given in files]
+
+
+def _submit(pool, pending: deque, chunks: Iterator, opts: SliceOptions) -> None:
+    nxt = next(chunks, None)
     if nxt is not None:
-        pending.append(pool.apply_async(read_one, (*nxt, NO_NAMES, opts)))
+        pending.append(pool.apply_async(_read_chunk, (nxt, opts)))
 
 
 def _store(result: FileResult, writer: ShardWriter, keys: "P.Keys", state: _State) -> None:
