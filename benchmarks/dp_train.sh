@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The differential-privacy measurement on brain-t1 at 64²: one DP model (DP-SGD on D, training/gan/dp.py) and a
 # non-DP twin with the same recipe (the one DP mode uses: no R1, no spectral or batch norm, no ADA) and the same
-# budget of 120 CPU-minutes each; then, for both, the evaluation (FID, held-out FID beside the real floor), the
-# membership-inference audit (privacy.json) and the downstream study (TSTR on the slice level).
+# CPU budget (DP_CPU_MINUTES, 120 by default); then, for both, the evaluation (FID, held-out FID beside the real floor), the
+# membership-inference audit (privacy.json) and the downstream study (TSTR on the slice level). Both models stay
+# in the run folder; the DP model is copied to weights/ only if its samples are recognisable anatomy.
 #
 # The noise multiplier is chosen so that the planned steps spend exactly ε; the steps are planned from a timed
 # 40-step DP run on this machine (steps per CPU-second x the budget), so that the budget and the CPU time end
@@ -35,13 +36,13 @@ echo "planned steps for $minutes CPU-minutes: $steps"
 
 # 2. the DP model and its non-DP twin, same recipe, same steps, same CPU budget
 python -m training.train "${recipe[@]}" --dp-epsilon "$eps" --dp-delta "$delta" --steps "$steps" \
-    --max-cpu-minutes "$minutes" --out "$runs/dp" --export weights/brain-t1-dp-64 --model-id brain-t1-dp-64
+    --max-cpu-minutes "$minutes" --out "$runs/dp" --export "$runs/dp/model" --model-id brain-t1-dp-64
 python -m training.train "${recipe[@]}" --steps "$steps" --max-cpu-minutes "$minutes" --out "$runs/twin" \
     --export "$runs/twin/model" --model-id brain-t1-dp-twin-64
 
 # 3. quality, membership, usefulness of both
-for model in weights/brain-t1-dp-64 "$runs/twin/model"; do
-  python -m training.evaluate "$model" --dataset brain-t1
-  python -m training.audit "$model"
-  python -m training.downstream "$model" --task level
+for arm in dp twin; do
+  python -m training.evaluate "$runs/$arm/model" --dataset brain-t1
+  python -m training.audit "$runs/$arm/model"
+  python -m training.downstream "$runs/$arm/model" --task level --classifier cnn --out "$runs/$arm/downstream"
 done
