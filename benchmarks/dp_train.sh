@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The differential-privacy measurement on brain-t1 at 64²: one DP model (DP-SGD on D, training/gan/dp.py) and a
 # non-DP twin with the same recipe (the one DP mode uses: no R1, no spectral or batch norm, no ADA) and the same
-# CPU budget (DP_CPU_MINUTES, 120 by default); then, for both, the evaluation (FID, held-out FID beside the real floor), the
-# membership-inference audit (privacy.json) and the downstream study (TSTR on the slice level). Both models stay
-# in the run folder; the DP model is copied to weights/ only if its samples are recognisable anatomy.
+# CPU budget (DP_CPU_MINUTES, 120 by default); then, for both, the evaluation (FID, held-out FID beside the real
+# floor), the membership-inference audit (privacy.json) and the downstream study (TSTR on the slice level). Both
+# models stay in the run folder; the DP model is copied to weights/ only if its samples are recognisable anatomy.
 #
 # The noise multiplier is chosen so that the planned steps spend exactly ε; the steps are planned from a timed
 # 40-step DP run on this machine (steps per CPU-second x the budget), so that the budget and the CPU time end
