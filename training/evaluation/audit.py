@@ -347,7 +347,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("model", help="model folder (weights/<id>), or a medgan model id")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--dataset", help="built-in dataset (default: the one config.json names)")
-    src.add_argument("--data", help="a slices .npz made by training.data (default: the one config.json names)")
+    src.add_argument("--data", help="a slices .npz or dataset folder made by training.data (default: the one "
+                                    "config.json names)")
     p.add_argument("--num", type=int, default=NUM_GENERATED, help=f"generated images (default {NUM_GENERATED})")
     p.add_argument("--num-features", type=int, default=NUM_FEATURES,
                    help=f"of which embedded for the Inception-space attack (default {NUM_FEATURES})")
