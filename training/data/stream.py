@@ -1,9 +1,9 @@
 """Ingestion into a dataset folder (training.data.shards): files read by worker processes, slices streamed into
 shards as they come, resumable.
 
-Memory: the parent holds one shard buffer, the files in flight (a bounded window of
-`FILES_PER_TASK x IN_FLIGHT_PER_WORKER x workers`) and the
-per-slice labels (a few numbers and two short names per slice); never the images of the whole set.
+Memory: the parent holds one shard buffer, the files in flight (a bounded window of `FILES_PER_TASK x
+IN_FLIGHT_PER_WORKER x workers`) and the per-slice labels (a few numbers and two short names per slice); never
+the images of the whole set.
 
 Resuming: a file is finished once the shard holding its last slice is written (its `sources` or `skipped`
 entry is recorded in that shard's rows file). A re-run reads the rows files, skips finished files, re-reads a
@@ -106,7 +106,8 @@ def ingest_to_folder(inputs: Sequence[str | Path], out: str | Path, opts: SliceO
 @contextlib.contextmanager
 def _no_cyclic_gc() -> Iterator[None]:
     """The cyclic garbage collector paused while files stream in: what the loop allocates holds no cycles, and the
-    collector's passes over everything imported before (torch included) took about a tenth of the parent's CPU,
+    collector's passes over everything imported before (torch included) took about a sixth of the parent's CPU
+    (2,000 files: 0.86–1.0 CPU-s with it, 0.74 without),
     which the workers need."""
     enabled = gc.isenabled()
     gc.disable()
