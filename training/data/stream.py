@@ -107,8 +107,7 @@ def ingest_to_folder(inputs: Sequence[str | Path], out: str | Path, opts: SliceO
 def _no_cyclic_gc() -> Iterator[None]:
     """The cyclic garbage collector paused while files stream in: what the loop allocates holds no cycles, and the
     collector's passes over everything imported before (torch included) took about a sixth of the parent's CPU
-    (2,000 files: 0.86–1.0 CPU-s with it, 0.74 without),
-    which the workers need."""
+    (2,000 files: 0.86–1.0 CPU-s with it, 0.74 without), which the workers need."""
     enabled = gc.isenabled()
     gc.disable()
     try:
