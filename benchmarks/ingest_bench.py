@@ -9,7 +9,7 @@
   index stream), steps alternating.
 
 Sizes: MEDGAN_BENCH_INGEST_FILES (default 10000, --quick 200) files of 256², the smaller corpus a quarter;
-MEDGAN_BENCH_INGEST_ROUNDS (default 2) timing rounds.
+MEDGAN_BENCH_INGEST_ROUNDS (default 3) timing rounds.
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def run_ingest(quick: bool) -> dict[str, Any]:
     except ImportError as exc:
         return {"error": f"needs psutil and pydicom: {exc}"}
     small, large = _sizes(quick)
-    rounds = int(os.environ.get("MEDGAN_BENCH_INGEST_ROUNDS") or (1 if quick else 2))
+    rounds = int(os.environ.get("MEDGAN_BENCH_INGEST_ROUNDS") or (1 if quick else 3))
     out: dict[str, Any] = {"side": SIDE, "files_small": small, "files_large": large, "workers": 2,
                            "includes": __doc__.split("\n\n")[1].strip()}
     with tempfile.TemporaryDirectory(prefix="medgan-bench-ingest-") as tmp:

@@ -13,12 +13,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from helpers import SHIPPED
 
 from scripts.dicom_corpus import make_corpus
 from training.data import DatasetError, load_dataset
 from training.data.cli import main as data_main
 from training.data.lazy import ShardImages, pixels_sha256
-from training.data.shards import INDEX, ShardWriter, open_shards, save_shards
+from training.data.shards import INDEX, PartSlice, ShardWriter, open_shards, save_shards
 from training.gan import checkpoint as ckpt
 from training.gan.cli import main as train_main
 
@@ -173,8 +174,73 @@ def test_a_killed_ingestion_with_two_workers_resumes(built, corpus, tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr
     assert sorted(p.name for p in out.glob("images-*.npy")) == [f"images-0000{k}.npy" for k in range(3)]
+    assert list(out.glob(".part.raw.tmp-*"))  # the workers' part files the kill left: the re-run removes them
     assert data_main(argv) == 0
     assert folder_files(out) == folder_files(built["folder"])
+
+
+@pytest.mark.parametrize("fault, says", [("killed", "its worker process ended"),
+                                         ("disk full", "No space left on device")])
+def test_a_failing_worker_is_a_clear_error_and_the_rerun_resumes(built, corpus, tmp_path, monkeypatch, capsys,
+                                                                 fault, says):
+    """A worker that dies (out of memory, killed) or cannot write its part file stops the ingestion with an error
+    naming the files it had (no hang); the slices stored before are kept and the same command finishes."""
+    import training.data.stream as stream
+
+    parent, read_one, write_all = os.getpid(), stream.read_one, stream.write_all
+
+    def dying(path, *args):
+        if os.getpid() != parent and path.parent.name == "SYN-0007":
+            os.kill(os.getpid(), 9)
+        return read_one(path, *args)
+
+    def no_space(fh, data):
+        if os.getpid() != parent:
+            raise OSError(28, "No space left on device")
+        return write_all(fh, data)
+
+    # forked workers inherit the patch
+    monkeypatch.setattr(stream, *(("read_one", dying) if fault == "killed" else ("write_all", no_space)))
+    out = tmp_path / "out"
+    argv = ["--shard-size", "5", "--workers", "2", "--key-file", str(built["npz"].with_suffix(".keys.json"))]
+    assert ingest(corpus, out, *argv) == 2
+    err = capsys.readouterr().err
+    assert says in err and "reading files" in err and "run the same command again" in err, err
+    if fault == "killed":
+        assert 0 < len(list(out.glob("images-*.npy"))) < 10  # what came before the dead worker's files is kept
+    monkeypatch.undo()
+    assert ingest(corpus, out, *argv) == 0
+    assert folder_files(out) == folder_files(built["folder"])
+
+
+@pytest.mark.parametrize("kernel_copy", [True, False])
+def test_the_shard_writer_takes_arrays_and_part_files_alike(tmp_path, monkeypatch, kernel_copy):
+    """Slices from the buffer and from workers' part files, mixed and across shard ends, give the shards np.save
+    would write; a part file goes once released and copied. Without os.copy_file_range (another OS, or a file
+    system that refuses it) the bytes are copied through this process instead."""
+    if not kernel_copy:
+        def refuse(*args, **kwargs):
+            raise OSError(18, "Invalid cross-device link")
+        monkeypatch.setattr(os, "copy_file_range", refuse, raising=False)
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, (11, 6, 6), dtype=np.uint8)
+    parts = [tmp_path / "a.raw", tmp_path / "b.raw"]
+    parts[0].write_bytes(images[2:7].tobytes())  # slices 2-6
+    parts[1].write_bytes(images[7:11].tobytes())  # slices 7-10, the first of them written before (a resume)
+    writer = ShardWriter(tmp_path, 4, 6)
+    where = [writer.add(images[i]) for i in (0, 1)]
+    where += [writer.add(PartSlice(parts[0], i)) for i in range(5)]
+    writer.release(parts[0])
+    assert parts[0].exists()  # its last slice is in the shard not yet written
+    where += [writer.add(images[7])] + [writer.add(PartSlice(parts[1], i)) for i in (1, 2, 3)]
+    writer.release(parts[1])
+    writer.commit()
+    assert not parts[0].exists() and not parts[1].exists()
+    assert where == [(k // 4, k % 4) for k in range(11)]
+    for k in range(3):
+        want = tmp_path / f"want-{k}.npy"
+        np.save(want, images[4 * k:4 * k + 4, None])
+        assert (tmp_path / f"images-0000{k}.npy").read_bytes() == want.read_bytes()
 
 
 def test_a_folder_of_other_settings_or_files_is_refused(built, corpus, tmp_path, capsys):
@@ -250,6 +316,56 @@ def test_training_from_a_folder_equals_the_npz_and_resumes_bit_identically(built
     config = json.loads((tmp_path / "a" / "model" / "config.json").read_text())
     npz_config = json.loads((tmp_path / "npz" / "model" / "config.json").read_text())
     assert config["training_data"]["sha256"] == npz_config["training_data"]["sha256"]
+
+
+PRE_FOLDER = ROOT / "tests" / "data" / "pre-folder.npz"  # and its keys file beside it
+
+
+def test_an_npz_written_before_dataset_folders_loads_and_matches_todays_ingestion(tmp_path):
+    """tests/data/pre-folder.npz: `python -m scripts.dicom_corpus dicom --files 16 --size 40 --per-series 4`
+    ingested (`--size 32 --seed 1`) by training.data as it was before dataset folders. Today's readers load it, and
+    today's ingestion of the same files with its keys file gives the same slices and labels, as .npz and folder."""
+    from training.evaluation.evaluate import load_real
+    from training.gan.config import TrainConfig
+    from training.gan.inputs import load_training_data
+
+    make_corpus(tmp_path / "dicom", 16, size=40, per_series=4)
+    keys = tmp_path / "pre.keys.json"
+    keys.write_bytes(PRE_FOLDER.with_suffix(".keys.json").read_bytes())
+    for out in ("today.npz", "today"):
+        assert data_main([str(tmp_path / "dicom"), "--size", "32", "--seed", "1", "--quiet", "--out",
+                          str(tmp_path / out), "--key-file", str(keys)]) == 0
+    old = load_dataset(str(PRE_FOLDER), 32)
+    assert len(old) == 16 and set(old.split) == {"train", "heldout"}
+    for out in ("today.npz", "today"):
+        today = load_dataset(str(tmp_path / out), 32)
+        assert_same_slices(old, today)
+        assert today.meta["counts"] == old.meta["counts"] and today.meta["sources"] == old.meta["sources"]
+    real = load_real(str(PRE_FOLDER), 32)
+    assert np.array_equal(real.images, old.images[:, 0]) and np.array_equal(real.split, old.split)
+    data = load_training_data(TrainConfig(data=str(PRE_FOLDER), size=32))
+    assert np.array_equal(np.asarray(data.images), old.images[old.split == "train"])
+
+
+@pytest.mark.slow
+def test_the_shipped_models_data_builds_as_folders_and_trains(tmp_path):
+    """Each shipped model's dataset, built with `--dataset NAME --out DIR/`, holds the very slices the model was
+    trained on (its train split hashes to config.json's training_data.sha256); a few steps train from one."""
+    from medgan.config import ModelConfig
+    from training.evaluation import audit
+    from training.evaluation.evaluate import load_real
+
+    configs = {name: ModelConfig.load(ROOT / "weights" / name) for name in SHIPPED}
+    for dataset in sorted({c.training_data["name"] for c in configs.values()}):
+        assert data_main(["--dataset", dataset, "--size", "64", "--out", str(tmp_path / dataset), "--quiet"]) == 0
+        real = load_real(str(tmp_path / dataset), 64)
+        for name, config in configs.items():
+            if config.training_data["name"] == dataset:
+                members, how = audit.find_members(real, config.training_data["sha256"])
+                assert len(members) == config.training_data["train_slices"] and "sha256 equal" in how, name
+    assert train_main(["--data", str(tmp_path / "chest-ct"), *TINY, "--arch", "style", "--condition", "level",
+                       "--steps", "4", "--out", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
 
 
 def test_the_corpus_script_writes_plausible_dicom(tmp_path):

@@ -13,9 +13,12 @@ pseudonyms, as in an .npz; the keys file lies beside the folder (`DATASET.keys.j
 """
 from __future__ import annotations
 
+import io
 import json
+import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 
@@ -30,7 +33,7 @@ FORMAT = "medgan-slice-shards"
 VERSION = 1
 INDEX = "index.parquet"
 INDEX_COLUMNS = ("shard", "row", "source", "subject", "split", "axis", "index", "level", "contrast")
-SHARD_SIZE = 1024  # slices per shard: 64 MiB at 256 px, what one shard buffer holds in memory while ingesting
+SHARD_SIZE = 1024  # slices per shard: 64 MiB at 256 px, what a shard buffer holds when one process ingests
 
 
 def shard_file(k: int) -> str:
@@ -57,26 +60,48 @@ def is_folder_output(out: str | Path) -> bool:
     return not str(out).lower().endswith(".npz")
 
 
+@dataclass(frozen=True)
+class PartSlice:
+    """A slice an ingestion worker wrote to a part file (raw uint8 [N, N] slices back to back): row `row`."""
+    part: Path
+    row: int
+
+
 class ShardWriter:
-    """Slices into shards of at most `shard_size`: a full buffer is written when the next slice comes (so a
+    """Slices into shards of at most `shard_size`: a full shard is written when the next slice comes (so a
     file's `sources` entry, noted after its last slice, lands in the shard that holds that slice), or by
     `commit`. `before_commit` runs before each shard is written (the keys file is saved there: no pseudonym is
-    on disk before its mapping)."""
+    on disk before its mapping).
+
+    A slice comes as an array (copied into a buffer) or as a PartSlice: then its bytes go from the worker's part
+    file to the shard in the kernel (os.copy_file_range) and never pass through this process, which is what lets
+    two ingestion workers keep both cores busy. A part file is deleted once `release`d and copied."""
 
     def __init__(self, folder: Path, shard_size: int, side: int, start: int = 0,
                  before_commit: Callable[[], None] | None = None):
         self.folder, self.shard_size, self.side, self.k = folder, shard_size, side, start
         self.before_commit = before_commit
-        self.buffer = np.empty((shard_size, 1, side, side), np.uint8)
+        self.buffer: np.ndarray | None = None  # allocated at the first array slice
         self.n = 0
+        self.segments: list[list] = []  # [part file or None (the buffer), first row there, count], in shard order
+        self.released: set[Path] = set()
         self.rows: dict[str, list] = {}
         self.notes: dict[str, Any] = {"sources": [], "skipped": [], "dropped_empty": 0}
 
-    def add(self, image: np.ndarray, **row: Any) -> tuple[int, int]:
-        """Buffer one uint8 [N, N] slice with its row fields; returns (shard, row) where it is stored."""
+    def add(self, image: np.ndarray | PartSlice, **row: Any) -> tuple[int, int]:
+        """One uint8 [N, N] slice with its row fields; returns (shard, row) where it is stored."""
         if self.n == self.shard_size:
             self.commit()
-        self.buffer[self.n, 0] = image
+        part, first = (image.part, image.row) if isinstance(image, PartSlice) else (None, self.n)
+        if part is None:
+            if self.buffer is None:
+                self.buffer = np.empty((self.shard_size, 1, self.side, self.side), np.uint8)
+            self.buffer[self.n, 0] = image
+        last = self.segments[-1] if self.segments else None
+        if last and last[0] == part and last[1] + last[2] == first:
+            last[2] += 1
+        else:
+            self.segments.append([part, first, 1])
         for key, value in row.items():
             self.rows.setdefault(key, []).append(value)
         self.n += 1
@@ -89,18 +114,70 @@ class ShardWriter:
         else:
             self.notes[kind].append(entry)
 
+    def release(self, part: Path) -> None:
+        """No more slices will come from `part`: delete it now, or once the shard using it is written."""
+        if any(seg[0] == part for seg in self.segments):
+            self.released.add(part)
+        else:
+            part.unlink(missing_ok=True)
+
     def commit(self) -> None:
-        """Write the buffered shard (none when empty) and its rows file; start the next shard."""
+        """Write the shard (none when empty) and its rows file; start the next shard."""
         if not self.n:
             return
         if self.before_commit:
             self.before_commit()
-        with atomic_path(self.folder / shard_file(self.k)) as tmp, open(tmp, "wb") as fh:
-            np.save(fh, self.buffer[:self.n], allow_pickle=False)
+        with atomic_path(self.folder / shard_file(self.k)) as tmp:
+            self._write(tmp)
         record = {"shard": self.k, "slices": self.n, "rows": self.rows, **self.notes}
         atomic_write(self.folder / rows_file(self.k), json.dumps(record, separators=(",", ":")))
-        self.k, self.n, self.rows = self.k + 1, 0, {}
+        for part in self.released:
+            part.unlink(missing_ok=True)
+        self.released = set()
+        self.k, self.n, self.rows, self.segments = self.k + 1, 0, {}, []
         self.notes = {"sources": [], "skipped": [], "dropped_empty": 0}
+
+    def _write(self, path: Path) -> None:
+        """The .npy: its header, then each segment from the buffer or copied from its part file."""
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False,
+                                                      "shape": (self.n, 1, self.side, self.side)})
+        step = self.side * self.side
+        with open(path, "wb", buffering=0) as fh:
+            write_all(fh, header.getvalue())
+            for part, first, count in self.segments:
+                if part is None:
+                    write_all(fh, memoryview(self.buffer[first:first + count]).cast("B"))
+                else:
+                    with open(part, "rb", buffering=0) as src:
+                        copy_range(src, fh, first * step, count * step)
+
+
+def write_all(fh: BinaryIO, data: bytes | memoryview) -> None:
+    """All of `data` to an unbuffered file (a raw write may take only part of it)."""
+    view = memoryview(data)
+    while view:
+        view = view[fh.write(view):]
+
+
+def copy_range(src: BinaryIO, dst: BinaryIO, offset: int, count: int) -> None:
+    """`count` bytes of `src` from `offset` appended to `dst` at its position (both unbuffered): in the kernel
+    where it can."""
+    fast = hasattr(os, "copy_file_range")
+    while count > 0:
+        done = 0
+        if fast:
+            try:
+                done = os.copy_file_range(src.fileno(), dst.fileno(), count, offset)
+            except OSError:  # another file system, or a kernel without it
+                fast = False
+        if not fast:
+            data = os.pread(src.fileno(), min(count, 1 << 24), offset)
+            write_all(dst, data)
+            done = len(data)
+        if done <= 0:
+            raise OSError(f"part file {Path(src.name).name} ended {count} bytes early")
+        offset, count = offset + done, count - done
 
 
 def committed_shards(folder: Path) -> list[dict]:

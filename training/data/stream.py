@@ -1,14 +1,16 @@
 """Ingestion into a dataset folder (training.data.shards): files read by worker processes, slices streamed into
 shards as they come, resumable.
 
-Memory: the parent holds one shard buffer, the files in flight (a bounded window of `FILES_PER_TASK x
-IN_FLIGHT_PER_WORKER x workers`) and the per-slice labels (a few numbers and two short names per slice); never
-the images of the whole set.
+Memory: with workers, each writes the slices of its chunk of files to a part file in the folder and sends back
+only their labels; the parent copies the part files' bytes into shards in the kernel (ShardWriter, PartSlice), so
+it holds no images, only the per-slice labels (a few numbers and two short names per slice). In one process, one
+shard buffer. Never the images of the whole set.
 
 Resuming: a file is finished once the shard holding its last slice is written (its `sources` or `skipped`
 entry is recorded in that shard's rows file). A re-run reads the rows files, skips finished files, re-reads a
 file whose first slices were written before the stop and keeps only the slices not yet written (slicing is
-deterministic), and appends shards after the last complete one. So a kill at any point leaves neither a
+deterministic), and appends shards after the last complete one; part files a stopped run left (temp names) are
+removed. So a kill at any point leaves neither a
 duplicate nor a missing slice.
 
 The split: images carry no split; the index table, written once every file is read, does. It is decided
@@ -20,12 +22,13 @@ from __future__ import annotations
 import contextlib
 import gc
 import multiprocessing as mp
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
+
+from medgan.files import temp_path
 
 from . import pseudonyms as P
 from . import slicing as S
@@ -34,15 +37,15 @@ from .ingest import (FileResult, SliceOptions, SplitOptions, _check_split_option
                      read_one, split_rows)
 from .labels import level_bands
 from .lazy import ShardImages
-from .shards import (SHARD_SIZE, ShardWriter, committed_shards, finish_folder, is_dataset_folder, read_info,
-                     shard_file, write_info, FORMAT, VERSION)
+from .shards import (SHARD_SIZE, PartSlice, ShardWriter, committed_shards, finish_folder, is_dataset_folder,
+                     read_info, shard_file, write_all, write_info, FORMAT, VERSION)
 
 ROW_FIELDS = ("source", "subject", "axis", "index", "pos", "thick")
 NO_NAMES = {"subject": {}, "licence": {}, "contrast": {}}  # the CLI names no subjects, licences or contrasts
 # A worker's task is a chunk of files: with one file a task, the pool's messages cost the parent about as much CPU
 # as storing the slices, and two workers were no faster than one.
 FILES_PER_TASK = 16
-IN_FLIGHT_PER_WORKER = 2  # chunks submitted ahead of the one being stored: keeps workers busy, memory bounded
+IN_FLIGHT_PER_WORKER = 4  # chunks submitted ahead of the one being stored: keeps workers busy, memory bounded
 
 
 @dataclass
@@ -93,8 +96,11 @@ def ingest_to_folder(inputs: Sequence[str | Path], out: str | Path, opts: SliceO
     writer = ShardWriter(out, shard_size, opts.size, start=len(set(state.rows["shard"])), before_commit=keys.save)
     todo = [f for f in files if keys.file(f[1]) not in state.finished]
     with _no_cyclic_gc():
-        for result in _results(todo, opts, workers, progress):
-            _store(result, writer, keys, state)
+        for results, part in _results(todo, opts, workers, progress, out):
+            for result in results:
+                _store(result, writer, keys, state)
+            if part is not None:
+                writer.release(part)
     writer.commit()
     keys.save()
     if not state.rows["source"]:
@@ -146,43 +152,113 @@ def _prepare(out: Path, settings: dict) -> bool:
     return False
 
 
-def _results(todo: list, opts: SliceOptions, workers: int, progress: bool) -> Iterator[FileResult]:
-    """read_one of each file, in order: in this process, or in `workers` processes with a bounded window of
-    chunks of FILES_PER_TASK files."""
+def _results(todo: list, opts: SliceOptions, workers: int, progress: bool,
+             folder: Path) -> Iterator[tuple[list[FileResult], Path | None]]:
+    """read_one of each file, in order, with the part file its slices were written to (None: they are arrays):
+    a file at a time in this process, or chunks of FILES_PER_TASK files in `workers` processes, a bounded
+    window of them in flight."""
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(todo), desc="reading", unit="file", disable=not progress)
     try:
         if workers == 1 or len(todo) < 2:
             for path, fid, given in todo:
-                yield read_one(path, fid, given, NO_NAMES, opts)
+                yield [read_one(path, fid, given, NO_NAMES, opts)], None
                 bar.update()
             return
-        methods = mp.get_all_start_methods()
-        ctx = mp.get_context("fork" if "fork" in methods else "spawn")  # fork: no re-import per worker
-        chunks = (todo[i:i + FILES_PER_TASK] for i in range(0, len(todo), FILES_PER_TASK))
-        with ctx.Pool(min(workers, len(todo))) as pool:
-            pending: deque = deque()
-            for _ in range(workers * IN_FLIGHT_PER_WORKER):
-                _submit(pool, pending, chunks, opts)
-            while pending:
-                results = pending.popleft().get()
-                _submit(pool, pending, chunks, opts)
-                for result in results:
-                    bar.update()
-                    yield result
+        chunks = [todo[i:i + FILES_PER_TASK] for i in range(0, len(todo), FILES_PER_TASK)]
+        ahead = workers * IN_FLIGHT_PER_WORKER
+        with _Readers(min(workers, len(chunks)), opts, folder) as readers:
+            for i in range(min(ahead, len(chunks))):
+                readers.send(i, chunks[i])
+            for i, chunk in enumerate(chunks):
+                results, part = readers.receive(i, chunk)
+                if i + ahead < len(chunks):
+                    readers.send(i + ahead, chunks[i + ahead])
+                bar.update(len(results))
+                yield results, part
     finally:
         bar.close()
 
 
-def _read_chunk(files: list, opts: SliceOptions) -> list[FileResult]:
-    return [read_one(path, fid, given, NO_NAMES, opts) for path, fid, given in files]
+class _Readers:
+    """Worker processes, each with its own pipe: chunk i goes to worker i mod n and comes back from it in order.
+    No helper threads here (a multiprocessing.Pool's three cost this process about a tenth of its CPU, which the
+    workers need), and a worker that dies (killed, out of memory) is an error naming its files, not a hang."""
+
+    def __init__(self, n: int, opts: SliceOptions, folder: Path):
+        methods = mp.get_all_start_methods()
+        ctx = mp.get_context("fork" if "fork" in methods else "spawn")  # fork: no re-import per worker
+        self.procs, self.conns = [], []
+        for _ in range(n):
+            here, there = ctx.Pipe()
+            # a forked worker closes its copies of this process' pipe ends: else, were this process killed, no
+            # worker would see its pipe close, and each would wait for work for ever
+            inherited = [*self.conns, here] if ctx.get_start_method() == "fork" else []
+            proc = ctx.Process(target=_serve, args=(there, opts, folder, inherited), daemon=True)
+            proc.start()
+            there.close()
+            self.procs.append(proc)
+            self.conns.append(here)
+
+    def __enter__(self) -> "_Readers":
+        return self
+
+    def send(self, i: int, chunk: list) -> None:
+        self.conns[i % len(self.conns)].send(chunk)
+
+    def receive(self, i: int, chunk: list) -> tuple[list[FileResult], Path | None]:
+        k = i % len(self.conns)
+        try:
+            status, value = self.conns[k].recv()
+        except EOFError:
+            self.procs[k].join(timeout=5)
+            status, value = "error", f"its worker process ended (exit code {self.procs[k].exitcode})"
+        if status == "error":
+            raise DatasetError(f"reading files {chunk[0][1]} … {chunk[-1][1]} failed: {value}; the slices stored so "
+                               "far are kept: run the same command again to resume")
+        return value
+
+    def __exit__(self, *exc) -> None:
+        for conn in self.conns:
+            with contextlib.suppress(OSError):
+                conn.send(None)  # stop
+            conn.close()
+        for proc in self.procs:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join()
 
 
-def _submit(pool, pending: deque, chunks: Iterator, opts: SliceOptions) -> None:
-    nxt = next(chunks, None)
-    if nxt is not None:
-        pending.append(pool.apply_async(_read_chunk, (nxt, opts)))
+def _serve(conn, opts: SliceOptions, folder: Path, inherited: list) -> None:
+    """A worker: chunks from `conn` until None (or the parent is gone), each answered with ("ok", _read_chunk)
+    or ("error", why)."""
+    for other in inherited:
+        other.close()
+    with contextlib.suppress(EOFError, OSError):  # the parent ended: so does this worker
+        while (chunk := conn.recv()) is not None:
+            try:
+                answer = ("ok", _read_chunk(chunk, opts, folder))
+            except Exception as exc:  # a failed part-file write (disk full): the parent reports it, stops cleanly
+                answer = ("error", f"{type(exc).__name__}: {exc}")
+            conn.send(answer)
+
+
+def _read_chunk(files: list, opts: SliceOptions, folder: Path) -> tuple[list[FileResult], Path | None]:
+    """In a worker: the files read, their slices written to a part file in `folder` (a temp name, which a
+    resumed run removes) and replaced by PartSlices, so only labels travel back to the parent."""
+    results = [read_one(path, fid, given, NO_NAMES, opts) for path, fid, given in files]
+    if not any(result.kept for result in results):
+        return results, None
+    part, row = temp_path(folder / "part.raw"), 0
+    with open(part, "wb", buffering=0) as fh:
+        for result in results:
+            for i, (img, *labels) in enumerate(result.kept):
+                write_all(fh, np.ascontiguousarray(img, np.uint8).data)
+                result.kept[i] = (PartSlice(part, row), *labels)
+                row += 1
+    return results, part
 
 
 def _store(result: FileResult, writer: ShardWriter, keys: "P.Keys", state: _State) -> None:
