@@ -318,6 +318,23 @@ def test_training_from_a_folder_equals_the_npz_and_resumes_bit_identically(built
     assert config["training_data"]["sha256"] == npz_config["training_data"]["sha256"]
 
 
+def test_the_training_fid_curve_compares_with_a_bounded_sample_read_from_the_shards(built, monkeypatch):
+    """--fid-every on a folder: all slices when few, else a seeded sample of FID_REAL_MAX rows, read from the shards
+    alone (the rest of the set never reaches memory)."""
+    from training.gan import fidlog
+
+    images = open_shards(built["folder"]).images
+    assert np.array_equal(fidlog.fid_reference(images), np.asarray(images)[:, 0])
+    monkeypatch.setattr(fidlog, "FID_REAL_MAX", 10)
+    asked = []
+    getitem = ShardImages.__getitem__
+    monkeypatch.setattr(ShardImages, "__getitem__", lambda self, key: asked.append(key) or getitem(self, key))
+    sample = fidlog.fid_reference(images)
+    assert sample.shape == (10, SIZE, SIZE) and len(asked) == 1 and len(asked[0]) == 10
+    assert np.array_equal(sample, np.asarray(load_dataset(str(built["npz"]), SIZE).images)[asked[0], 0])
+    assert np.array_equal(fidlog.fid_reference(images), sample)  # seeded: the same sample every time
+
+
 PRE_FOLDER = ROOT / "tests" / "data" / "pre-folder.npz"  # and its keys file beside it
 
 

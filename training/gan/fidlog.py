@@ -2,7 +2,9 @@
 
 Every `fid_every` steps the trainer exports its EMA generator through medgan's own `Generator` (so the
 images are exactly what users would get), embeds `fid_images` of them with the bundled Inception, and
-compares them with the cached features of ALL training slices. Few images make this FID biased upward
+compares them with the cached features of the training slices: all of them, or a seeded sample of FID_REAL_MAX
+from a larger set (a dataset folder need not fit in memory, and Inception on every slice would cost more than
+the training). Few images make this FID biased upward
 (compare points of one curve, or curves at the same count, not with `training.evaluate`'s 2,000-image FID).
 """
 from __future__ import annotations
@@ -15,6 +17,16 @@ from ..evaluation.features import FeatureCache, InceptionExtractor
 from ..evaluation.metrics import fid
 
 FID_SEED = 987654  # a latent seed apart from the sample grid's
+FID_REAL_MAX = 10_000  # training slices compared with at most (FID references commonly hold 10k-50k images)
+
+
+def fid_reference(images) -> np.ndarray:
+    """uint8 [n, H, W]: the training slices the curve compares with; `images` an array or a lazy ShardImages
+    [N, 1, H, W], of which only the sampled rows are read."""
+    if len(images) <= FID_REAL_MAX:
+        return np.asarray(images)[:, 0]
+    rows = np.sort(np.random.default_rng(FID_SEED).choice(len(images), FID_REAL_MAX, replace=False))
+    return np.asarray(images[rows])[:, 0]
 
 
 class TrainFID:

@@ -25,7 +25,7 @@ from . import checkpoint as ckpt
 from .config import TrainConfig, UsageError, adopt_architecture
 from .distributed import Dist, pick_device
 from .export import export_model, hardware
-from .fidlog import TrainFID
+from .fidlog import TrainFID, fid_reference
 from .inputs import load_training_data
 from .runlog import MetricsLog, fid_records, plot_fid_curves, save_synthetic_png
 from .trainer import STAT, STATS, Trainer
@@ -140,7 +140,7 @@ def train_loop(trainer: Trainer, cfg: TrainConfig, d: Dist, stop: StopFlag, log:
     bar = tqdm(total=cfg.steps, initial=trainer.step, disable=not d.main, dynamic_ncols=True, unit="step",
                file=sys.stderr)
     sums = torch.zeros(len(STATS), dtype=torch.float64)
-    fid_logger = TrainFID(np.asarray(trainer.images)[:, 0], cfg.fid_images) if cfg.fid_every and d.main else None
+    fid_logger = TrainFID(fid_reference(trainer.images), cfg.fid_images) if cfg.fid_every and d.main else None
     n_sums, began = 0, time.perf_counter() - trainer.elapsed
     cpu_began = time.process_time() - trainer.cpu_elapsed
     reason = "done"
