@@ -335,6 +335,17 @@ def test_the_training_fid_curve_compares_with_a_bounded_sample_read_from_the_sha
     assert np.array_equal(fidlog.fid_reference(images), sample)  # seeded: the same sample every time
 
 
+@pytest.mark.slow
+def test_training_from_a_folder_logs_the_cheap_fid_curve(built, tmp_path):
+    """--fid-every on a folder: FID points in metrics.jsonl, their snapshots and fid.png."""
+    assert train_main(["--data", str(built["folder"]), *TINY, "--recipe", "dcgan", "--steps", "4", "--fid-every", "2",
+                       "--fid-images", "16", "--out", str(tmp_path / "run")]) == 0
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    points = [r for r in records if "fid" in r]
+    assert [r["step"] for r in points] == [2, 4] and all(np.isfinite(r["fid"]) and r["fid"] > 0 for r in points)
+    assert (tmp_path / "run" / "fid.png").is_file() and len(list((tmp_path / "run" / "snapshots").iterdir())) == 2
+
+
 PRE_FOLDER = ROOT / "tests" / "data" / "pre-folder.npz"  # and its keys file beside it
 
 
