@@ -25,7 +25,7 @@ from training.data import cli as data_cli
 from training.publish import privacy
 from training.publish import push as push_mod
 from training.publish.card import write_card
-from training.data.pseudonyms import Keys, is_pseudonym, keys_path
+from training.data.pseudonyms import Keys, is_pseudonym, journal_path, keys_path
 
 PATIENTS = [("PID-424242", "DOE^JANE", "19700101"), ("PID-515151", "ROE^RICHARD", "19810212"),
             ("PID-616161", "POE^EDGAR", "19920323")]
@@ -247,6 +247,30 @@ def plant_metadata(weights: Path, recorded: dict) -> None:
 
     tensors = load_file(weights)
     save_file(tensors, weights, metadata={"format": "pt", "medgan_config": json.dumps(recorded)})
+
+
+def test_keys_saved_between_shards_go_to_a_journal_that_the_full_save_folds_in(tmp_path):
+    """save_new appends only the names given since the last save; open replays them (a last line cut off by a kill
+    is ignored); save writes the whole file and removes the journal."""
+    keys = Keys.open(tmp_path / "d.keys.json")
+    first = keys.file("scans/a/1.dcm")
+    keys.save_new()  # no file yet: written whole
+    assert not journal_path(keys.path).exists()
+    size = keys.path.stat().st_size
+    names = [keys.file(f"scans/b/{i}.dcm") for i in range(3)] + [keys.subject("PATIENT-B")]
+    keys.note_identifiers(names[-1], {"PatientName": "DOE^JANE"})
+    keys.save_new()
+    keys.save_new()  # nothing new: nothing appended
+    journal = journal_path(keys.path)
+    assert keys.path.stat().st_size == size and len(journal.read_text().splitlines()) == 1
+    assert oct(journal.stat().st_mode & 0o777) == "0o600"
+    with journal.open("a") as fh:
+        fh.write('[["files","file-0123456789ab.dcm","scans/c/cut')  # a kill mid-line
+    again = Keys.open(keys.path)
+    assert again.files == keys.files and again.subjects == keys.subjects and again.identifiers == keys.identifiers
+    assert again.file("scans/b/2.dcm") == names[2] and again.file("scans/a/1.dcm") == first
+    again.save()
+    assert not journal.exists() and Keys.open(keys.path).files == keys.files
 
 
 def test_dataset_path_naming_a_patient_stays_out_of_every_file_weights_included(tmp_path, capsys):

@@ -175,7 +175,9 @@ def test_a_killed_ingestion_with_two_workers_resumes(built, corpus, tmp_path):
     assert proc.returncode == -9, proc.stderr
     assert sorted(p.name for p in out.glob("images-*.npy")) == [f"images-0000{k}.npy" for k in range(3)]
     assert list(out.glob(".part.raw.tmp-*"))  # the workers' part files the kill left: the re-run removes them
+    assert (tmp_path / "out.keys.journal.jsonl").is_file()  # names given between shards, replayed on resume
     assert data_main(argv) == 0
+    assert not (tmp_path / "out.keys.journal.jsonl").exists()
     assert folder_files(out) == folder_files(built["folder"])
 
 

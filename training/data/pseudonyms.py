@@ -10,6 +10,8 @@ the .npz meta. One key per output folder: a new keys file reuses the key of `DAT
 of any other `*.keys.json` in the same folder, so re-ingesting (or a second dataset from the same patients) gives
 the same pseudonyms. The file also lists identifiers the files carried (DICOM PatientName, PatientBirthDate) so
 `training.push` can check that none of them reached a model folder. Keep it private: it re-identifies the data.
+While a dataset folder is being ingested, names given since the file was last written whole go to a journal
+beside it (`DATA.keys.journal.jsonl`, as private), folded into the file when ingestion ends.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from pathlib import Path
 from medgan.files import atomic_write
 
 KEYS_SUFFIX = ".keys.json"
+JOURNAL_SUFFIX = ".keys.journal.jsonl"  # names given since the keys file was last written whole (Keys.save_new)
 FORMAT = "medgan-pseudonym-keys"
 SUBJECT_PREFIX, FILE_PREFIX = "subj-", "file-"
 SUBJECT_HEX, FILE_HEX = 8, 12
@@ -44,6 +47,31 @@ def keys_path(dataset: str | Path) -> Path:
     """`data/mine.npz` -> `data/mine.keys.json`."""
     dataset = Path(dataset)
     return dataset.with_name(dataset.name.removesuffix(".npz") + KEYS_SUFFIX)
+
+
+def journal_path(keys_file: Path) -> Path:
+    """`data/mine.keys.json` -> `data/mine.keys.journal.jsonl`."""
+    return keys_file.with_name(keys_file.name.removesuffix(KEYS_SUFFIX) + JOURNAL_SUFFIX)
+
+
+def _replay(journal: Path, tables: dict[str, dict]) -> None:
+    """Names a journal adds to the tables read from its keys file. A last line cut off by a kill is ignored: it was
+    being written before the shard that would use its names, so none of them is on disk."""
+    if not journal.is_file():
+        return
+    lines = journal.read_text(encoding="utf-8").splitlines()
+    for i, line in enumerate(lines):
+        try:
+            entries = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break
+            raise KeysError(f"{journal} is damaged at line {i + 1}") from None
+        for kind, name, value in entries:
+            if kind == "identifiers":
+                tables[kind].setdefault(name, {}).update(value)
+            else:
+                tables[kind][name] = value
 
 
 def keyed_hash(key: bytes, kind: str, value: str) -> str:
@@ -91,6 +119,7 @@ class Keys:
     def __post_init__(self) -> None:  # original -> pseudonym, so re-ingestion reuses names in O(1)
         self._given = {kind: {o: p for p, o in table.items()}
                        for kind, table in (("subject", self.subjects), ("file", self.files))}
+        self._new: list[list] = []  # [table, name, value] given since the last save, for save_new
 
     @classmethod
     def open(cls, path: str | Path, key_from: str | Path | None = None) -> "Keys":
@@ -99,8 +128,9 @@ class Keys:
         path = Path(path)
         if path.is_file():
             data = _read(path)
-            return cls(path, bytes.fromhex(data["key"]), dict(data.get("subjects") or {}),
-                       dict(data.get("files") or {}), dict(data.get("identifiers") or {}))
+            tables = {kind: dict(data.get(kind) or {}) for kind in ("subjects", "files", "identifiers")}
+            _replay(journal_path(path), tables)
+            return cls(path, bytes.fromhex(data["key"]), tables["subjects"], tables["files"], tables["identifiers"])
         donors = [Path(key_from)] if key_from else sorted(path.parent.glob(f"*{KEYS_SUFFIX}"))
         for donor in donors:
             if key_from or donor.is_file():
@@ -116,6 +146,7 @@ class Keys:
             name = f"{prefix}{digest[:digits]}{ext}"
             if table.setdefault(name, value) == value:
                 given[value] = name
+                self._new.append([f"{kind}s", name, value])
                 return name
             digits += 4  # a collision of the truncated hash: a longer one for this value
         raise KeysError(f"pseudonym collision for a {kind} in {self.path}")
@@ -130,6 +161,7 @@ class Keys:
         kept = {k: str(v) for k, v in values.items() if str(v or "").strip()}
         if kept:
             self.identifiers.setdefault(subject_pseudonym, {}).update(kept)
+            self._new.append(["identifiers", subject_pseudonym, kept])
 
     def originals(self) -> dict[str, str]:
         """Every original value -> where it came from ("subject", "file id", "PatientName", …), for scans."""
@@ -140,6 +172,7 @@ class Keys:
         return out
 
     def save(self) -> Path:
+        """The whole keys file (private: mode 0600); a journal beside it is folded in and removed."""
         data = {"format": FORMAT, "version": 1, "warning": WARNING,
                 "algorithm": f"HMAC-SHA256(key, kind NUL value), hex truncated: {SUBJECT_PREFIX}{SUBJECT_HEX} "
                              f"digits, {FILE_PREFIX}{FILE_HEX} digits + extension",
@@ -147,11 +180,32 @@ class Keys:
                 "files": dict(sorted(self.files.items())), "identifiers": dict(sorted(self.identifiers.items()))}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(self.path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-        try:
-            self.path.chmod(0o600)
-        except OSError:
-            pass
+        _private(self.path)
+        journal_path(self.path).unlink(missing_ok=True)
+        self._new = []
         return self.path
+
+    def save_new(self) -> Path:
+        """The names given since the last save, appended to the journal beside the keys file (`save` writes the
+        whole file the first time). Ingestion saves before every shard it writes, so no pseudonym is on disk
+        before its mapping; rewriting the whole file each time grew with files x shards (150,000 files in
+        shards of 1,024: about 150 rewrites of 150,000 names), appending grows with the new names alone."""
+        if not self.path.is_file():
+            return self.save()
+        if self._new:
+            journal = journal_path(self.path)
+            with open(journal, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(self._new, ensure_ascii=False, separators=(",", ":")) + "\n")
+            _private(journal)
+            self._new = []
+        return self.path
+
+
+def _private(path: Path) -> None:
+    try:
+        path.chmod(0o600)
+    except OSError:
+        pass
 
 
 # --- how a dataset is named in what may be published ------------------------------------------------------

@@ -93,7 +93,7 @@ def ingest_to_folder(inputs: Sequence[str | Path], out: str | Path, opts: SliceO
     state = _State()
     for record in committed_shards(out):
         state.add_record(record)
-    writer = ShardWriter(out, shard_size, opts.size, start=len(set(state.rows["shard"])), before_commit=keys.save)
+    writer = ShardWriter(out, shard_size, opts.size, start=len(set(state.rows["shard"])), before_commit=keys.save_new)
     todo = [f for f in files if keys.file(f[1]) not in state.finished]
     with _no_cyclic_gc():
         for results, part in _results(todo, opts, workers, progress, out):
