@@ -4,8 +4,8 @@ Every `fid_every` steps the trainer exports its EMA generator through medgan's o
 images are exactly what users would get), embeds `fid_images` of them with the bundled Inception, and
 compares them with the cached features of the training slices: all of them, or a seeded sample of FID_REAL_MAX
 from a larger set (a dataset folder need not fit in memory, and Inception on every slice would cost more than
-the training). Few images make this FID biased upward
-(compare points of one curve, or curves at the same count, not with `training.evaluate`'s 2,000-image FID).
+the training). Few images make this FID biased upward (compare points of one curve, or curves at the same count,
+not with `training.evaluate`'s 2,000-image FID).
 """
 from __future__ import annotations
 
